@@ -1,0 +1,42 @@
+# Rebound: `make dev` runs the whole service locally, `make test` runs every check.
+# Everything installs into .venv from pinned requirements; nothing needs a system install.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
+
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: install dev test lint migrate package bench clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check 'pip<26.3'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+lint: install
+	$(BIN)/ruff check app.py chalicelib scripts tests
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest
+
+dev: install
+	$(BIN)/python scripts/dev.py
+
+migrate: install
+	$(BIN)/python scripts/migrate.py
+
+package: install
+	$(BIN)/python scripts/package.py
+
+bench: install
+	$(BIN)/python scripts/bench.py
+
+clean:
+	rm -rf $(VENV) .dev .tmp build

@@ -1,0 +1,1 @@
+"""Rebound: failed-payment recovery for Whop creators."""

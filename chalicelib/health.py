@@ -1,0 +1,46 @@
+"""Health checks: what an on-call engineer or a load balancer asks. No secrets, no tenant data."""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+from pydantic import BaseModel
+
+from chalicelib.config import Settings
+from chalicelib.db import Database, DatabaseError, ping
+
+_STARTED = time.monotonic()
+
+
+class ApplicationHealth(BaseModel):
+    status: Literal["ok"]
+    check: Literal["application"] = "application"
+    version: str
+    env: str
+    uptime_s: float
+
+
+class DatabaseHealth(BaseModel):
+    status: Literal["ok", "error"]
+    check: Literal["database"] = "database"
+    reachable: bool
+    latency_ms: float | None = None
+    schema_version: str | None = None
+    error: str | None = None  # the error class only: messages may name hosts or users
+
+
+def application_health(cfg: Settings) -> ApplicationHealth:
+    return ApplicationHealth(status="ok", version=cfg.APP_VERSION, env=cfg.APP_ENV,
+                             uptime_s=round(time.monotonic() - _STARTED, 3))
+
+
+def database_health(db: Database | None) -> DatabaseHealth:
+    if db is None:
+        return DatabaseHealth(status="error", reachable=False, error="NotConfigured")
+    try:
+        latency_ms, version = ping(db)
+    except DatabaseError as exc:
+        return DatabaseHealth(status="error", reachable=False, error=type(exc).__name__)
+    return DatabaseHealth(status="ok", reachable=True, latency_ms=round(latency_ms, 2),
+                          schema_version=version)

@@ -1,0 +1,55 @@
+"""Shaping HTTP responses for the Chalice views: JSON bodies and the one error shape.
+
+Views raise ``AppError`` subclasses (or let pydantic raise); ``handle_errors`` turns them into
+``{"error": {...}}`` responses. Unexpected exceptions become a logged 500 without the payload.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from chalice.app import Response
+from pydantic import BaseModel, ValidationError
+
+from chalicelib.config import ConfigError
+from chalicelib.db import DatabaseUnavailable, TransientDatabaseError
+from chalicelib.errors import AppError, ServiceUnavailable, bad_request_from
+from chalicelib.observability import logger
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def json_response(body: BaseModel | dict[str, Any] | list[Any], status: int = 200,
+                  headers: dict[str, str] | None = None) -> Response:
+    payload = body.model_dump(mode="json") if isinstance(body, BaseModel) else body
+    return Response(body=payload, status_code=status,
+                    headers={"Content-Type": "application/json", **(headers or {})})
+
+
+def error_response(err: AppError) -> Response:
+    return json_response(err.body(), status=err.status, headers=err.headers)
+
+
+def handle_errors(view: F) -> F:
+    @functools.wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return view(*args, **kwargs)
+        except AppError as err:
+            return error_response(err)
+        except ValidationError as exc:
+            return error_response(bad_request_from(exc))
+        except (DatabaseUnavailable, TransientDatabaseError) as exc:
+            logger.warning("database unavailable", extra={"error": type(exc).__name__})
+            return error_response(ServiceUnavailable("database unavailable, retry shortly",
+                                                     headers={"Retry-After": "5"}))
+        except ConfigError:
+            logger.exception("configuration error")
+            return error_response(ServiceUnavailable("service misconfigured"))
+        except Exception:  # noqa: BLE001 - the last line of defence: a JSON 500, logged
+            logger.exception("unhandled error")
+            return error_response(AppError("internal error"))
+
+    return wrapped  # type: ignore[return-value]

@@ -1,0 +1,70 @@
+"""Shared fixtures: one embedded Postgres per test session (or DATABASE_URL), migrated, and the
+app connecting as the non-owner runtime login so row-level security is always on in tests."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("APP_ENV", "test")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+# Tests never talk to AWS: fake credentials, and moto intercepts every client we create.
+for _name, _value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                      "AWS_SESSION_TOKEN": "testing", "POWERTOOLS_METRICS_NAMESPACE": "ReboundTest",
+                      "POWERTOOLS_SERVICE_NAME": "rebound"}.items():
+    os.environ.setdefault(_name, _value)
+
+from chalicelib import config, db  # noqa: E402
+from chalicelib.db import connect, parse_database_url  # noqa: E402
+from scripts import localdb  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TENANT_TABLES = ("creator_settings", "events", "recovery_cases", "recovery_actions", "rate_limits")
+
+
+@pytest.fixture(scope="session")
+def local_database() -> Iterator[localdb.LocalDatabase]:
+    base = ROOT / ".tmp"
+    base.mkdir(exist_ok=True)
+    data_dir = Path(tempfile.mkdtemp(prefix="pg-", dir=base))
+    started = localdb.start(data_dir, log=lambda _msg: None)
+    yield started
+    started.stop()
+
+
+class Owner:
+    """The schema owner's connection: for cleanup and catalog checks, never for app code."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.conn = connect(parse_database_url(url))
+
+    def run(self, sql: str, **params: object) -> list[list[object]]:
+        return list(self.conn.run(sql, **params) or [])
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@pytest.fixture(scope="session")
+def owner(local_database: localdb.LocalDatabase) -> Iterator[Owner]:
+    o = Owner(local_database.owner_url)
+    yield o
+    o.close()
+
+
+@pytest.fixture
+def database(local_database: localdb.LocalDatabase, owner: Owner,
+             monkeypatch: pytest.MonkeyPatch) -> Iterator[db.Database]:
+    """The app's Database as the runtime role; every tenant table is emptied after the test."""
+    monkeypatch.setenv("DATABASE_URL", local_database.runtime_url)
+    config.reset_config()
+    db.reset_database()
+    yield db.get_database()
+    db.reset_database()
+    config.reset_config()
+    owner.run("TRUNCATE " + ", ".join(TENANT_TABLES) + " CASCADE")

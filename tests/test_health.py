@@ -1,0 +1,55 @@
+"""GET /api/health through Chalice's test client, against the real database."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+from chalice.test import Client
+
+from chalicelib import config, db
+from chalicelib.db import Database
+
+
+@pytest.fixture
+def client(database: Database) -> Iterator[Client]:
+    from app import app
+
+    with Client(app) as c:
+        yield c
+
+
+def test_application_health(client: Client) -> None:
+    resp = client.http.get("/api/health")
+    body = json.loads(resp.body)
+    assert resp.status_code == 200
+    assert body["status"] == "ok" and body["env"] == "test" and body["uptime_s"] >= 0
+
+
+def test_database_health_reports_latency_and_schema_version(client: Client) -> None:
+    resp = client.http.get("/api/health?type=database")
+    body = json.loads(resp.body)
+    assert resp.status_code == 200, body
+    assert body["reachable"] is True and body["schema_version"] == "0002"
+    assert body["latency_ms"] >= 0
+    text = resp.body.decode()
+    assert "rebound_runtime" not in text and "password" not in text
+
+
+def test_database_health_is_503_when_unreachable(client: Client, monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: object) -> None:
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://nobody@/rebound?host={tmp_path}")
+    config.reset_config()
+    db.reset_database()
+    resp = client.http.get("/api/health?type=database")
+    body = json.loads(resp.body)
+    assert resp.status_code == 503
+    assert body["reachable"] is False and body["error"] == "DatabaseUnavailable"
+    assert str(tmp_path) not in resp.body.decode()
+
+
+def test_unknown_check_is_a_field_error(client: Client) -> None:
+    resp = client.http.get("/api/health?type=everything")
+    assert resp.status_code == 400
+    assert json.loads(resp.body)["error"]["fields"] == {"type": "must be application or database"}
