@@ -22,6 +22,8 @@ from chalicelib import config, db  # noqa: E402
 from chalicelib.db import connect, parse_database_url  # noqa: E402
 from scripts import localdb  # noqa: E402
 
+pytest_plugins = ["tests.whop_fixtures"]
+
 ROOT = Path(__file__).resolve().parent.parent
 TENANT_TABLES = ("creator_settings", "events", "recovery_cases", "recovery_actions", "rate_limits")
 

@@ -1,0 +1,129 @@
+"""Domain models shared by the pure modules (cases, attribution, reminders) and the adapters.
+
+``WhopEvent`` is the one internal shape of a Whop webhook, whatever payload generation it came in
+(v1 legacy, v1 dated, v5, v2). It carries ids, amounts, codes and times only: never an email,
+name, username, phone or card detail, so it is also what the ``events`` table stores.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+RECOVERY_WINDOW = timedelta(days=14)
+
+
+class EventType(StrEnum):
+    PAYMENT_FAILED = "payment.failed"
+    PAYMENT_REQUIRES_ACTION = "payment.requires_action"
+    PAYMENT_SUCCEEDED = "payment.succeeded"
+    MEMBERSHIP_ACTIVATED = "membership.activated"
+    MEMBERSHIP_DEACTIVATED = "membership.deactivated"
+    MEMBERSHIP_CANCEL_AT_PERIOD_END_CHANGED = "membership.cancel_at_period_end_changed"
+
+
+FAILURE_TYPES = frozenset({EventType.PAYMENT_FAILED, EventType.PAYMENT_REQUIRES_ACTION})
+SUCCESS_TYPES = frozenset({EventType.PAYMENT_SUCCEEDED, EventType.MEMBERSHIP_ACTIVATED})
+
+# Why a membership went invalid, as far as the payload tells: only a member's own cancellation
+# closes a case; a deactivation caused by the failed payment leaves it open (they can still fix it).
+DeactivationCause = Literal["member_cancelled", "payment_failed", "unknown"]
+
+
+class WhopEvent(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    webhook_id: str = Field(min_length=1, max_length=255)
+    type: EventType
+    company_id: str = Field(min_length=1, max_length=255)
+    membership_id: str | None = None
+    user_id: str | None = None
+    payment_id: str | None = None
+    amount_minor: int | None = Field(default=None, ge=0)
+    currency: str | None = Field(default=None, pattern=r"^[a-z]{3}$")
+    decline_code: str | None = None
+    failure_message: str | None = Field(default=None, max_length=500)
+    recovery_url: str | None = None
+    manage_url: str | None = None
+    cancel_at_period_end: bool | None = None
+    deactivation_cause: DeactivationCause | None = None
+    occurred_at: AwareDatetime
+    occurred_at_inferred: bool = False  # the payload had no usable time: receipt time stands in
+    received_at: AwareDatetime
+    api_version: str | None = None
+
+    @property
+    def is_failure(self) -> bool:
+        return self.type in FAILURE_TYPES
+
+    @property
+    def is_success(self) -> bool:
+        return self.type in SUCCESS_TYPES
+
+
+def window_end(first_failure_at: datetime) -> datetime:
+    """The last instant (inclusive) at which a success still recovers a case."""
+    return first_failure_at + RECOVERY_WINDOW
+
+
+class CaseStatus(StrEnum):
+    OPEN = "open"
+    RECOVERED = "recovered"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+class Case(BaseModel):
+    """One failure episode of a membership, as folded from its events (see ``cases.fold``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    seq: int = Field(ge=1)  # 1 for the membership's first episode, 2 for the next, …
+    company_id: str
+    membership_id: str
+    user_id: str | None = None
+    status: CaseStatus
+    first_failure_at: AwareDatetime
+    last_failure_at: AwareDatetime
+    failure_count: int = Field(ge=1)
+    payment_id: str | None = None
+    amount_minor: int | None = None
+    currency: str | None = None
+    decline_code: str | None = None
+    failure_reason: str | None = None
+    recovery_url: str | None = None
+    manage_url: str | None = None
+    recovered_at: AwareDatetime | None = None
+    recovered_amount_minor: int | None = None
+    recovered_currency: str | None = None
+    closed_at: AwareDatetime | None = None  # when it stopped being open (recovered/cancelled/expired)
+    close_reason: str | None = None  # e.g. "payment_succeeded", "member_cancelled", "window_passed"
+
+    @property
+    def window_ends_at(self) -> datetime:
+        return window_end(self.first_failure_at)
+
+
+class QuietHours(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", examples=["22:00"])
+    end: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", examples=["08:00"])
+
+
+class CreatorSettings(BaseModel):
+    """A company's settings as the domain sees them (defaults for a company never seen)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    enable_push: bool = True
+    enable_dm: bool = True
+    incentive_days: int = Field(default=0, ge=0, le=30)
+    reminder_offsets_days: tuple[int, ...] = (2, 4)
+    timezone: str = "UTC"
+    quiet_hours: QuietHours | None = None
+    push_experience_id: str | None = None
+    updated_at: datetime | None = None

@@ -1,0 +1,130 @@
+"""Consuming one queued webhook: store it, re-fold its membership's case, record what is owed.
+
+All of it happens in ONE tenant transaction, under a per-membership lock:
+1. insert the event (unique webhook id: a redelivery changes nothing and owes nothing);
+2. fold every stored event of the membership into its cases (order and duplicates never matter);
+3. write the cases, and the effects a newly opened case owes as pending ledger rows (outbox).
+Effects are executed after commit by the effects executor; a crash between commit and effect
+leaves pending rows that the next tick picks up, and their idempotency keys stop doubles.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+from chalicelib import store
+from chalicelib.cases import fold
+from chalicelib.db import Database, Transaction, tenant_transaction
+from chalicelib.models import Case, CaseStatus, CreatorSettings
+from chalicelib.observability import count, logger
+from chalicelib.queue import QueuedWebhook, decode_message
+from chalicelib.reminders import initial_effects, next_action_at
+from chalicelib.webhooks import event_from_payload, minimal_payload, normalise
+
+
+@dataclass
+class Outcome:
+    status: str  # "applied" | "duplicate" | "ignored"
+    company_id: str | None = None
+    opened_case_ids: list[str] = field(default_factory=list)
+    owed_actions: int = 0
+
+
+def new_link_token() -> str:
+    # 32 random bytes, URL-safe: unguessable, and carries nothing about the member.
+    return secrets.token_urlsafe(32)
+
+
+def process_webhook(msg: QueuedWebhook, now: datetime, db: Database | None = None) -> Outcome:
+    event = normalise(msg.body, msg.webhook_id, msg.received_at)
+    if event is None or event.membership_id is None:
+        return Outcome(status="ignored")
+    with tenant_transaction(event.company_id, db) as tx:
+        store.lock_membership(tx, event.company_id, event.membership_id)
+        if not store.insert_event(tx, event, minimal_payload(event)):
+            return Outcome(status="duplicate", company_id=event.company_id)
+        opened, owed = refold_membership(tx, event.company_id, event.membership_id, now)
+    return Outcome(status="applied", company_id=event.company_id, opened_case_ids=opened,
+                   owed_actions=owed)
+
+
+def refold_membership(tx: Transaction, company_id: str, membership_id: str,
+                      now: datetime) -> tuple[list[str], int]:
+    """Recompute a membership's cases from its stored events; return (opened case ids, owed rows)."""
+    events = [event_from_payload(p) for p in store.membership_event_payloads(tx, membership_id)]
+    folded = fold(company_id, membership_id, events, now)
+    existing = store.membership_cases(tx, membership_id)
+    settings = store.get_settings(tx)
+    opened: list[str] = []
+    owed = 0
+    for case in folded:
+        row = existing.get(case.seq)
+        if row is None:
+            created = store.insert_case(tx, case, next_action_at(case, settings, set()),
+                                        new_link_token())
+            case_id = str(created["id"])
+            opened.append(case_id)
+            owed += _record_initial_effects(tx, case_id, case, settings, now)
+        else:
+            _update_existing(tx, row, case, settings)
+    return opened, owed
+
+
+def _update_existing(tx: Transaction, row: dict[str, Any], case: Case, settings: CreatorSettings) -> None:
+    if row["cancelled_by"] is not None and case.status is CaseStatus.OPEN:
+        # A creator stopped this case by hand: new events update its facts, not its status.
+        case = case.model_copy(update={"status": CaseStatus.CANCELLED, "closed_at": row["closed_at"],
+                                       "close_reason": row["close_reason"]})
+    done = {r["step"] for r in tx.query(
+        "SELECT DISTINCT step FROM recovery_actions WHERE case_id = CAST(:id AS uuid)"
+        " AND kind = 'reminder'", id=str(row["id"]))}
+    store.update_case(tx, str(row["id"]), case, next_action_at(case, settings, done))
+
+
+def _record_initial_effects(tx: Transaction, case_id: str, case: Case, settings: CreatorSettings,
+                            now: datetime) -> int:
+    owed = 0
+    for effect in initial_effects(case, settings, now):
+        owed += store.add_action(tx, case_id=case_id, company_id=case.company_id, kind=effect.kind,
+                                 step=effect.step, channel=effect.channel, due_at=effect.due_at,
+                                 idempotency_key=effect.idempotency_key(case_id))
+    return owed
+
+
+
+# --- the SQS batch (Lambda event source, or the local consumer in make dev) --------------------
+
+
+def _record_handler(record: SQSRecord) -> None:
+    attributes = record.raw_event.get("messageAttributes") or {}
+    msg = decode_message(record.body, attributes)
+    logger.append_keys(message_id=record.message_id, webhook_id=msg.webhook_id)
+    outcome = process_webhook(msg, now=datetime.now(UTC))
+    count(f"Events{outcome.status.capitalize()}")
+    if outcome.opened_case_ids:
+        count("CasesOpened", len(outcome.opened_case_ids))
+    logger.info("webhook processed", extra={"outcome": outcome.status, "company_id": outcome.company_id,
+                                             "opened": len(outcome.opened_case_ids)})
+
+
+def handle_batch(event: dict[str, Any], context: Any = None) -> PartialItemFailureResponse:
+    """Each record succeeds or fails alone; failures come back in ``batchItemFailures``."""
+    # A fresh processor per batch: BatchProcessor keeps per-batch state on the instance.
+    processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+    result = process_partial_response(
+        event=event, record_handler=_record_handler, processor=processor, context=context)
+    failures = len(result.get("batchItemFailures", []))
+    if failures:
+        count("EventRecordsFailed", failures)
+    return result

@@ -1,0 +1,110 @@
+"""The webhook queue (SQS): what the webhook route writes and ``process_events`` reads.
+
+A message carries the raw verified body (so the consumer re-parses exactly what Whop signed),
+the webhook id and the receipt time. Bodies that would not fit SQS's message limit with their
+attributes are gzip+base64 encoded (JSON compresses ~10x), flagged by an attribute.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+SQS_MAX_BYTES = 256 * 1024
+# Room left for message attributes and SQS's own accounting.
+_PLAIN_LIMIT = SQS_MAX_BYTES - 4 * 1024
+
+
+class QueueUnavailable(Exception):
+    """SQS did not accept the message: the caller must not acknowledge the webhook."""
+
+
+@dataclass(frozen=True)
+class QueuedWebhook:
+    webhook_id: str
+    received_at: datetime
+    body: bytes
+
+
+def encode_message(webhook_id: str, received_at: datetime, body: bytes) -> tuple[str, dict[str, Any]]:
+    text = body.decode("utf-8")
+    encoding = "identity"
+    if len(body) > _PLAIN_LIMIT:
+        text = base64.b64encode(gzip.compress(body)).decode("ascii")
+        encoding = "gzip-base64"
+    attributes = {
+        "webhook_id": {"DataType": "String", "StringValue": webhook_id},
+        "received_at": {"DataType": "String", "StringValue": received_at.astimezone(UTC).isoformat()},
+        "encoding": {"DataType": "String", "StringValue": encoding},
+    }
+    return text, attributes
+
+
+def _attr(attributes: dict[str, Any], name: str) -> str | None:
+    value = attributes.get(name) or {}
+    # Lambda's event shape uses camelCase (stringValue); boto3 receive_message uses StringValue.
+    result = value.get("stringValue") or value.get("StringValue")
+    return str(result) if result is not None else None
+
+
+def decode_message(body: str, attributes: dict[str, Any]) -> QueuedWebhook:
+    """Inverse of ``encode_message``; raises ValueError on a message we did not write."""
+    webhook_id = _attr(attributes, "webhook_id")
+    received = _attr(attributes, "received_at")
+    if not webhook_id or not received:
+        raise ValueError("message lacks webhook_id/received_at attributes")
+    raw = body.encode("utf-8")
+    if _attr(attributes, "encoding") == "gzip-base64":
+        raw = gzip.decompress(base64.b64decode(body))
+    return QueuedWebhook(webhook_id=webhook_id, received_at=datetime.fromisoformat(received), body=raw)
+
+
+class EventQueue:
+    def __init__(self, queue_url: str, client: Any = None) -> None:
+        self.queue_url = queue_url
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3  # only the webhook route needs it: keep it off other paths' cold start
+
+            # AWS_ENDPOINT_URL_SQS (set by make dev and tests) points boto3 at the local moto server.
+            self._client = boto3.client("sqs")
+        return self._client
+
+    def send(self, webhook_id: str, received_at: datetime, body: bytes) -> str:
+        text, attributes = encode_message(webhook_id, received_at, body)
+        try:
+            resp = self.client.send_message(QueueUrl=self.queue_url, MessageBody=text,
+                                            MessageAttributes=attributes)
+        except Exception as exc:  # botocore raises many types; every one means "not queued"
+            raise QueueUnavailable(type(exc).__name__) from exc
+        return str(resp["MessageId"])
+
+
+_queue: EventQueue | None = None
+_lock = threading.Lock()
+
+
+def get_queue() -> EventQueue:
+    global _queue
+    with _lock:
+        if _queue is None:
+            from chalicelib.config import ConfigError, get_config
+
+            url = get_config().EVENTS_QUEUE_URL
+            if not url:
+                raise ConfigError("missing required setting(s): EVENTS_QUEUE_URL")
+            _queue = EventQueue(url)
+        return _queue
+
+
+def reset_queue() -> None:
+    global _queue
+    with _lock:
+        _queue = None

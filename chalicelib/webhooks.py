@@ -1,0 +1,480 @@
+"""Verifying and normalising Whop webhooks (pure: no database, no AWS, no network).
+
+``verify`` checks the Standard Webhooks signature the way Whop signs (HMAC over the literal bytes
+of the ``ws_…`` secret) and returns the ``webhook-id``. ``normalise`` turns any of Whop's payload
+generations (v1 legacy, v1 dated, v5, v2) into one ``WhopEvent``, or ``None`` for an event type
+Rebound does not handle. Errors never carry payload values: they name the field only.
+
+Event time follows the contract ("Shapes and meanings"):
+
+| event type                              | occurred_at                                             |
+|-----------------------------------------|---------------------------------------------------------|
+| payment.succeeded                       | data.paid_at (never created_at: Whop reuses the failed  |
+|                                         | payment's object), else the envelope timestamp          |
+| payment.failed, payment.requires_action | data.last_payment_attempt (dated: ..._at), else         |
+|                                         | data.created_at, else the envelope timestamp            |
+| membership.*                            | the envelope timestamp                                  |
+| none of those usable                    | received_at, with occurred_at_inferred=True             |
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Any, Final, Literal
+
+from pydantic import ValidationError
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from chalicelib.models import EventType, WhopEvent
+
+__all__ = [
+    "MalformedWebhook",
+    "WebhookVerificationFailed",
+    "event_from_payload",
+    "minimal_payload",
+    "normalise",
+    "verify",
+]
+
+TIMESTAMP_TOLERANCE: Final = timedelta(minutes=5)
+FAILURE_MESSAGE_MAX: Final = 500
+_ID_MAX: Final = 255
+_TEXT_MAX: Final = 2048
+_AMOUNT_MAX: Final = Decimal(10) ** 12  # major units; anything larger is not a real charge
+
+VerificationReason = Literal["missing_headers", "bad_timestamp", "stale_timestamp", "bad_signature"]
+
+
+class WebhookVerificationFailed(Exception):
+    """The request is not a genuine, fresh Whop delivery. ``reason`` says which check failed."""
+
+    def __init__(self, reason: VerificationReason) -> None:
+        super().__init__(reason)
+        self.reason: str = reason
+
+
+class MalformedWebhook(Exception):
+    """A verified body Rebound cannot use. The message names the field, never a payload value."""
+
+    def __init__(self, field: str, problem: str = "missing or invalid") -> None:
+        super().__init__(f"malformed webhook: {field} {problem}")
+        self.field = field
+
+
+# --------------------------------------------------------------------------------------------
+# Verification
+# --------------------------------------------------------------------------------------------
+
+_TIMESTAMP_HEADER = re.compile(r"^[0-9]{1,12}$")
+_BASE64 = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
+
+
+def verify(body: bytes, headers: Mapping[str, str], secret: str, now: datetime) -> str:
+    """Verify a Standard Webhooks delivery signed by Whop; return its ``webhook-id``.
+
+    Raises ``WebhookVerificationFailed`` (reason: missing_headers, bad_timestamp, stale_timestamp
+    or bad_signature) and nothing else for anything the sender controls. An empty ``secret`` or a
+    naive ``now`` is a programming error (``ValueError``).
+    """
+    if not secret:
+        raise ValueError("webhook secret is empty")
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    lowered = {str(k).lower(): v for k, v in headers.items()}
+    msg_id = lowered.get("webhook-id")
+    timestamp = lowered.get("webhook-timestamp")
+    signatures = lowered.get("webhook-signature")
+    if not (msg_id and timestamp and signatures):
+        raise WebhookVerificationFailed("missing_headers")
+    sent_at = _header_time(timestamp)
+    if abs(now - sent_at) > TIMESTAMP_TOLERANCE:
+        raise WebhookVerificationFailed("stale_timestamp")
+    try:
+        text = bytes(body).decode("utf-8")
+    except UnicodeDecodeError:
+        raise WebhookVerificationFailed("bad_signature") from None
+    candidates = _well_formed_signatures(signatures)
+    if not candidates:
+        raise WebhookVerificationFailed("bad_signature")
+    clean = {"webhook-id": msg_id, "webhook-timestamp": timestamp, "webhook-signature": candidates}
+    try:
+        Webhook(_hmac_key(secret)).verify(text, clean, json_parse=False)
+    except WebhookVerificationError as error:
+        raise WebhookVerificationFailed(_library_reason(error)) from None
+    except (ValueError, TypeError):  # binascii.Error is a ValueError; the header is attacker-made
+        raise WebhookVerificationFailed("bad_signature") from None
+    return msg_id
+
+
+def _hmac_key(secret: str) -> str:
+    """Whop HMACs with the literal secret bytes; the library base64-decodes its key, so encode it."""
+    return base64.b64encode(secret.encode("utf-8")).decode("ascii")
+
+
+def _header_time(value: str) -> datetime:
+    if not _TIMESTAMP_HEADER.match(value.strip()):
+        raise WebhookVerificationFailed("bad_timestamp")
+    try:
+        return datetime.fromtimestamp(int(value), tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        raise WebhookVerificationFailed("bad_timestamp") from None
+
+
+def _well_formed_signatures(header: str) -> str:
+    """Keep only ``v1,<base64>`` parts: a malformed part can never match, and must not stop a
+    valid one later in the list from being tried (the library raises on the first bad part)."""
+    kept = []
+    for part in header.split():
+        version, sep, signature = part.partition(",")
+        if sep and version == "v1" and _BASE64.match(signature) and _decodes(signature):
+            kept.append(part)
+    return " ".join(kept)
+
+
+def _decodes(signature: str) -> bool:
+    try:
+        base64.b64decode(signature, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
+
+
+def _library_reason(error: WebhookVerificationError) -> VerificationReason:
+    message = str(error).lower()
+    if "too old" in message or "too new" in message:
+        return "stale_timestamp"  # the library's own check against the real clock
+    if "missing" in message:
+        return "missing_headers"
+    return "bad_signature"
+
+
+# --------------------------------------------------------------------------------------------
+# Normalisation
+# --------------------------------------------------------------------------------------------
+
+_TYPE_ALIASES: Final[Mapping[str, EventType]] = {
+    **{t.value: t for t in EventType},
+    "payment_failed": EventType.PAYMENT_FAILED,
+    "app_payment.failed": EventType.PAYMENT_FAILED,
+    "app_payment_failed": EventType.PAYMENT_FAILED,
+    "payment_succeeded": EventType.PAYMENT_SUCCEEDED,
+    "app_payment.succeeded": EventType.PAYMENT_SUCCEEDED,
+    "app_payment_succeeded": EventType.PAYMENT_SUCCEEDED,
+    "payment_requires_action": EventType.PAYMENT_REQUIRES_ACTION,
+    "membership_activated": EventType.MEMBERSHIP_ACTIVATED,
+    "membership_went_valid": EventType.MEMBERSHIP_ACTIVATED,
+    "membership.went_valid": EventType.MEMBERSHIP_ACTIVATED,
+    "membership_deactivated": EventType.MEMBERSHIP_DEACTIVATED,
+    "membership_went_invalid": EventType.MEMBERSHIP_DEACTIVATED,
+    "membership.went_invalid": EventType.MEMBERSHIP_DEACTIVATED,
+    "membership_cancel_at_period_end_changed": EventType.MEMBERSHIP_CANCEL_AT_PERIOD_END_CHANGED,
+}
+
+MEMBERSHIP_TYPES: Final = frozenset({
+    EventType.MEMBERSHIP_ACTIVATED,
+    EventType.MEMBERSHIP_DEACTIVATED,
+    EventType.MEMBERSHIP_CANCEL_AT_PERIOD_END_CHANGED,
+})
+
+# ISO 4217 currencies whose minor unit is not 1/100 (Stripe's lists, which Whop charges through).
+_ZERO_DECIMAL: Final = frozenset({
+    "bif", "clp", "djf", "gnf", "isk", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd",
+    "vuv", "xaf", "xof", "xpf",
+})
+_THREE_DECIMAL: Final = frozenset({"bhd", "iqd", "jod", "kwd", "lyd", "omr", "tnd"})
+# Money fields in order of preference; a zero is only used when no field is positive.
+_AMOUNT_FIELDS: Final = ("total", "final_amount", "subtotal", "amount")
+_CURRENCY = re.compile(r"^[a-z]{3}$")
+_PAYMENT_REASON = re.compile(r"payment|declin|dunning|past.?due|billing", re.IGNORECASE)
+_PAYMENT_STATUSES: Final = frozenset({"past_due", "unresolved", "expired"})
+
+
+def normalise(body: bytes | Mapping[str, Any], webhook_id: str, received_at: datetime) -> WhopEvent | None:
+    """The ``WhopEvent`` for a verified body, or ``None`` for an event type Rebound ignores.
+
+    Raises ``MalformedWebhook`` for invalid JSON, a non-object body, a missing type, an envelope
+    ``id`` that differs from ``webhook_id``, or a handled event without company or membership id.
+    """
+    if received_at.tzinfo is None:
+        raise ValueError("received_at must be timezone-aware")
+    envelope = _load(body)
+    envelope_id = envelope.get("id")
+    if envelope_id is not None and envelope_id != webhook_id:
+        raise MalformedWebhook("id", "differs from the webhook-id header")
+    event_type = _event_type(envelope)
+    if event_type is None:
+        return None
+    data = _data(envelope)
+    occurred_at, inferred = _occurred_at(event_type, envelope, data, received_at.astimezone(UTC))
+    amount_minor, currency = _amount(data)
+    fields: dict[str, Any] = {
+        "webhook_id": webhook_id,
+        "type": event_type,
+        "company_id": _required(_company_id(envelope, data), "company_id"),
+        "membership_id": _required(_membership_id(event_type, data), "membership_id"),
+        "user_id": _first_id(data.get("user_id"), _nested_id(data.get("user"))),
+        "amount_minor": amount_minor,
+        "currency": currency,
+        "occurred_at": occurred_at,
+        "occurred_at_inferred": inferred,
+        "received_at": received_at.astimezone(UTC),
+        "api_version": _api_version(envelope),
+    }
+    if event_type in MEMBERSHIP_TYPES:
+        fields.update(_membership_fields(event_type, data))
+    else:
+        fields.update(_payment_fields(data))
+    return _build(fields)
+
+
+def minimal_payload(event: WhopEvent) -> dict[str, Any]:
+    """The stored, PII-free form of an event (what the ``events`` table keeps)."""
+    return event.model_dump(mode="json")
+
+
+def event_from_payload(payload: Mapping[str, Any]) -> WhopEvent:
+    """Inverse of ``minimal_payload``."""
+    return WhopEvent.model_validate(dict(payload))
+
+
+def _load(body: bytes | Mapping[str, Any]) -> Mapping[str, Any]:
+    if isinstance(body, Mapping):
+        return body
+    if not isinstance(body, bytes | bytearray | memoryview):
+        raise MalformedWebhook("body", "is not bytes or an object")
+    try:
+        parsed = json.loads(bytes(body).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise MalformedWebhook("body", "is not valid JSON") from None
+    if not isinstance(parsed, dict):
+        raise MalformedWebhook("body", "is not a JSON object")
+    return parsed
+
+
+def _event_type(envelope: Mapping[str, Any]) -> EventType | None:
+    raw = envelope.get("type") if "type" in envelope else envelope.get("action")
+    if not isinstance(raw, str) or not raw:
+        raise MalformedWebhook("type")
+    return _TYPE_ALIASES.get(raw.strip())
+
+
+def _data(envelope: Mapping[str, Any]) -> Mapping[str, Any]:
+    data = envelope.get("data") if "data" in envelope else envelope.get("body")
+    if not isinstance(data, Mapping):
+        raise MalformedWebhook("data")
+    return data
+
+
+def _api_version(envelope: Mapping[str, Any]) -> str | None:
+    version = envelope.get("api_version")
+    if isinstance(version, str) and version:
+        return version[:32]
+    return "v2" if "body" in envelope and "data" not in envelope else None
+
+
+def _required(value: str | None, field: str) -> str:
+    if value is None:
+        raise MalformedWebhook(field)
+    return value
+
+
+def _first_id(*values: Any) -> str | None:
+    for value in values:
+        if isinstance(value, str) and 0 < len(value.strip()) <= _ID_MAX:
+            return value.strip()
+    return None
+
+
+def _nested_id(value: Any) -> Any:
+    return value.get("id") if isinstance(value, Mapping) else None
+
+
+def _ref(value: Any) -> str | None:
+    """An id given either as a plain string or as an object ``{"id": ...}``."""
+    return _first_id(value, _nested_id(value))
+
+
+def _company_id(envelope: Mapping[str, Any], data: Mapping[str, Any]) -> str | None:
+    return (_first_id(envelope.get("company_id"), envelope.get("account_id"))
+            or _ref(envelope.get("company"))
+            or _first_id(data.get("company_id"), data.get("account_id"))
+            or _ref(data.get("company")) or _ref(data.get("account"))
+            or _first_id(data.get("page_id")))
+
+
+def _membership_id(event_type: EventType, data: Mapping[str, Any]) -> str | None:
+    own = _first_id(data.get("id")) if event_type in MEMBERSHIP_TYPES else None
+    return own or _first_id(data.get("membership_id")) or _ref(data.get("membership"))
+
+
+def _payment_fields(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "payment_id": _first_id(data.get("id")),
+        "decline_code": _text(data.get("decline_code"), _ID_MAX),
+        "failure_message": _text(data.get("failure_message"), FAILURE_MESSAGE_MAX),
+        "recovery_url": _url(data.get("recovery_url")),
+    }
+
+
+def _membership_fields(event_type: EventType, data: Mapping[str, Any]) -> dict[str, Any]:
+    cancel = data.get("cancel_at_period_end")
+    fields: dict[str, Any] = {
+        "manage_url": _url(data.get("manage_url")),
+        "cancel_at_period_end": cancel if isinstance(cancel, bool) else None,
+    }
+    if event_type is EventType.MEMBERSHIP_DEACTIVATED:
+        fields["deactivation_cause"] = _deactivation_cause(data)
+    return fields
+
+
+def _deactivation_cause(data: Mapping[str, Any]) -> str:
+    """Why the membership went invalid, as far as the payload tells (see models.DeactivationCause).
+
+    A reason mentioning payment wins (Whop cancels after failed dunning); then a member's own
+    cancellation; then a status that means the payment is still owed.
+    """
+    status = data.get("status")
+    reason = data.get("cancellation_reason")
+    if isinstance(reason, str) and _PAYMENT_REASON.search(reason):
+        return "payment_failed"
+    if data.get("cancel_at_period_end") is True:
+        return "member_cancelled"
+    cancel_markers = (data.get("canceled_at"), reason, data.get("cancel_option"))
+    if status in ("canceled", "cancelled", "canceling") and any(m not in (None, "") for m in cancel_markers):
+        return "member_cancelled"
+    if status in _PAYMENT_STATUSES:
+        return "payment_failed"
+    return "unknown"
+
+
+def _text(value: Any, limit: int) -> str | None:
+    if isinstance(value, str) and value.strip():
+        return value.strip()[:limit]
+    return None
+
+
+def _url(value: Any) -> str | None:
+    if isinstance(value, str) and value.startswith(("https://", "http://")) and len(value) <= _TEXT_MAX:
+        return value
+    return None
+
+
+# --- time ---------------------------------------------------------------------------------------
+
+
+def _occurred_at(event_type: EventType, envelope: Mapping[str, Any], data: Mapping[str, Any],
+                 received_at: datetime) -> tuple[datetime, bool]:
+    if event_type is EventType.PAYMENT_SUCCEEDED:
+        candidates: tuple[Any, ...] = (data.get("paid_at"),)
+    elif event_type in MEMBERSHIP_TYPES:
+        candidates = ()
+    else:
+        candidates = (data.get("last_payment_attempt"), data.get("last_payment_attempt_at"),
+                      data.get("created_at"))
+    for candidate in (*candidates, envelope.get("timestamp")):
+        parsed = parse_time(candidate)
+        if parsed is not None:
+            return parsed, False
+    return received_at, True
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An aware UTC datetime from ISO-8601 (``Z`` or offset; naive read as UTC) or unix seconds
+    (int, float or numeric string); ``None`` when missing or unparsable."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return _from_unix(float(value))
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        return _from_unix(float(text))
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def _from_unix(seconds: float) -> datetime | None:
+    if not math.isfinite(seconds) or seconds <= 0:
+        return None
+    try:
+        return datetime.fromtimestamp(seconds, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+# --- money --------------------------------------------------------------------------------------
+
+
+def _amount(data: Mapping[str, Any]) -> tuple[int | None, str | None]:
+    """Integer minor units and currency. Floats and decimal strings are read with the currency's
+    decimals; Money objects ``{"amount", "currency", "decimals"}`` with their own decimals."""
+    currency = _currency(data.get("currency"))
+    zero: tuple[int, str] | None = None
+    for field in _AMOUNT_FIELDS:
+        parsed = _money(data.get(field), currency)
+        if parsed is not None and parsed[0] > 0:
+            return parsed
+        zero = zero or parsed
+    if zero is not None:
+        return zero
+    return None, currency
+
+
+def _money(value: Any, currency: str | None) -> tuple[int, str] | None:
+    decimals: Any = None
+    if isinstance(value, Mapping):
+        currency = _currency(value.get("currency")) or currency
+        decimals = value.get("decimals")
+        value = value.get("amount")
+    if currency is None:
+        return None  # an amount without a currency is meaningless
+    if not isinstance(decimals, int) or isinstance(decimals, bool) or not 0 <= decimals <= 6:
+        decimals = _decimals(currency)
+    minor = _to_minor(value, decimals)
+    return None if minor is None else (minor, currency)
+
+
+def _decimals(currency: str) -> int:
+    if currency in _ZERO_DECIMAL:
+        return 0
+    return 3 if currency in _THREE_DECIMAL else 2
+
+
+def _to_minor(value: Any, decimals: int) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        amount = Decimal(repr(value) if isinstance(value, float) else str(value).strip())
+        if not amount.is_finite() or amount < 0 or amount > _AMOUNT_MAX:
+            return None
+        return int((amount * (Decimal(10) ** decimals)).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    except InvalidOperation:
+        return None
+
+
+def _currency(value: Any) -> str | None:
+    if isinstance(value, str) and _CURRENCY.match(value.strip().lower()):
+        return value.strip().lower()
+    return None
+
+
+def _build(fields: Mapping[str, Any]) -> WhopEvent:
+    try:
+        return WhopEvent(**fields)
+    except ValidationError as error:
+        names = sorted({".".join(str(p) for p in e["loc"]) or "event"
+                        for e in error.errors(include_input=False, include_url=False)})
+        raise MalformedWebhook(", ".join(names)) from None

@@ -1,0 +1,1 @@
+"""Pytest fixtures around the fake Whop server (filled in with the Whop client work)."""
