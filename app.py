@@ -6,13 +6,13 @@ import os
 from datetime import UTC, datetime
 from typing import Any
 
-from chalice.app import Chalice, ConvertToMiddleware, Response, SQSEvent
+from chalice.app import Chalice, CloudWatchEvent, ConvertToMiddleware, Rate, Response, SQSEvent
 
 from chalicelib.config import get_config
 from chalicelib.db import get_database
-from chalicelib.errors import BadRequest
+from chalicelib.errors import BadRequest, NotFound, Unauthorized
 from chalicelib.health import application_health, database_health
-from chalicelib.http import handle_errors, json_response
+from chalicelib.http import bearer_matches, handle_errors, json_response, link_page
 from chalicelib.ingest import accept_webhook
 from chalicelib.observability import count, logger, metrics
 from chalicelib.processing import handle_batch
@@ -68,3 +68,47 @@ def whop_webhook() -> Response:
 @app.on_sqs_message(queue=EVENTS_QUEUE_NAME, batch_size=10)
 def process_events(event: SQSEvent) -> dict[str, Any]:
     return dict(handle_batch(event.to_dict(), event.context))
+
+
+@app.schedule(Rate(5, unit=Rate.MINUTES))
+def process_reminders(event: CloudWatchEvent) -> dict[str, Any]:
+    return run_tick()
+
+
+def run_tick() -> dict[str, Any]:
+    from chalicelib.effects import default_context
+    from chalicelib.scheduler import tick
+
+    result = tick(default_context(), datetime.now(UTC))
+    for name, value in result.as_metrics().items():
+        metrics.add_metric(name=name, unit="Milliseconds" if name.endswith("Ms") else "Count", value=value)
+    logger.info("reminder tick", extra=result.as_metrics())
+    return {"companies": result.companies, **result.as_metrics()}
+
+
+@app.route("/api/scheduler/reminders", methods=["POST"])
+@handle_errors
+def scheduler_reminders() -> Response:
+    secret = get_config().SCHEDULER_SECRET
+    if not secret:
+        raise NotFound("not found")
+    request = app.current_request
+    assert request is not None
+    if not bearer_matches(request.headers.get("authorization"), secret):
+        raise Unauthorized("missing or invalid bearer token")
+    return json_response(run_tick())
+
+
+@app.route("/r/{token}", methods=["GET"])
+@handle_errors
+def tracked_link(token: str) -> Response:
+    from chalicelib.links import follow
+    from chalicelib.whop import get_whop
+
+    click = follow(token, datetime.now(UTC), get_whop())
+    count(f"LinkClick_{click.status}")
+    if click.status == "redirect" and click.location:
+        return Response(body="", status_code=302,
+                        headers={"Location": click.location, "Cache-Control": "no-store",
+                                 "Referrer-Policy": "no-referrer"})
+    return link_page(click.status)

@@ -7,6 +7,7 @@ Views raise ``AppError`` subclasses (or let pydantic raise); ``handle_errors`` t
 from __future__ import annotations
 
 import functools
+import hmac
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -53,3 +54,30 @@ def handle_errors(view: F) -> F:
             return error_response(AppError("internal error"))
 
     return wrapped  # type: ignore[return-value]
+
+
+def bearer_matches(header: str | None, secret: str) -> bool:
+    """Constant-time check of ``Authorization: Bearer <secret>``."""
+    if not header or not header.startswith("Bearer "):
+        return False
+    return hmac.compare_digest(header[len("Bearer "):].encode(), secret.encode())
+
+
+_LINK_PAGES = {
+    "expired": (410, "This link has expired",
+                "This payment link is no longer active. If you still need to update your payment, "
+                "open Whop and go to your memberships."),
+    "unknown": (404, "Link not found", "This link is not valid."),
+    "unavailable": (503, "Please try again",
+                    "We could not open your payment page just now. Please try again in a minute."),
+}
+
+
+def link_page(status: str) -> Response:
+    code, title, text = _LINK_PAGES.get(status, _LINK_PAGES["unknown"])
+    body = (f"<!doctype html><html lang=en><meta charset=utf-8><title>{title}</title>"
+            f"<meta name=viewport content='width=device-width,initial-scale=1'>"
+            f"<body style='font-family:system-ui;max-width:32rem;margin:4rem auto;padding:0 1rem'>"
+            f"<h1>{title}</h1><p>{text}</p></body></html>")
+    return Response(body=body, status_code=code,
+                    headers={"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"})

@@ -26,6 +26,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from chalicelib import store
 from chalicelib.cases import fold
 from chalicelib.db import Database, Transaction, tenant_transaction
+from chalicelib.effects import default_context, execute_owed
 from chalicelib.models import Case, CaseStatus, CreatorSettings
 from chalicelib.observability import count, logger
 from chalicelib.queue import QueuedWebhook, decode_message
@@ -71,7 +72,7 @@ def refold_membership(tx: Transaction, company_id: str, membership_id: str,
     for case in folded:
         row = existing.get(case.seq)
         if row is None:
-            created = store.insert_case(tx, case, next_action_at(case, settings, set()),
+            created = store.insert_case(tx, case, next_action_at(case, settings, None),
                                         new_link_token())
             case_id = str(created["id"])
             opened.append(case_id)
@@ -86,10 +87,8 @@ def _update_existing(tx: Transaction, row: dict[str, Any], case: Case, settings:
         # A creator stopped this case by hand: new events update its facts, not its status.
         case = case.model_copy(update={"status": CaseStatus.CANCELLED, "closed_at": row["closed_at"],
                                        "close_reason": row["close_reason"]})
-    done = {r["step"] for r in tx.query(
-        "SELECT DISTINCT step FROM recovery_actions WHERE case_id = CAST(:id AS uuid)"
-        " AND kind = 'reminder'", id=str(row["id"]))}
-    store.update_case(tx, str(row["id"]), case, next_action_at(case, settings, done))
+    store.update_case(tx, str(row["id"]), case,
+                      next_action_at(case, settings, row["last_reminder_offset"]))
 
 
 def _record_initial_effects(tx: Transaction, case_id: str, case: Case, settings: CreatorSettings,
@@ -103,6 +102,18 @@ def _record_initial_effects(tx: Transaction, case_id: str, case: Case, settings:
 
 
 
+def send_opening_nudges(company_id: str, case_ids: list[str], now: datetime) -> None:
+    """The T+0 nudge goes out promptly, after commit. If Whop is down the rows stay pending and
+    the next tick retries them: the webhook itself is applied and must not be redelivered."""
+    try:
+        ctx = default_context()
+        for case_id in case_ids:
+            stats = execute_owed(ctx, company_id, now, case_id=case_id)
+            count("EffectsSent", stats.sent)
+    except Exception:  # noqa: BLE001 - effects are retried by the tick; the event is committed
+        logger.exception("opening nudges deferred to the next tick", extra={"company_id": company_id})
+
+
 # --- the SQS batch (Lambda event source, or the local consumer in make dev) --------------------
 
 
@@ -110,10 +121,12 @@ def _record_handler(record: SQSRecord) -> None:
     attributes = record.raw_event.get("messageAttributes") or {}
     msg = decode_message(record.body, attributes)
     logger.append_keys(message_id=record.message_id, webhook_id=msg.webhook_id)
-    outcome = process_webhook(msg, now=datetime.now(UTC))
+    now = datetime.now(UTC)
+    outcome = process_webhook(msg, now=now)
     count(f"Events{outcome.status.capitalize()}")
-    if outcome.opened_case_ids:
+    if outcome.opened_case_ids and outcome.company_id:
         count("CasesOpened", len(outcome.opened_case_ids))
+        send_opening_nudges(outcome.company_id, outcome.opened_case_ids, now)
     logger.info("webhook processed", extra={"outcome": outcome.status, "company_id": outcome.company_id,
                                              "opened": len(outcome.opened_case_ids)})
 

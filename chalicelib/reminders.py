@@ -12,7 +12,8 @@ Nothing is owed to a case that is not open, or whose 14-day window has passed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 from chalicelib.attribution import window_passed
 from chalicelib.models import Case, CaseStatus, CreatorSettings
@@ -43,11 +44,60 @@ def initial_effects(case: Case, settings: CreatorSettings, now: datetime) -> lis
     return owed
 
 
-def next_action_at(case: Case, settings: CreatorSettings, done_steps: set[str]) -> datetime | None:
+def due_reminder(case: Case, settings: CreatorSettings, last_offset: int | None,
+                 now: datetime) -> int | None:
+    """The reminder offset owed now, if any. Missed offsets collapse into the latest due one,
+    so a case is never sent two reminders in one tick."""
+    if case.status is not CaseStatus.OPEN or window_passed(case.first_failure_at, now):
+        return None
+    due = [d for d in settings.reminder_offsets_days
+           if case.first_failure_at + timedelta(days=d) <= now and (last_offset is None or d > last_offset)]
+    return max(due) if due else None
+
+
+def reminder_effects(case: Case, settings: CreatorSettings, offset: int,
+                     now: datetime) -> list[PlannedEffect]:
+    return [PlannedEffect("reminder", f"r{offset}", ch, now) for ch in channels(settings)]
+
+
+def next_action_at(case: Case, settings: CreatorSettings, last_offset: int | None) -> datetime | None:
     """When the scheduler next owes this case something: its next reminder, else its expiry."""
     if case.status is not CaseStatus.OPEN:
         return None
-    pending = [case.first_failure_at + timedelta(days=d) for d in sorted(settings.reminder_offsets_days)
-               if f"r{d}" not in done_steps]
-    expiry = case.window_ends_at
-    return min([*pending, expiry])
+    pending = [case.first_failure_at + timedelta(days=d) for d in settings.reminder_offsets_days
+               if last_offset is None or d > last_offset]
+    return min([*pending, case.window_ends_at])
+
+
+# --- sending rules --------------------------------------------------------------------------------
+
+FREQUENCY_CAP = timedelta(hours=20)  # automatic messages per member per channel
+MAX_ATTEMPTS = 5  # sends of one ledger row before it is marked failed for good
+_BASE_RETRY = timedelta(minutes=1)
+_MAX_RETRY = timedelta(hours=1)
+
+
+def quiet_until(now: datetime, settings: CreatorSettings) -> datetime | None:
+    """If ``now`` falls in the company's quiet hours (its timezone), when they end; else None."""
+    if settings.quiet_hours is None:
+        return None
+    tz = ZoneInfo(settings.timezone)
+    local = now.astimezone(tz)
+    start = time.fromisoformat(settings.quiet_hours.start)
+    end = time.fromisoformat(settings.quiet_hours.end)
+    t = local.time().replace(tzinfo=None)
+    if start == end:
+        return None
+    inside = start <= t < end if start < end else (t >= start or t < end)
+    if not inside:
+        return None
+    end_day = local.date() if t < end else local.date() + timedelta(days=1)
+    return datetime.combine(end_day, end, tzinfo=tz).astimezone(now.tzinfo)
+
+
+def retry_delay(attempts: int, retry_after_s: float | None) -> timedelta:
+    """Back off exponentially between attempts, never sooner than Whop asked."""
+    backoff: timedelta = min(_BASE_RETRY * (2 ** max(0, attempts - 1)), _MAX_RETRY)
+    if retry_after_s is not None:
+        backoff = max(backoff, timedelta(seconds=retry_after_s))
+    return backoff

@@ -62,11 +62,12 @@ def insert_case(tx: Transaction, case: Case, next_action_at: datetime | None,
     values["status"] = case.status.value
     # Column names come from the _CASE_COLUMNS constant; every value is a bound parameter.
     row = tx.one(
-        "INSERT INTO recovery_cases (company_id, membership_id, seq, next_action_at, link_token, "  # noqa: S608
-        + ", ".join(_CASE_COLUMNS) + ") VALUES (:company_id, :membership_id, :seq, :next_action_at,"
-        " :link_token, " + ", ".join(f":{c}" for c in _CASE_COLUMNS) + ") RETURNING *",
+        "INSERT INTO recovery_cases (company_id, membership_id, seq, next_action_at, link_token,"  # noqa: S608
+        " manage_url, " + ", ".join(_CASE_COLUMNS) + ") VALUES (:company_id, :membership_id, :seq,"
+        " :next_action_at, :link_token, :manage_url, " + ", ".join(f":{c}" for c in _CASE_COLUMNS)
+        + ") RETURNING *",
         company_id=case.company_id, membership_id=case.membership_id, seq=case.seq,
-        next_action_at=next_action_at, link_token=link_token, **values)
+        next_action_at=next_action_at, link_token=link_token, manage_url=case.manage_url, **values)
     assert row is not None
     return row
 
@@ -77,8 +78,14 @@ def update_case(tx: Transaction, case_id: str, case: Case, next_action_at: datet
     assignments = ", ".join(f"{c} = :{c}" for c in _CASE_COLUMNS)  # constant names, bound values
     tx.execute(
         "UPDATE recovery_cases SET " + assignments  # noqa: S608
-        + ", next_action_at = :next_action_at, updated_at = now() WHERE id = CAST(:id AS uuid)",
-        id=case_id, next_action_at=next_action_at, **values)
+        + ", manage_url = COALESCE(:manage_url, manage_url), next_action_at = :next_action_at,"
+        " updated_at = now() WHERE id = CAST(:id AS uuid)",
+        id=case_id, next_action_at=next_action_at, manage_url=case.manage_url, **values)
+
+
+def case_from_row(row: dict[str, Any]) -> Case:
+    fields = {name: row[name] for name in Case.model_fields if name in row}
+    return Case.model_validate(fields)
 
 
 # --- ledger --------------------------------------------------------------------------------------

@@ -550,8 +550,10 @@ class WhopClient(WhopPort):
             return raw.status_code, _response_json(raw.response)
 
         outcome = self._execute("send_push", call, key)
-        body = outcome.body if isinstance(outcome.body, Mapping) else {}
-        return self._result(outcome, {"success": bool(body.get("success", True))})
+        if outcome.ok and isinstance(outcome.body, Mapping) and outcome.body.get("success") is False:
+            # A 2xx that says it did not queue the notification: sending again will not help.
+            outcome = replace(outcome, ok=False, error_class="permanent", error_code="not_sent")
+        return self._result(outcome, {"success": True})
 
     def send_dm(self, user_id: str, company_id: str, content: str, idempotency_key: str) -> WhopResult:
         """Find or create the DM channel with the member (scoped to the company), then post.

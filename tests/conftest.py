@@ -15,7 +15,10 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 # Tests never talk to AWS: fake credentials, and moto intercepts every client we create.
 for _name, _value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                       "AWS_SESSION_TOKEN": "testing", "POWERTOOLS_METRICS_NAMESPACE": "ReboundTest",
-                      "POWERTOOLS_SERVICE_NAME": "rebound"}.items():
+                      "POWERTOOLS_SERVICE_NAME": "rebound",
+                      # Never Whop for real: anything not pointed at the fake fails fast on 127.0.0.1.
+                      "WHOP_API_BASE": "http://127.0.0.1:9/api/v1",
+                      "WHOP_JWKS_URL": "http://127.0.0.1:9/.well-known/jwks.json"}.items():
     os.environ.setdefault(_name, _value)
 
 from chalicelib import config, db  # noqa: E402

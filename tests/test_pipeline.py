@@ -13,9 +13,10 @@ import pytest
 from chalice.test import Client
 from moto import mock_aws
 
-from chalicelib import config, processing, queue
+from chalicelib import config, effects, processing, queue
 from chalicelib.db import Database, tenant_transaction
 from scripts import local_sqs, redrive
+from scripts.fake_whop import FakeWhop
 from tests.helpers import membership_event, payment_event, sign
 
 NOW = datetime.now(UTC)
@@ -28,6 +29,7 @@ class Pipeline:
     sqs: Any
     queues: local_sqs.Queues
     db: Database
+    whop: FakeWhop
 
     def deliver(self, msg_id: str, body: bytes, headers: dict[str, str] | None = None) -> Any:
         return self.client.http.post("/webhooks/whop", body=body, headers=headers or sign(body, msg_id))
@@ -49,7 +51,10 @@ class Pipeline:
 
 
 @pytest.fixture
-def pipeline(database: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:
+def pipeline(database: Database, whop_env: FakeWhop, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:
+    effects.clear_experience_cache()
+    for company in ("biz_alpha", "biz_bravo"):
+        whop_env.add_experience(company, whop_env.app_id, f"exp_{company}")
     with mock_aws():
         sqs = boto3.client("sqs", region_name="us-east-1")
         # Visibility 0: a failed record is visible again at once, so retries need no waiting.
@@ -60,7 +65,7 @@ def pipeline(database: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pi
         from app import app
 
         with Client(app) as client:
-            yield Pipeline(client, sqs, queues, database)
+            yield Pipeline(client, sqs, queues, database, whop_env)
         queue.reset_queue()
 
 
@@ -78,10 +83,17 @@ def test_failed_payment_opens_a_case_at_event_time_and_owes_the_t0_nudges(pipeli
     assert case["first_failure_at"] == failed_at
     assert case["amount_minor"] == 1999 and case["currency"] == "usd"
     assert case["decline_code"] == "insufficient_funds"
+    # The T+0 nudge went out in the same consumer run, after commit: push + DM at the fake Whop.
     actions = pipeline.rows("biz_alpha", "SELECT kind, step, channel, status FROM recovery_actions"
                                          " ORDER BY channel")
-    assert actions == [{"kind": "nudge", "step": "t0", "channel": "dm", "status": "pending"},
-                       {"kind": "nudge", "step": "t0", "channel": "push", "status": "pending"}]
+    assert actions == [{"kind": "nudge", "step": "t0", "channel": "dm", "status": "sent"},
+                       {"kind": "nudge", "step": "t0", "channel": "push", "status": "sent"}]
+    pushes = pipeline.whop.calls_to("POST", "/notifications")
+    assert len(pushes) == 1 and pushes[0].json["user_ids"] == ["user_1"]
+    assert pushes[0].json["experience_id"] == "exp_biz_alpha"
+    assert "/r/" + case["link_token"] in pushes[0].json["content"]
+    messages = pipeline.whop.calls_to("POST", "/messages")
+    assert len(messages) == 1 and "$19.99" in messages[0].json["content"]
     stored = pipeline.rows("biz_alpha", "SELECT payload::text AS p, occurred_at FROM events")
     assert "buyer@example.com" not in stored[0]["p"] and "Jane" not in stored[0]["p"]
     assert stored[0]["occurred_at"] == failed_at
@@ -95,6 +107,7 @@ def test_redelivery_of_the_same_webhook_changes_nothing(pipeline: Pipeline) -> N
     assert pipeline.rows("biz_alpha", "SELECT count(*) AS n FROM events")[0]["n"] == 1
     assert pipeline.rows("biz_alpha", "SELECT count(*) AS n FROM recovery_cases")[0]["n"] == 1
     assert pipeline.rows("biz_alpha", "SELECT count(*) AS n FROM recovery_actions")[0]["n"] == 2
+    assert len(pipeline.whop.calls_to("POST", "/messages")) == 1
 
 
 def test_success_delivered_before_its_failure_still_recovers(pipeline: Pipeline) -> None:

@@ -1,0 +1,91 @@
+"""One reminder tick: expire, owe reminders, execute owed effects — for every company with due work.
+
+Finding the companies is the only cross-tenant step, through the SECURITY DEFINER function
+``due_company_ids`` (ids only). Everything else runs per company in its tenant transaction,
+taking due cases with ``FOR UPDATE SKIP LOCKED`` so two ticks at once never owe twice; the
+ledger's unique idempotency keys are the second guard. Cost follows due work: the partial index
+``recovery_cases_due`` finds due cases without scanning open ones.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from chalicelib import store
+from chalicelib.db import Database, service_transaction, tenant_transaction
+from chalicelib.effects import Context, Stats, execute_owed
+from chalicelib.models import RECOVERY_WINDOW
+from chalicelib.reminders import due_reminder, next_action_at, reminder_effects
+
+
+@dataclass
+class TickResult:
+    companies: int = 0
+    due: int = 0
+    expired: int = 0
+    reminders_owed: int = 0
+    effects: Stats = field(default_factory=Stats)
+    duration_ms: float = 0.0
+
+    def as_metrics(self) -> dict[str, float]:
+        return {"RemindersDue": self.due, "RemindersOwed": self.reminders_owed,
+                "CasesExpired": self.expired, "EffectsSent": self.effects.sent,
+                "EffectsFailed": self.effects.failed, "EffectsRetrying": self.effects.retrying,
+                "EffectsDeferred": self.effects.deferred, "EffectsSkipped": self.effects.skipped,
+                "TickDurationMs": self.duration_ms}
+
+
+def expire_cases(company_id: str, now: datetime, db: Database | None = None) -> int:
+    with tenant_transaction(company_id, db) as tx:
+        rows = tx.query(
+            "UPDATE recovery_cases SET status = 'expired', closed_at = first_failure_at + :window,"
+            " close_reason = 'window_passed', next_action_at = NULL, updated_at = now()"
+            " WHERE status = 'open' AND first_failure_at + :window < :now RETURNING id",
+            window=RECOVERY_WINDOW, now=now)
+    return len(rows)
+
+
+def owe_reminders(company_id: str, now: datetime, db: Database | None = None,
+                  limit: int = 200) -> tuple[int, int]:
+    """Record the reminders due now as pending ledger rows; return (cases due, rows owed)."""
+    owed = 0
+    with tenant_transaction(company_id, db) as tx:
+        settings = store.get_settings(tx)
+        rows = tx.query("SELECT * FROM recovery_cases WHERE status = 'open' AND next_action_at <= :now"
+                        " ORDER BY next_action_at LIMIT :limit FOR UPDATE SKIP LOCKED",
+                        now=now, limit=limit)
+        for row in rows:
+            case = store.case_from_row(row)
+            last = row["last_reminder_offset"]
+            offset = due_reminder(case, settings, last, now)
+            if offset is not None:
+                case_id = str(row["id"])
+                for effect in reminder_effects(case, settings, offset, now):
+                    owed += store.add_action(tx, case_id=case_id, company_id=company_id,
+                                             kind=effect.kind, step=effect.step, channel=effect.channel,
+                                             due_at=effect.due_at,
+                                             idempotency_key=effect.idempotency_key(case_id))
+                last = offset
+            tx.execute("UPDATE recovery_cases SET last_reminder_offset = :last, next_action_at = :next,"
+                       " updated_at = now() WHERE id = CAST(:id AS uuid)",
+                       last=last, next=next_action_at(case, settings, last), id=str(row["id"]))
+    return len(rows), owed
+
+
+def tick(ctx: Context, now: datetime, db: Database | None = None, max_companies: int = 1000) -> TickResult:
+    started = time.perf_counter()
+    result = TickResult()
+    with service_transaction(db) as tx:
+        companies = [r["company_id"] for r in
+                     tx.query("SELECT company_id FROM due_company_ids(:now, :n)", now=now, n=max_companies)]
+    for company_id in companies:
+        result.companies += 1
+        result.expired += expire_cases(company_id, now, db)
+        due, owed = owe_reminders(company_id, now, db)
+        result.due += due
+        result.reminders_owed += owed
+        result.effects.add(execute_owed(ctx, company_id, now, db, limit=200))
+    result.duration_ms = round((time.perf_counter() - started) * 1000, 2)
+    return result
