@@ -81,13 +81,14 @@ _OWED = (
 )
 
 
-def _finish(tx: Transaction, action_id: str, status: str, error_class: str | None = None,
+def _finish(tx: Transaction, action_id: str, now: datetime, status: str, error_class: str | None = None,
             detail: str | None = None, result: dict[str, Any] | None = None) -> None:
+    # completed_at is the injected clock: the frequency cap and incentive limit compare with it.
     tx.execute(
         "UPDATE recovery_actions SET status = :status, error_class = :ec, error_detail = :detail,"
-        " result = result || CAST(:result AS jsonb), claimed_until = NULL, completed_at = now(),"
+        " result = result || CAST(:result AS jsonb), claimed_until = NULL, completed_at = :now,"
         " updated_at = now() WHERE id = CAST(:id AS uuid)",
-        status=status, ec=error_class, detail=detail, id=action_id,
+        status=status, ec=error_class, detail=detail, id=action_id, now=now,
         result=_json(result or {}))
 
 
@@ -169,7 +170,7 @@ def claim(company_id: str, now: datetime, db: Database | None = None, *, case_id
             case = store.case_from_row(case_row)
             verdict = _gate(tx, row, case, settings, now, batch_sends)
             if verdict is not None and verdict[0] == "skip":
-                _finish(tx, row["action_id"], "skipped", "skipped", verdict[1])
+                _finish(tx, row["action_id"], now, "skipped", "skipped", verdict[1])
                 stats.skipped += 1
                 continue
             if verdict is not None:
@@ -256,7 +257,7 @@ def record(company_id: str, c: Claim, result: WhopResult, now: datetime,
     """Write the outcome of a performed claim; return the row's new status."""
     with tenant_transaction(company_id, db) as tx:
         if result.ok:
-            _finish(tx, c.action_id, "sent", result={**result.data, **c.extra})
+            _finish(tx, c.action_id, now, "sent", result={**result.data, **c.extra})
             if c.kind == "incentive":
                 tx.execute("UPDATE recovery_cases SET incentive_days = :d, incentive_cost_minor = :cost,"
                            " updated_at = now() WHERE id = CAST(:id AS uuid)",
@@ -270,7 +271,7 @@ def record(company_id: str, c: Claim, result: WhopResult, now: datetime,
                        id=c.action_id)
             return "retrying"
         status = "skipped" if result.error_code == "no_push_experience" else "failed"
-        _finish(tx, c.action_id, status, result.error_class or "permanent", result.error_code)
+        _finish(tx, c.action_id, now, status, result.error_class or "permanent", result.error_code)
         return status
 
 

@@ -1,0 +1,382 @@
+"""Reaching the member: T+0 nudges, reminders, quiet hours, caps, incentives, retries, links.
+
+Real Postgres as the runtime role; the fake Whop over HTTP; the clock is injected.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from chalicelib import effects, processing, scheduler
+from chalicelib.db import Database, tenant_transaction
+from chalicelib.queue import QueuedWebhook
+from chalicelib.whop import get_whop
+from scripts.fake_whop import FakeWhop
+from tests.conftest import Owner
+from tests.helpers import membership_event, payment_event
+
+T0 = datetime(2026, 11, 2, 15, 0, tzinfo=UTC)  # a Monday, 15:00 UTC
+DAY = timedelta(days=1)
+A, B = "biz_alpha", "biz_bravo"
+
+
+class World:
+    def __init__(self, db: Database, fake: FakeWhop) -> None:
+        self.db = db
+        self.fake = fake
+        self.ctx = effects.Context(whop=get_whop(), app_id=fake.app_id,
+                                   public_base_url="https://rebound.test")
+
+    def deliver(self, body_pair: tuple[str, bytes], now: datetime) -> processing.Outcome:
+        msg_id, body = body_pair
+        return processing.process_webhook(QueuedWebhook(msg_id, now, body), now, self.db)
+
+    def fail(self, at: datetime, *, company: str = A, membership: str = "mem_1", user: str = "user_1",
+             now: datetime | None = None, **kw: Any) -> str:
+        if membership not in self.fake.memberships:
+            self.fake.add_membership(membership, company_id=company, user_id=user)
+        out = self.deliver(payment_event("payment.failed", company=company, membership=membership,
+                                         user=user, at=at, **kw), now or at)
+        return out.opened_case_ids[0] if out.opened_case_ids else ""
+
+    def run_effects(self, now: datetime, company: str = A) -> effects.Stats:
+        return effects.execute_owed(self.ctx, company, now, self.db)
+
+    def tick(self, now: datetime) -> scheduler.TickResult:
+        return scheduler.tick(self.ctx, now, self.db)
+
+    def actions(self, company: str = A, case_id: str | None = None) -> list[dict[str, Any]]:
+        with tenant_transaction(company, self.db) as tx:
+            return tx.query("SELECT kind, step, channel, status, attempts, error_class, error_detail,"
+                            " result, due_at FROM recovery_actions WHERE kind <> 'link_click'"
+                            " AND (CAST(:c AS uuid) IS NULL OR case_id = CAST(:c AS uuid))"
+                            " ORDER BY created_at, step, channel", c=case_id)
+
+    def case(self, case_id: str, company: str = A) -> dict[str, Any]:
+        with tenant_transaction(company, self.db) as tx:
+            row = tx.one("SELECT * FROM recovery_cases WHERE id = CAST(:id AS uuid)", id=case_id)
+        assert row is not None
+        return row
+
+    def settings(self, company: str = A, **values: Any) -> None:
+        cols = ", ".join(values)
+        params = ", ".join(f":{k}" for k in values)
+        with tenant_transaction(company, self.db) as tx:
+            tx.execute(f"INSERT INTO creator_settings (company_id, {cols}) VALUES (:company, {params})"  # noqa: S608
+                       f" ON CONFLICT (company_id) DO UPDATE SET "
+                       + ", ".join(f"{k} = EXCLUDED.{k}" for k in values), company=company, **values)
+
+    def pushes(self) -> list[Any]:
+        return self.fake.calls_to("POST", "/notifications")
+
+    def dms(self) -> list[Any]:
+        return self.fake.calls_to("POST", "/messages")
+
+
+@pytest.fixture
+def world(database: Database, whop_env: FakeWhop) -> Iterator[World]:
+    effects.clear_experience_cache()
+    for company in (A, B):
+        whop_env.add_experience(company, whop_env.app_id, f"exp_{company}")
+    yield World(database, whop_env)
+
+
+# --- T+0 ------------------------------------------------------------------------------------------
+
+
+def test_t0_push_and_dm_lead_with_the_tracked_link(world: World) -> None:
+    case_id = world.fail(T0, recovery_url=None)
+    stats = world.run_effects(T0)
+    assert stats.sent == 2
+    token = world.case(case_id)["link_token"]
+    push, dm = world.pushes()[0].json, world.dms()[0].json
+    assert push["experience_id"] == f"exp_{A}" and push["user_ids"] == ["user_1"]
+    assert f"https://rebound.test/r/{token}" in push["content"]
+    assert f"(https://rebound.test/r/{token})" in dm["content"] and "$19.99" in dm["content"]
+    assert "14 days" in dm["content"]
+    for call in world.fake.calls:
+        assert "jane" not in str(call.json).lower() and "buyer@example.com" not in str(call.json)
+    keys = {c.headers.get("idempotency-key") for c in world.pushes()}
+    assert keys == {f"{case_id}:t0:push"}
+
+
+def test_toggles_off_send_nothing(world: World) -> None:
+    world.settings(enable_push=False, enable_dm=False)
+    world.fail(T0)
+    assert world.run_effects(T0).sent == 0
+    assert world.pushes() == [] and world.dms() == [] and world.actions() == []
+
+
+def test_push_without_an_experience_is_skipped_and_the_dm_still_goes(world: World) -> None:
+    world.fake.reset()
+    effects.clear_experience_cache()
+    world.fail(T0)
+    world.run_effects(T0)
+    by_channel = {a["channel"]: a for a in world.actions()}
+    assert by_channel["push"]["status"] == "skipped"
+    assert by_channel["push"]["error_detail"] == "no_push_experience"
+    assert by_channel["dm"]["status"] == "sent" and len(world.dms()) == 1
+
+
+def test_configured_push_experience_wins(world: World) -> None:
+    world.settings(push_experience_id="exp_custom")
+    world.fake.add_experience(A, "other_app", "exp_custom")
+    world.fail(T0)
+    world.run_effects(T0)
+    assert world.pushes()[0].json["experience_id"] == "exp_custom"
+
+
+# --- reminders ------------------------------------------------------------------------------------
+
+
+def test_reminders_at_2_and_4_days_then_expiry(world: World) -> None:
+    case_id = world.fail(T0)
+    world.run_effects(T0)
+    assert world.tick(T0 + DAY).reminders_owed == 0
+    r2 = world.tick(T0 + 2 * DAY + timedelta(minutes=1))
+    assert r2.reminders_owed == 2 and r2.effects.sent == 2
+    assert world.tick(T0 + 3 * DAY).reminders_owed == 0
+    r4 = world.tick(T0 + 4 * DAY + timedelta(minutes=1))
+    assert r4.reminders_owed == 2
+    steps = [(a["step"], a["channel"], a["status"]) for a in world.actions()]
+    assert steps == [("t0", "dm", "sent"), ("t0", "push", "sent"), ("r2", "dm", "sent"),
+                     ("r2", "push", "sent"), ("r4", "dm", "sent"), ("r4", "push", "sent")]
+    assert len(world.dms()) == 3
+    assert world.tick(T0 + 14 * DAY).expired == 0
+    done = world.tick(T0 + 14 * DAY + timedelta(minutes=1))
+    assert done.expired == 1 and world.case(case_id)["status"] == "expired"
+    assert len(world.dms()) == 3
+
+
+def test_missed_offsets_collapse_into_one_reminder(world: World) -> None:
+    world.settings(reminder_offsets_days=[1, 2, 3])
+    world.fail(T0)
+    world.run_effects(T0)
+    result = world.tick(T0 + 3 * DAY + timedelta(hours=1))
+    assert result.reminders_owed == 2
+    steps = {a["step"] for a in world.actions()}
+    assert steps == {"t0", "r3"}
+
+
+def test_no_reminder_after_recovery_or_cancellation(world: World) -> None:
+    world.fail(T0, membership="mem_paid")
+    world.fail(T0, membership="mem_gone", user="user_2")
+    world.run_effects(T0)
+    world.deliver(payment_event("payment.succeeded", membership="mem_paid", at=T0 + DAY), T0 + DAY)
+    world.deliver(membership_event("membership.cancel_at_period_end_changed", membership="mem_gone",
+                                   at=T0 + DAY, cancel_at_period_end=True), T0 + DAY)
+    result = world.tick(T0 + 5 * DAY)
+    assert result.reminders_owed == 0 and len(world.dms()) == 2
+
+
+def test_quiet_hours_defer_to_their_end_in_the_company_timezone(world: World) -> None:
+    # 15:00 UTC is 10:00 in New York; quiet 09:00-12:00 there.
+    world.settings(timezone="America/New_York", quiet_hours_start="09:00", quiet_hours_end="12:00")
+    world.fail(T0)
+    stats = world.run_effects(T0)
+    assert stats.deferred == 2 and world.dms() == []
+    due = {a["due_at"] for a in world.actions()}
+    assert due == {datetime(2026, 11, 2, 17, 0, tzinfo=UTC)}
+    assert world.run_effects(T0 + timedelta(hours=1)).sent == 0
+    assert world.tick(T0 + timedelta(hours=2)).effects.sent == 2
+
+
+def test_frequency_cap_one_message_per_member_per_channel_per_20_hours(world: World) -> None:
+    world.settings(reminder_offsets_days=[1])
+    world.fail(T0, membership="mem_1")
+    world.run_effects(T0)
+    # A second membership of the same member fails 2 hours later: its T+0 waits for the cap.
+    world.fail(T0 + timedelta(hours=2), membership="mem_2")
+    stats = world.run_effects(T0 + timedelta(hours=2))
+    assert stats.deferred == 2 and len(world.dms()) == 1
+    assert world.tick(T0 + timedelta(hours=19)).effects.sent == 0
+    assert world.tick(T0 + timedelta(hours=20, minutes=1)).effects.sent == 2
+
+
+def test_two_concurrent_ticks_send_once(world: World, owner: Owner) -> None:
+    for i in range(6):
+        world.fail(T0, membership=f"mem_{i}", user=f"user_{i}")
+    world.run_effects(T0)
+    barrier = threading.Barrier(2)
+    results: list[scheduler.TickResult] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            barrier.wait()
+            results.append(world.tick(T0 + 2 * DAY + timedelta(minutes=5)))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            world.db.close()
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    reminder_dms = [c for c in world.dms() if "Reminder" in c.json["content"]]
+    assert len(reminder_dms) == 6
+    assert sum(r.effects.sent for r in results) == 12
+
+
+# --- retries, failures, crashes ---------------------------------------------------------------
+
+
+def test_429_then_success_sends_once(world: World) -> None:
+    world.fake.inject("POST", "/messages", "429", times=1, retry_after=1)
+    world.fail(T0)
+    stats = world.run_effects(T0)
+    assert stats.sent == 2
+    assert len([c for c in world.dms() if c.status == 200]) == 1
+
+
+def test_permanent_4xx_is_a_visible_failure_without_endless_retries(world: World) -> None:
+    world.fake.inject("POST", "/notifications", "403", times=None)
+    world.fail(T0)
+    world.run_effects(T0)
+    push = next(a for a in world.actions() if a["channel"] == "push")
+    assert push["status"] == "failed" and push["error_class"] == "permanent"
+    attempts = len(world.pushes())
+    world.tick(T0 + timedelta(hours=1))
+    world.tick(T0 + timedelta(hours=3))
+    assert len(world.pushes()) == attempts == 1
+
+
+def test_retryable_failures_stop_after_the_attempt_budget(world: World) -> None:
+    world.fake.inject("POST", "/notifications", "500", times=None)
+    world.fail(T0)
+    now = T0
+    for _ in range(8):
+        world.run_effects(now)
+        now += timedelta(hours=2)
+    push = next(a for a in world.actions() if a["channel"] == "push")
+    assert push["status"] == "failed" and push["attempts"] == 5
+
+
+def test_crash_after_claim_before_send_is_sent_once_on_the_next_tick(world: World) -> None:
+    world.fail(T0)
+    claimed = effects.claim(A, T0, world.db)  # ... and the process dies here
+    assert len(claimed) == 2 and world.dms() == []
+    assert world.run_effects(T0 + timedelta(minutes=1)).sent == 0  # the lease still holds
+    result = world.tick(T0 + effects.LEASE + timedelta(minutes=1))
+    assert result.effects.sent == 2 and len(world.dms()) == 1
+
+
+def test_crash_after_send_before_record_does_not_send_twice(world: World) -> None:
+    world.fail(T0)
+    for c in effects.claim(A, T0, world.db):
+        effects.perform(world.ctx, c, T0)  # Whop did it; the record step never ran
+    world.tick(T0 + effects.LEASE + timedelta(minutes=1))
+    assert len(world.fake.state()["messages"]) == 1
+
+
+# --- incentives -----------------------------------------------------------------------------------
+
+
+def test_incentive_per_company_setting(world: World) -> None:
+    world.settings(A, incentive_days=3)
+    a_case = world.fail(T0, company=A, membership="mem_a", user="user_a")
+    b_case = world.fail(T0, company=B, membership="mem_b", user="user_b")
+    world.run_effects(T0, A)
+    world.run_effects(T0, B)
+    extends = world.fake.calls_to("POST", r"/memberships/[^/]+/extend")
+    assert [(c.api_path, c.json) for c in extends] == [("/memberships/mem_a/extend", {"days": 3})]
+    a = world.case(a_case, A)
+    assert a["incentive_days"] == 3 and a["incentive_cost_minor"] == round(3 * 1999 / 30)
+    assert world.case(b_case, B)["incentive_days"] == 0
+
+
+def test_incentive_once_under_duplicates_and_concurrency(world: World) -> None:
+    world.settings(incentive_days=2)
+    msg = payment_event("payment.failed", company=A, membership="mem_1", user="user_1", at=T0)
+    world.fake.add_membership("mem_1", company_id=A, user_id="user_1")
+    world.deliver(msg, T0)
+    world.deliver(msg, T0)  # redelivery
+
+    def run() -> None:
+        try:
+            world.run_effects(T0)
+        finally:
+            world.db.close()
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    world.tick(T0 + effects.LEASE + timedelta(minutes=1))
+    ok = [c for c in world.fake.calls_to("POST", r"/memberships/mem_1/extend") if c.status == 200]
+    assert len(ok) == 1
+
+
+def test_at_most_one_incentive_per_member_per_90_days(world: World) -> None:
+    world.settings(incentive_days=2, reminder_offsets_days=[13])
+    world.fail(T0, membership="mem_1")
+    world.run_effects(T0)
+    world.deliver(payment_event("payment.succeeded", membership="mem_1", at=T0 + DAY), T0 + DAY)
+    second = world.fail(T0 + 20 * DAY, membership="mem_1")
+    world.run_effects(T0 + 20 * DAY)
+    incentive = next(a for a in world.actions(case_id=second) if a["kind"] == "incentive")
+    assert incentive["status"] == "skipped" and incentive["error_detail"] == "recent_incentive"
+    third = world.fail(T0 + 100 * DAY, membership="mem_1")
+    world.run_effects(T0 + 100 * DAY)
+    incentive = next(a for a in world.actions(case_id=third) if a["kind"] == "incentive")
+    assert incentive["status"] == "sent"
+
+
+def test_late_webhook_never_messages_a_member(world: World) -> None:
+    world.fail(T0, now=T0 + 20 * DAY)
+    world.run_effects(T0 + 20 * DAY)
+    world.tick(T0 + 20 * DAY)
+    assert world.pushes() == [] and world.dms() == []
+
+
+# --- tracked links --------------------------------------------------------------------------------
+
+
+def test_tracked_link_records_the_click_and_redirects(world: World) -> None:
+    from chalicelib.links import follow
+
+    case_id = world.fail(T0, recovery_url="https://whop.com/checkout/3ds/pay_1")
+    token = world.case(case_id)["link_token"]
+    click = follow(token, T0 + timedelta(hours=1), get_whop(), world.db)
+    assert (click.status, click.location) == ("redirect", "https://whop.com/checkout/3ds/pay_1")
+    row = world.case(case_id)
+    assert row["link_clicks"] == 1 and row["last_clicked_at"] == T0 + timedelta(hours=1)
+
+
+def test_tracked_link_falls_back_to_manage_url_and_expires_with_the_case(world: World) -> None:
+    from chalicelib.links import follow
+
+    case_id = world.fail(T0, membership="mem_9")
+    token = world.case(case_id)["link_token"]
+    click = follow(token, T0, get_whop(), world.db)
+    assert click.status == "redirect" and click.location == world.fake.membership("mem_9")["manage_url"]
+    world.deliver(payment_event("payment.succeeded", membership="mem_9", at=T0 + DAY), T0 + DAY)
+    assert follow(token, T0 + DAY, get_whop(), world.db).status == "expired"
+    assert follow("x" * 43, T0, get_whop(), world.db).status == "unknown"
+    assert follow("../../etc", T0, get_whop(), world.db).status == "unknown"
+
+
+def test_a_tick_skips_rows_another_tick_holds_instead_of_waiting(world: World,
+                                                                 local_database: Any) -> None:
+    world.fail(T0)
+    with tenant_transaction(A, world.db) as tx:  # make a lock wait fail fast, not hang
+        tx.query("SELECT set_config('lock_timeout', '2000', false)")
+    other = Database(local_database.runtime_url)
+    try:
+        with tenant_transaction(A, other) as held:
+            held.query("SELECT id FROM recovery_actions FOR UPDATE")
+            held.query("SELECT id FROM recovery_cases FOR UPDATE")
+            assert effects.claim(A, T0, world.db) == []
+            assert scheduler.owe_reminders(A, T0 + 3 * DAY, world.db) == (0, 0)
+    finally:
+        other.close()
+    assert len(effects.claim(A, T0, world.db)) == 2
