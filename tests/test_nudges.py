@@ -67,7 +67,7 @@ class World:
         cols = ", ".join(values)
         params = ", ".join(f":{k}" for k in values)
         with tenant_transaction(company, self.db) as tx:
-            tx.execute(f"INSERT INTO creator_settings (company_id, {cols}) VALUES (:company, {params})"  # noqa: S608
+            tx.execute(f"INSERT INTO creator_settings (company_id, {cols}) VALUES (:company, {params})"
                        f" ON CONFLICT (company_id) DO UPDATE SET "
                        + ", ".join(f"{k} = EXCLUDED.{k}" for k in values), company=company, **values)
 
