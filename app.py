@@ -86,7 +86,7 @@ def run_tick() -> dict[str, Any]:
     return {"companies": result.companies, **result.as_metrics()}
 
 
-@app.route("/api/scheduler/reminders", methods=["POST"])
+@app.route("/api/scheduler/reminders", methods=["POST"], content_types=["application/json", "*/*"])
 @handle_errors
 def scheduler_reminders() -> Response:
     secret = get_config().SCHEDULER_SECRET

@@ -117,16 +117,15 @@ def send_opening_nudges(company_id: str, case_ids: list[str], now: datetime) -> 
 # --- the SQS batch (Lambda event source, or the local consumer in make dev) --------------------
 
 
-def _record_handler(record: SQSRecord) -> None:
+def _apply_record(record: SQSRecord, opened: dict[str, list[str]]) -> None:
     attributes = record.raw_event.get("messageAttributes") or {}
     msg = decode_message(record.body, attributes)
     logger.append_keys(message_id=record.message_id, webhook_id=msg.webhook_id)
-    now = datetime.now(UTC)
-    outcome = process_webhook(msg, now=now)
+    outcome = process_webhook(msg, now=datetime.now(UTC))
     count(f"Events{outcome.status.capitalize()}")
     if outcome.opened_case_ids and outcome.company_id:
         count("CasesOpened", len(outcome.opened_case_ids))
-        send_opening_nudges(outcome.company_id, outcome.opened_case_ids, now)
+        opened.setdefault(outcome.company_id, []).extend(outcome.opened_case_ids)
     logger.info("webhook processed", extra={"outcome": outcome.status, "company_id": outcome.company_id,
                                              "opened": len(outcome.opened_case_ids)})
 
@@ -135,9 +134,16 @@ def handle_batch(event: dict[str, Any], context: Any = None) -> PartialItemFailu
     """Each record succeeds or fails alone; failures come back in ``batchItemFailures``."""
     # A fresh processor per batch: BatchProcessor keeps per-batch state on the instance.
     processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+    opened: dict[str, list[str]] = {}
     result = process_partial_response(
-        event=event, record_handler=_record_handler, processor=processor, context=context)
+        event=event, record_handler=lambda record: _apply_record(record, opened), processor=processor,
+        context=context)
     failures = len(result.get("batchItemFailures", []))
     if failures:
         count("EventRecordsFailed", failures)
+    # T+0 nudges go out once the whole batch is applied: a payment that succeeded in the same
+    # batch closes the case first, and the executor then owes that member nothing.
+    now = datetime.now(UTC)
+    for company_id, case_ids in opened.items():
+        send_opening_nudges(company_id, case_ids, now)
     return result

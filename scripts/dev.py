@@ -1,84 +1,202 @@
 """`make dev`: the whole service on this machine, with no system installs.
 
-Starts embedded Postgres (pgserver) and migrates it, then `chalice local --no-autoreload` on
-127.0.0.1:${PORT:-8000}. State lives under ${REBOUND_DATA_DIR:-.dev}; a new folder is a fresh
-start. Ctrl-C stops everything this started.
+Starts, in order: embedded Postgres (pgserver, migrated), moto server as local SQS (queue + DLQ
+with a redrive policy), the bundled fake Whop (unless WHOP_API_BASE is set), the local consumer
+(feeds process_events like Lambda's SQS event source), the local scheduler (process_reminders
+every SCHEDULER_EVERY_S seconds), and `chalice local --no-autoreload` on 127.0.0.1:${PORT:-8000}.
+Seeds demo data once and prints the dashboard URL with a dev token. Ctrl-C stops everything.
+State lives under ${REBOUND_DATA_DIR:-.dev}; a new folder is a fresh start.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from scripts import localdb  # noqa: E402
+from chalicelib.config import DEV_DEFAULTS  # noqa: E402
+from scripts import local_sqs, localdb  # noqa: E402
+from scripts.whop_payloads import membership_event, payment_event, sign  # noqa: E402
 
 BIN = Path(sys.executable).parent
+DEMO_COMPANY = "biz_demo"
+DEMO_ADMIN = "user_demo_admin"
+DEMO_EXPERIENCE = "exp_demo"
 
 
-def wait_http(url: str, timeout_s: float = 30.0) -> None:
+def wait_http(url: str, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - our own 127.0.0.1 server
+            with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - our own 127.0.0.1 servers
                 return
+        except urllib.error.HTTPError:
+            return  # it answered
         except OSError:
             time.sleep(0.2)
     raise RuntimeError(f"{url} did not answer within {timeout_s:.0f}s")
 
 
-def main() -> int:
-    data_dir = Path(os.environ.get("REBOUND_DATA_DIR", ROOT / ".dev")).resolve()
-    port = int(os.environ.get("PORT", "8000"))
-    data_dir.mkdir(parents=True, exist_ok=True)
-    print(f"rebound dev: state in {data_dir}")
+def post_json(url: str, body: Any, headers: dict[str, str] | None = None) -> Any:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method="POST",  # noqa: S310
+                                 headers={"content-type": "application/json", **(headers or {})})
+    with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
+        return json.loads(resp.read() or b"null")
 
-    database = localdb.start(data_dir / "postgres")
-    env = dict(os.environ)
-    env.update({
-        "APP_ENV": env.get("APP_ENV", "development"),
-        "DATABASE_URL": database.runtime_url,
-        "MIGRATIONS_DATABASE_URL": database.owner_url,
-        "PUBLIC_BASE_URL": env.get("PUBLIC_BASE_URL", f"http://127.0.0.1:{port}"),
-        "AWS_DEFAULT_REGION": env.get("AWS_DEFAULT_REGION", "us-east-1"),
-    })
-    children: list[subprocess.Popen[bytes]] = []
 
-    def stop(*_: object) -> None:
-        for child in reversed(children):
+def seed_fake_whop(fake: str) -> None:
+    """The fake Whop keeps state in memory: give it the demo company on every start."""
+    post_json(f"{fake}/_fake/access", {"user_id": DEMO_ADMIN, "resource_id": DEMO_COMPANY, "level": "admin"})
+    post_json(f"{fake}/_fake/experiences", {"company_id": DEMO_COMPANY, "experience_id": DEMO_EXPERIENCE})
+    for i in range(1, 6):
+        post_json(f"{fake}/_fake/memberships", {"id": f"mem_demo_{i}", "company_id": DEMO_COMPANY,
+                                                 "user_id": f"user_demo_{i}"})
+
+
+def seed_demo_cases(api: str, secret: str) -> None:
+    """A few members through the real webhook route: open, recovered, churned, and late."""
+    now = datetime.now(UTC)
+    stories = [
+        payment_event("payment.failed", company=DEMO_COMPANY, membership="mem_demo_1", user="user_demo_1",
+                      at=now - timedelta(hours=2)),
+        payment_event("payment.failed", company=DEMO_COMPANY, membership="mem_demo_2", user="user_demo_2",
+                      at=now - timedelta(days=3), amount=49.0),
+        payment_event("payment.succeeded", company=DEMO_COMPANY, membership="mem_demo_2",
+                      user="user_demo_2", at=now - timedelta(days=1), amount=49.0),
+        payment_event("payment.failed", company=DEMO_COMPANY, membership="mem_demo_3", user="user_demo_3",
+                      at=now - timedelta(days=5), amount=9.99),
+        membership_event("membership.cancel_at_period_end_changed", company=DEMO_COMPANY,
+                         membership="mem_demo_3", at=now - timedelta(days=4), cancel_at_period_end=True),
+        payment_event("payment.failed", company=DEMO_COMPANY, membership="mem_demo_4", user="user_demo_4",
+                      at=now - timedelta(days=2, hours=3), amount=29.0,
+                      recovery_url="https://whop.com/checkout/3ds"),
+    ]
+    for msg_id, body in stories:
+        req = urllib.request.Request(f"{api}/webhooks/whop", data=body, method="POST",  # noqa: S310
+                                     headers=sign(body, msg_id, secret))
+        with urllib.request.urlopen(req, timeout=30):  # noqa: S310
+            pass
+
+
+class Stack:
+    def __init__(self) -> None:
+        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.database: localdb.LocalDatabase | None = None
+
+    def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        self.children.append((name, subprocess.Popen(argv, cwd=ROOT, env=env)))
+
+    def exited(self) -> str | None:
+        return next((name for name, child in self.children if child.poll() is not None), None)
+
+    def stop(self) -> None:
+        for _, child in reversed(self.children):
             if child.poll() is None:
                 child.terminate()
-        for child in children:
+        for _, child in self.children:
             try:
                 child.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 child.kill()
-        database.stop()
+        if self.database is not None:
+            self.database.stop()
 
+
+def main() -> int:
+    data_dir = Path(os.environ.get("REBOUND_DATA_DIR", ROOT / ".dev")).resolve()
+    port = int(os.environ.get("PORT", "8000"))
+    moto_port = int(os.environ.get("MOTO_PORT", "8200"))
+    fake_port = int(os.environ.get("FAKE_WHOP_PORT", "8100"))
+    api = f"http://127.0.0.1:{port}"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    print(f"rebound dev: state in {data_dir}")
+    stack = Stack()
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        children.append(subprocess.Popen(
-            [str(BIN / "chalice"), "local", "--no-autoreload", "--host", "127.0.0.1",
-             "--port", str(port), "--stage", "dev"], cwd=ROOT, env=env))
-        wait_http(f"http://127.0.0.1:{port}/api/health")
-        print(f"rebound dev: API on http://127.0.0.1:{port}  (health: /api/health?type=database)")
+        stack.database = localdb.start(data_dir / "postgres")
+        env = dict(os.environ)
+        own_whop = not env.get("WHOP_API_BASE")
+        fake = f"http://127.0.0.1:{fake_port}"
+        env.update({
+            "APP_ENV": env.get("APP_ENV", "development"),
+            "DATABASE_URL": stack.database.runtime_url,
+            "MIGRATIONS_DATABASE_URL": stack.database.owner_url,
+            "PUBLIC_BASE_URL": env.get("PUBLIC_BASE_URL", api),
+            "AWS_DEFAULT_REGION": env.get("AWS_DEFAULT_REGION", "us-east-1"),
+            "AWS_ACCESS_KEY_ID": env.get("AWS_ACCESS_KEY_ID", "local"),
+            "AWS_SECRET_ACCESS_KEY": env.get("AWS_SECRET_ACCESS_KEY", "local"),
+            "AWS_ENDPOINT_URL_SQS": env.get("AWS_ENDPOINT_URL_SQS", f"http://127.0.0.1:{moto_port}"),
+            "SCHEDULER_SECRET": env.get("SCHEDULER_SECRET", "dev-scheduler-secret"),
+            "PYTHONUNBUFFERED": "1",
+        })
+        for name, value in DEV_DEFAULTS.items():
+            env.setdefault(name, value)
+        env["PUBLIC_BASE_URL"] = env.get("PUBLIC_BASE_URL") or api
+
+        stack.spawn("moto", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)], env)
+        wait_http(f"http://127.0.0.1:{moto_port}/moto-api/")
+        import boto3
+
+        sqs = boto3.client("sqs", endpoint_url=env["AWS_ENDPOINT_URL_SQS"],
+                           region_name=env["AWS_DEFAULT_REGION"],
+                           aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                           aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+        queues = local_sqs.ensure_queues(sqs, "rebound-events", visibility_timeout=10)
+        env.setdefault("EVENTS_QUEUE_URL", queues.queue_url)
+        env.setdefault("EVENTS_DLQ_URL", queues.dlq_url)
+
+        if own_whop:
+            stack.spawn("fake-whop", [sys.executable, "scripts/fake_whop.py", "--port", str(fake_port),
+                                      "--api-key", env["WHOP_API_KEY"], "--app-id", env["WHOP_APP_ID"],
+                                      "--webhook-secret", env["WHOP_WEBHOOK_SECRET"]], env)
+            wait_http(f"{fake}/_fake/state")
+            env["WHOP_API_BASE"] = f"{fake}/api/v1"
+            env["WHOP_JWKS_URL"] = f"{fake}/.well-known/jwks.json"
+            seed_fake_whop(fake)
+
+        stack.spawn("consumer", [sys.executable, "scripts/local_worker.py", "consumer"], env)
+        stack.spawn("scheduler", [sys.executable, "scripts/local_worker.py", "scheduler"], env)
+        stack.spawn("chalice", [str(BIN / "chalice"), "local", "--no-autoreload", "--host", "127.0.0.1",
+                                "--port", str(port), "--stage", "dev"], env)
+        wait_http(f"{api}/api/health")
+
+        marker = data_dir / "demo-seeded"
+        if not marker.exists():
+            seed_demo_cases(api, env["WHOP_WEBHOOK_SECRET"])
+            marker.write_text(datetime.now(UTC).isoformat())
+            print("rebound dev: demo data seeded (company biz_demo)")
+
+        print(f"rebound dev: API        {api}  (try {api}/api/health?type=database)")
+        print(f"rebound dev: local SQS  {queues.queue_url} (DLQ {queues.dlq_url})")
+        if own_whop:
+            token = post_json(f"{fake}/_fake/token", {"user_id": DEMO_ADMIN,
+                                                       "expires_in": 12 * 3600})["token"]
+            print(f"rebound dev: fake Whop  {fake}  (what members received: {fake}/_fake/calls)")
+            print(f"rebound dev: dashboard  {api}/dashboard/{DEMO_COMPANY}?token={token}")
+            print(f"rebound dev: API token  x-whop-user-token: {token}")
+        print("rebound dev: simulate   .venv/bin/python scripts/simulate.py story --membership mem_demo_5 "
+              "--user user_demo_5")
         print("rebound dev: Ctrl-C stops everything")
-        while all(child.poll() is None for child in children):
+        while (gone := stack.exited()) is None:
             time.sleep(0.5)
-        print("rebound dev: a service exited; stopping", file=sys.stderr)
+        print(f"rebound dev: {gone} exited; stopping", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0
     finally:
-        stop()
+        stack.stop()
 
 
 if __name__ == "__main__":

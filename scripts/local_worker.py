@@ -45,7 +45,8 @@ def run_consumer(queue_name: str) -> None:
             time.sleep(1)
             continue
         if ok or failed:
-            print(f"consumer: batch done, {ok} ok, {failed} failed (will retry)", flush=True)
+            retry = f", {failed} failed (visible again after the visibility timeout)" if failed else ""
+            print(f"consumer: batch of {ok + failed}: {ok} applied{retry}", flush=True)
 
 
 def run_scheduler(every_s: float) -> None:

@@ -287,3 +287,14 @@ def test_large_bodies_are_compressed_to_fit_sqs() -> None:
     lambda_shape = {k: {"stringValue": v["StringValue"]} for k, v in attributes.items()}
     decoded = queue.decode_message(text, lambda_shape)
     assert decoded.body == body and decoded.webhook_id == "msg_1"
+
+
+def test_a_payment_in_the_same_batch_stops_the_t0_nudge(pipeline: Pipeline) -> None:
+    f_id, f_body = payment_event("payment.failed", at=NOW - timedelta(hours=2))
+    s_id, s_body = payment_event("payment.succeeded", at=NOW - timedelta(hours=1))
+    pipeline.deliver(f_id, f_body)
+    pipeline.deliver(s_id, s_body)
+    assert pipeline.drain() == (2, 0)
+    assert pipeline.rows("biz_alpha", "SELECT status FROM recovery_cases")[0]["status"] == "recovered"
+    statuses = {r["status"] for r in pipeline.rows("biz_alpha", "SELECT status FROM recovery_actions")}
+    assert statuses == {"skipped"} and pipeline.whop.calls_to("POST", "/messages") == []

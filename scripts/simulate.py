@@ -1,0 +1,95 @@
+"""Send signed Whop webhook scenarios to a running Rebound (default: `make dev` on :8000).
+
+  python scripts/simulate.py failure  --membership mem_42 [--days-ago 3] [--recovery-url URL]
+  python scripts/simulate.py recovery --membership mem_42          # the member pays
+  python scripts/simulate.py churn    --membership mem_42          # the member cancels
+  python scripts/simulate.py story                                 # failure, tick, recovery
+  python scripts/simulate.py tick                                  # run the reminder tick now
+
+Webhooks are signed like Whop signs them (Standard Webhooks, the ws_ secret's literal bytes).
+With the bundled fake Whop running, the membership is registered there first, so nudges,
+incentives and links work; check what the member received at <fake>/_fake/calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from scripts.whop_payloads import SECRET, membership_event, payment_event, sign  # noqa: E402
+
+
+def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+    req = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - 127.0.0.1 by default
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def register_membership(fake: str | None, membership: str, company: str, user: str) -> None:
+    if not fake:
+        return
+    body = json.dumps({"id": membership, "company_id": company, "user_id": user}).encode()
+    _post(f"{fake}/_fake/memberships", body, {"content-type": "application/json"})
+
+
+def send(base: str, pair: tuple[str, bytes], secret: str) -> None:
+    msg_id, body = pair
+    status, text = _post(f"{base}/webhooks/whop", body, sign(body, msg_id, secret))
+    print(f"{json.loads(body)['type']:<45} {msg_id} -> {status} {text.strip()}")
+
+
+def tick(base: str, secret: str | None) -> None:
+    if not secret:
+        print("tick: SCHEDULER_SECRET is not set; the scheduler loop runs the tick anyway")
+        return
+    status, text = _post(f"{base}/api/scheduler/reminders", b"",
+                         {"authorization": f"Bearer {secret}", "content-type": "application/json"})
+    print(f"reminder tick -> {status} {text.strip()}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("scenario", choices=["failure", "recovery", "churn", "story", "tick"])
+    parser.add_argument("--base", default=os.environ.get("REBOUND_URL", "http://127.0.0.1:8000"))
+    parser.add_argument("--fake-whop", default=os.environ.get("FAKE_WHOP_URL", "http://127.0.0.1:8100"))
+    parser.add_argument("--company", default="biz_demo")
+    parser.add_argument("--membership", default="mem_sim_1")
+    parser.add_argument("--user", default="user_sim_1")
+    parser.add_argument("--days-ago", type=float, default=0.0, help="when the payment failed")
+    parser.add_argument("--recovery-url", default=None)
+    parser.add_argument("--amount", type=float, default=19.99)
+    args = parser.parse_args(argv)
+    secret = os.environ.get("WHOP_WEBHOOK_SECRET", SECRET)
+    now = datetime.now(UTC)
+    ids: dict[str, Any] = {"company": args.company, "membership": args.membership}
+    if args.scenario in ("failure", "story"):
+        register_membership(args.fake_whop, args.membership, args.company, args.user)
+        send(args.base, payment_event("payment.failed", **ids, user=args.user,
+                                      at=now - timedelta(days=args.days_ago), amount=args.amount,
+                                      recovery_url=args.recovery_url), secret)
+    if args.scenario in ("tick", "story"):
+        tick(args.base, os.environ.get("SCHEDULER_SECRET"))
+    if args.scenario in ("recovery", "story"):
+        send(args.base, payment_event("payment.succeeded", **ids, user=args.user, at=now,
+                                      amount=args.amount), secret)
+    if args.scenario == "churn":
+        send(args.base, membership_event("membership.cancel_at_period_end_changed", **ids, at=now,
+                                         cancel_at_period_end=True), secret)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
