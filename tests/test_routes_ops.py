@@ -1,0 +1,112 @@
+"""Operator-facing routes and handlers: the scheduler trigger, the scheduled tick, tracked links,
+and the packaged CloudFormation template."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from chalice.test import Client
+
+from chalicelib import config, effects, processing
+from chalicelib.db import Database, tenant_transaction
+from chalicelib.queue import QueuedWebhook
+from scripts.fake_whop import FakeWhop
+from tests.conftest import ROOT
+from tests.helpers import payment_event
+
+NOW = datetime.now(UTC)
+
+
+@pytest.fixture
+def client(database: Database, whop_env: FakeWhop) -> Iterator[Client]:
+    effects.clear_experience_cache()
+    whop_env.add_experience("biz_alpha", whop_env.app_id, "exp_a")
+    from app import app
+
+    with Client(app) as c:
+        yield c
+
+
+def open_case(at: datetime, membership: str = "mem_1") -> str:
+    msg_id, body = payment_event("payment.failed", membership=membership, at=at)
+    out = processing.process_webhook(QueuedWebhook(msg_id, at, body), at)
+    return out.opened_case_ids[0]
+
+
+def test_scheduler_route_is_404_without_a_secret(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SCHEDULER_SECRET", raising=False)
+    config.reset_config()
+    assert client.http.post("/api/scheduler/reminders").status_code == 404
+
+
+def test_scheduler_route_needs_the_bearer_secret(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCHEDULER_SECRET", "s3cret-value")
+    config.reset_config()
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-value"},
+                    {"Authorization": "Bearer s3cret-valuex"}):
+        resp = client.http.post("/api/scheduler/reminders", headers=headers)
+        assert resp.status_code == 401, headers
+    open_case(NOW - timedelta(days=2, hours=1))
+    resp = client.http.post("/api/scheduler/reminders", headers={"Authorization": "Bearer s3cret-value"})
+    body = json.loads(resp.body)
+    assert resp.status_code == 200
+    assert body["RemindersOwed"] == 2 and body["EffectsSent"] >= 2
+
+
+def test_scheduled_handler_runs_the_tick(client: Client) -> None:
+    case_id = open_case(NOW - timedelta(days=15))
+    from app import app
+
+    with Client(app) as c:
+        event = c.events.generate_cw_event(source="aws.events", detail_type="Scheduled Event",
+                                           detail={}, resources=[])
+        result = c.lambda_.invoke("process_reminders", event)
+    assert result.payload["CasesExpired"] == 1
+    with tenant_transaction("biz_alpha") as tx:
+        assert tx.scalar("SELECT status FROM recovery_cases WHERE id = CAST(:i AS uuid)", i=case_id) == "expired"
+
+
+def test_tracked_link_route_redirects_and_expires(client: Client, whop_env: FakeWhop) -> None:
+    whop_env.add_membership("mem_1", company_id="biz_alpha", user_id="user_1")
+    case_id = open_case(NOW - timedelta(hours=1))
+    with tenant_transaction("biz_alpha") as tx:
+        token = tx.scalar("SELECT link_token FROM recovery_cases WHERE id = CAST(:i AS uuid)", i=case_id)
+    resp = client.http.get(f"/r/{token}")
+    assert resp.status_code == 302
+    assert resp.headers["Location"] == whop_env.membership("mem_1")["manage_url"]
+    assert resp.headers["Cache-Control"] == "no-store"
+    with tenant_transaction("biz_alpha") as tx:
+        tx.execute("UPDATE recovery_cases SET status = 'cancelled', closed_at = now()")
+    gone = client.http.get(f"/r/{token}")
+    assert gone.status_code == 410 and b"expired" in gone.body
+    assert client.http.get("/r/not-a-real-token-at-all-xx").status_code == 404
+
+
+def test_packaged_template_has_queue_dlq_and_partial_batch_responses(tmp_path: Path) -> None:
+    out = tmp_path / "package"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "package.py"), "--out", str(out)],
+                   check=True, cwd=ROOT, capture_output=True)
+    template = json.loads((out / "sam.json").read_text())
+    resources = template["Resources"]
+    source = resources["ProcessEvents"]["Properties"]["Events"]["ProcessEventsSqsEventSource"]
+    assert source["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert source["Properties"]["BatchSize"] == 10
+    queue = resources["EventsQueue"]["Properties"]
+    assert queue["QueueName"] == "rebound-events"
+    assert queue["RedrivePolicy"]["maxReceiveCount"] == 5
+    assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": ["EventsDeadLetterQueue", "Arn"]}
+    timeout = resources["ProcessEvents"]["Properties"]["Timeout"]
+    assert queue["VisibilityTimeout"] >= 6 * timeout
+    assert "rebound-events" in json.dumps(source["Properties"]["Queue"])
+    schedule = [r for r in resources.values() if r.get("Type") == "AWS::Serverless::Function"
+                and "ProcessReminders" in json.dumps(r)]
+    assert schedule, "process_reminders must be packaged with its schedule"
+    assert "rate(5 minutes)" in json.dumps(resources)
+    throttle = resources["RestAPI"]["Properties"]["MethodSettings"][0]
+    assert throttle["ThrottlingRateLimit"] > 0 and throttle["ThrottlingBurstLimit"] > 0
