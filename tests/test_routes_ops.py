@@ -69,7 +69,8 @@ def test_scheduled_handler_runs_the_tick(client: Client) -> None:
         result = c.lambda_.invoke("process_reminders", event)
     assert result.payload["CasesExpired"] == 1
     with tenant_transaction("biz_alpha") as tx:
-        assert tx.scalar("SELECT status FROM recovery_cases WHERE id = CAST(:i AS uuid)", i=case_id) == "expired"
+        status = tx.scalar("SELECT status FROM recovery_cases WHERE id = CAST(:i AS uuid)", i=case_id)
+    assert status == "expired"
 
 
 def test_tracked_link_route_redirects_and_expires(client: Client, whop_env: FakeWhop) -> None:
