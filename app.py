@@ -11,12 +11,12 @@ from chalice.app import Chalice, CloudWatchEvent, ConvertToMiddleware, Rate, Res
 from chalicelib.config import get_config
 from chalicelib.db import get_database
 from chalicelib.errors import BadRequest, NotFound, Unauthorized
-from chalicelib.health import application_health, database_health
+from chalicelib.health import application_health, database_health, webhook_health
 from chalicelib.http import bearer_matches, handle_errors, json_response, link_page
 from chalicelib.ingest import accept_webhook
 from chalicelib.observability import count, logger, metrics
 from chalicelib.processing import handle_batch
-from chalicelib.queue import get_queue
+from chalicelib.queue import EventQueue, get_queue
 
 # Created by the merge template (infra/merge-template.json); the name is fixed there too.
 EVENTS_QUEUE_NAME = "rebound-events"
@@ -44,7 +44,12 @@ def health() -> Response:
     if check == "database":
         result = database_health(get_database())
         return json_response(result, status=200 if result.status == "ok" else 503)
-    raise BadRequest("unknown health check", fields={"type": "must be application or database"})
+    if check == "webhook":
+        cfg = get_config()
+        hook = webhook_health(cfg, EventQueue(cfg.EVENTS_QUEUE_URL) if cfg.EVENTS_QUEUE_URL else None)
+        return json_response(hook, status=200 if hook.status == "ok" else 503)
+    raise BadRequest("unknown health check",
+                     fields={"type": "must be application, database or webhook"})
 
 
 @app.route("/webhooks/whop", methods=["POST"], content_types=["application/json", "*/*"])

@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 from chalicelib.config import Settings
 from chalicelib.db import Database, DatabaseError, ping
+from chalicelib.queue import EventQueue, QueueUnavailable
 
 _STARTED = time.monotonic()
 
@@ -28,6 +29,30 @@ class DatabaseHealth(BaseModel):
     latency_ms: float | None = None
     schema_version: str | None = None
     error: str | None = None  # the error class only: messages may name hosts or users
+
+
+class WebhookHealth(BaseModel):
+    status: Literal["ok", "error"]
+    check: Literal["webhook"] = "webhook"
+    secret_configured: bool
+    queue_reachable: bool
+    queue_depth: int | None = None
+    error: str | None = None
+
+
+def webhook_health(cfg: Settings, queue: EventQueue | None) -> WebhookHealth:
+    """Can a webhook be accepted right now: a secret to verify with, and a queue that answers."""
+    secret = bool(cfg.WHOP_WEBHOOK_SECRET)
+    if queue is None:
+        return WebhookHealth(status="error", secret_configured=secret, queue_reachable=False,
+                             error="NotConfigured")
+    try:
+        depth = queue.depth()
+    except QueueUnavailable as exc:
+        return WebhookHealth(status="error", secret_configured=secret, queue_reachable=False,
+                             error=str(exc))
+    return WebhookHealth(status="ok" if secret else "error", secret_configured=secret,
+                         queue_reachable=True, queue_depth=depth)
 
 
 def application_health(cfg: Settings) -> ApplicationHealth:

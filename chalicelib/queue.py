@@ -77,6 +77,16 @@ class EventQueue:
             self._client = boto3.client("sqs")
         return self._client
 
+    def depth(self) -> int:
+        """Messages waiting or in flight; raises QueueUnavailable when SQS cannot be reached."""
+        try:
+            attrs = self.client.get_queue_attributes(
+                QueueUrl=self.queue_url,
+                AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])
+        except Exception as exc:  # botocore raises many types; all mean "not reachable"
+            raise QueueUnavailable(type(exc).__name__) from exc
+        return sum(int(v) for v in attrs.get("Attributes", {}).values())
+
     def send(self, webhook_id: str, received_at: datetime, body: bytes) -> str:
         text, attributes = encode_message(webhook_id, received_at, body)
         try:

@@ -54,4 +54,24 @@ def test_database_health_is_503_when_unreachable(client: Client, monkeypatch: py
 def test_unknown_check_is_a_field_error(client: Client) -> None:
     resp = client.http.get("/api/health?type=everything")
     assert resp.status_code == 400
-    assert json.loads(resp.body)["error"]["fields"] == {"type": "must be application or database"}
+    assert json.loads(resp.body)["error"]["fields"] == {"type": "must be application, database or webhook"}
+
+
+def test_webhook_health_checks_the_queue(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    import boto3
+    from moto import mock_aws
+
+    with mock_aws():
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        url = sqs.create_queue(QueueName="rebound-events")["QueueUrl"]
+        monkeypatch.setenv("EVENTS_QUEUE_URL", url)
+        config.reset_config()
+        resp = client.http.get("/api/health?type=webhook")
+        body = json.loads(resp.body)
+        assert resp.status_code == 200, body
+        assert body["queue_reachable"] is True and body["queue_depth"] == 0
+        assert body["secret_configured"] is True and "ws_" not in resp.body.decode()
+        monkeypatch.setenv("EVENTS_QUEUE_URL", url + "-gone")
+        config.reset_config()
+        resp = client.http.get("/api/health?type=webhook")
+        assert resp.status_code == 503 and json.loads(resp.body)["queue_reachable"] is False
