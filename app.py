@@ -15,7 +15,6 @@ from chalicelib.health import application_health, database_health, webhook_healt
 from chalicelib.http import bearer_matches, handle_errors, json_response, link_page
 from chalicelib.ingest import accept_webhook
 from chalicelib.observability import count, logger, metrics
-from chalicelib.processing import handle_batch
 from chalicelib.queue import EventQueue, get_queue
 
 # Created by the merge template (infra/merge-template.json); the name is fixed there too.
@@ -72,6 +71,10 @@ def whop_webhook() -> Response:
 
 @app.on_sqs_message(queue=EVENTS_QUEUE_NAME, batch_size=10)
 def process_events(event: SQSEvent) -> dict[str, Any]:
+    # Imported here: the consumer's dependencies (Whop client, batch utilities) stay off the API
+    # function's cold start, which every webhook delivery pays.
+    from chalicelib.processing import handle_batch
+
     return dict(handle_batch(event.to_dict(), event.context))
 
 

@@ -65,6 +65,18 @@ def seed_fake_whop(fake: str) -> None:
                                                  "user_id": f"user_demo_{i}"})
 
 
+def seed_demo_settings(owner_url: str) -> None:
+    """The demo company grants 3 free days as an incentive, so `simulate.py` shows one."""
+    from chalicelib.db import connect, parse_database_url
+
+    conn = connect(parse_database_url(owner_url))
+    try:
+        conn.run("INSERT INTO creator_settings (company_id, incentive_days, push_experience_id)"
+                 " VALUES (:c, 3, :e) ON CONFLICT (company_id) DO NOTHING", c=DEMO_COMPANY, e=DEMO_EXPERIENCE)
+    finally:
+        conn.close()
+
+
 def seed_demo_cases(api: str, secret: str) -> None:
     """A few members through the real webhook route: open, recovered, churned, and late."""
     now = datetime.now(UTC)
@@ -174,6 +186,7 @@ def main() -> int:
 
         marker = data_dir / "demo-seeded"
         if not marker.exists():
+            seed_demo_settings(stack.database.owner_url)
             seed_demo_cases(api, env["WHOP_WEBHOOK_SECRET"])
             marker.write_text(datetime.now(UTC).isoformat())
             print("rebound dev: demo data seeded (company biz_demo)")
