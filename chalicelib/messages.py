@@ -10,10 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from chalicelib.models import Case
+from chalicelib.models import Case, currency_decimals
 
 _SYMBOLS = {"usd": "$", "cad": "CA$", "aud": "A$", "gbp": "£", "eur": "€"}
-_ZERO_DECIMAL = {"jpy", "krw", "vnd", "clp", "isk", "ugx", "xof", "xaf", "pyg", "rwf"}
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,8 @@ TEMPLATES: dict[str, Copy] = {
 def format_amount(amount_minor: int | None, currency: str | None) -> str:
     if amount_minor is None or not currency:
         return "your renewal"
-    number = f"{amount_minor:,}" if currency in _ZERO_DECIMAL else f"{amount_minor / 100:,.2f}"
+    decimals = currency_decimals(currency)
+    number = f"{amount_minor / 10 ** decimals:,.{decimals}f}"
     symbol = _SYMBOLS.get(currency)
     return f"{symbol}{number}" if symbol else f"{number} {currency.upper()}"
 

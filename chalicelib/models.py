@@ -15,6 +15,20 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 RECOVERY_WINDOW = timedelta(days=14)
 
+# ISO 4217 currencies whose minor unit is not 1/100 (Stripe's lists, which Whop charges through).
+ZERO_DECIMAL_CURRENCIES = frozenset({
+    "bif", "clp", "djf", "gnf", "isk", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd",
+    "vuv", "xaf", "xof", "xpf",
+})
+THREE_DECIMAL_CURRENCIES = frozenset({"bhd", "iqd", "jod", "kwd", "lyd", "omr", "tnd"})
+
+
+def currency_decimals(currency: str) -> int:
+    """How many decimals a currency's minor unit has (amounts are stored in minor units)."""
+    if currency in ZERO_DECIMAL_CURRENCIES:
+        return 0
+    return 3 if currency in THREE_DECIMAL_CURRENCIES else 2
+
 
 class EventType(StrEnum):
     PAYMENT_FAILED = "payment.failed"

@@ -32,7 +32,7 @@ from typing import Any, Final, Literal
 from pydantic import ValidationError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from chalicelib.models import EventType, WhopEvent
+from chalicelib.models import EventType, WhopEvent, currency_decimals
 
 __all__ = [
     "MalformedWebhook",
@@ -183,12 +183,6 @@ MEMBERSHIP_TYPES: Final = frozenset({
     EventType.MEMBERSHIP_CANCEL_AT_PERIOD_END_CHANGED,
 })
 
-# ISO 4217 currencies whose minor unit is not 1/100 (Stripe's lists, which Whop charges through).
-_ZERO_DECIMAL: Final = frozenset({
-    "bif", "clp", "djf", "gnf", "isk", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd",
-    "vuv", "xaf", "xof", "xpf",
-})
-_THREE_DECIMAL: Final = frozenset({"bhd", "iqd", "jod", "kwd", "lyd", "omr", "tnd"})
 # Money fields in order of preference; a zero is only used when no field is positive.
 _AMOUNT_FIELDS: Final = ("total", "final_amount", "subtotal", "amount")
 _CURRENCY = re.compile(r"^[a-z]{3}$")
@@ -442,15 +436,9 @@ def _money(value: Any, currency: str | None) -> tuple[int, str] | None:
     if currency is None:
         return None  # an amount without a currency is meaningless
     if not isinstance(decimals, int) or isinstance(decimals, bool) or not 0 <= decimals <= 6:
-        decimals = _decimals(currency)
+        decimals = currency_decimals(currency)
     minor = _to_minor(value, decimals)
     return None if minor is None else (minor, currency)
-
-
-def _decimals(currency: str) -> int:
-    if currency in _ZERO_DECIMAL:
-        return 0
-    return 3 if currency in _THREE_DECIMAL else 2
 
 
 def _to_minor(value: Any, decimals: int) -> int | None:

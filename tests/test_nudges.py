@@ -380,3 +380,13 @@ def test_a_tick_skips_rows_another_tick_holds_instead_of_waiting(world: World,
     finally:
         other.close()
     assert len(effects.claim(A, T0, world.db)) == 2
+
+
+@pytest.mark.parametrize(("minor", "currency", "shown"), [
+    (1999, "usd", "$19.99"), (500, "jpy", "500 JPY"), (12345, "kwd", "12.345 KWD"),
+    (100000, "eur", "€1,000.00"), (None, "usd", "your renewal")])
+def test_amounts_in_copy_respect_the_currency_minor_unit(minor: int | None, currency: str,
+                                                        shown: str) -> None:
+    from chalicelib.messages import format_amount
+
+    assert format_amount(minor, currency) == shown
