@@ -27,6 +27,9 @@ app.register_middleware(ConvertToMiddleware(metrics.log_metrics))
 if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
     # Fail the cold start, not the first request, when a required setting is missing.
     get_config()
+    from chalicelib.ratelimit import get_limits
+
+    get_limits()
 
 
 def query_params() -> dict[str, str]:
@@ -120,3 +123,117 @@ def tracked_link(token: str) -> Response:
                         headers={"Location": click.location, "Cache-Control": "no-store",
                                  "Referrer-Policy": "no-referrer"})
     return link_page(click.status)
+
+
+# --- creator API (issue 5): every route authenticates, rate-limits, then calls one function ----
+# Imported inside the views, like the consumer: the webhook route's cold start stays light.
+
+COMPANY = "/api/companies/{company_id}"
+# Bodies are parsed as JSON whatever the Content-Type (fetch sends text/plain for a string body),
+# so a wrong one gets our 400 shape instead of API Gateway's 415.
+ANY_BODY = ["application/json", "*/*"]
+
+
+@app.route("/api/openapi.json", methods=["GET"])
+@handle_errors
+def openapi() -> Response:
+    from chalicelib.openapi import openapi_document
+
+    return json_response(openapi_document(get_config().APP_VERSION))
+
+
+@app.route(f"{COMPANY}/settings", methods=["GET"])
+@handle_errors
+def get_settings(company_id: str) -> Response:
+    from chalicelib.api import serve, settings
+
+    return serve(app.current_request, company_id, "reads", settings.get_settings)
+
+
+@app.route(f"{COMPANY}/settings", methods=["PUT"], content_types=ANY_BODY)
+@handle_errors
+def put_settings(company_id: str) -> Response:
+    from chalicelib.api import serve, settings
+
+    return serve(app.current_request, company_id, "settings_write", settings.put_settings)
+
+
+@app.route(f"{COMPANY}/kpis", methods=["GET"])
+@handle_errors
+def get_kpis(company_id: str) -> Response:
+    from chalicelib.api import kpis, serve
+
+    return serve(app.current_request, company_id, "reads", kpis.get_kpis)
+
+
+@app.route(f"{COMPANY}/cases", methods=["GET"])
+@handle_errors
+def list_cases(company_id: str) -> Response:
+    from chalicelib.api import cases, serve
+
+    return serve(app.current_request, company_id, "reads", cases.list_cases)
+
+
+@app.route(f"{COMPANY}/cases/export.csv", methods=["GET"])
+@handle_errors
+def export_cases(company_id: str) -> Response:
+    from chalicelib.api import cases, serve
+
+    return serve(app.current_request, company_id, "export", cases.export_csv)
+
+
+@app.route(f"{COMPANY}/cases/{{case_id}}", methods=["GET"])
+@handle_errors
+def get_case(company_id: str, case_id: str) -> Response:
+    from chalicelib.api import cases, serve
+
+    return serve(app.current_request, company_id, "reads", cases.get_case, case_id)
+
+
+@app.route(f"{COMPANY}/cases/{{case_id}}/nudge", methods=["POST"], content_types=ANY_BODY)
+@handle_errors
+def nudge_case(company_id: str, case_id: str) -> Response:
+    from chalicelib.api import actions, serve
+
+    return serve(app.current_request, company_id, "actions", actions.nudge, case_id)
+
+
+@app.route(f"{COMPANY}/cases/{{case_id}}/cancel", methods=["POST"], content_types=ANY_BODY)
+@handle_errors
+def cancel_case(company_id: str, case_id: str) -> Response:
+    from chalicelib.api import actions, serve
+
+    return serve(app.current_request, company_id, "actions", actions.cancel, case_id)
+
+
+@app.route(f"{COMPANY}/cases/{{case_id}}/cancel-membership", methods=["POST"], content_types=ANY_BODY)
+@handle_errors
+def cancel_membership(company_id: str, case_id: str) -> Response:
+    from chalicelib.api import actions, serve
+
+    return serve(app.current_request, company_id, "actions", actions.cancel_membership, case_id)
+
+
+@app.route(f"{COMPANY}/cases/{{case_id}}/terminate", methods=["POST"], content_types=ANY_BODY)
+@handle_errors
+def terminate_membership(company_id: str, case_id: str) -> Response:
+    from chalicelib.api import actions, serve
+
+    return serve(app.current_request, company_id, "actions", actions.terminate, case_id)
+
+
+@app.route(f"{COMPANY}/memberships/{{membership_id}}", methods=["GET"])
+@handle_errors
+def get_membership(company_id: str, membership_id: str) -> Response:
+    from chalicelib.api import memberships, serve
+
+    return serve(app.current_request, company_id, "reads", memberships.get_membership, membership_id)
+
+
+@app.route(f"{COMPANY}/memberships/{{membership_id}}/manage-url", methods=["GET"])
+@handle_errors
+def get_manage_url(company_id: str, membership_id: str) -> Response:
+    from chalicelib.api import memberships, serve
+
+    return serve(app.current_request, company_id, "reads", memberships.get_manage_url, membership_id)
+

@@ -5,10 +5,11 @@ RLS already scopes it to one company, and ``company_id`` parameters only fill th
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from chalicelib.db import Transaction
+from chalicelib.kpis import StatusCount
 from chalicelib.models import Case, CreatorSettings, QuietHours, WhopEvent
 
 # --- events --------------------------------------------------------------------------------------
@@ -126,3 +127,148 @@ def get_settings(tx: Transaction) -> CreatorSettings:
         reminder_offsets_days=tuple(row["reminder_offsets_days"]), timezone=row["timezone"],
         quiet_hours=quiet, push_experience_id=row["push_experience_id"],
         updated_at=row["updated_at"])
+
+
+def upsert_settings(tx: Transaction, company_id: str, settings: CreatorSettings) -> CreatorSettings:
+    """Store a company's settings (insert or replace); return them as stored."""
+    quiet = settings.quiet_hours
+    tx.execute(
+        "INSERT INTO creator_settings (company_id, enable_push, enable_dm, incentive_days,"
+        " reminder_offsets_days, timezone, quiet_hours_start, quiet_hours_end, push_experience_id)"
+        " VALUES (:company_id, :enable_push, :enable_dm, :incentive_days, CAST(:offsets AS integer[]),"
+        " :timezone, CAST(:quiet_start AS time), CAST(:quiet_end AS time), :push_experience_id)"
+        " ON CONFLICT (company_id) DO UPDATE SET enable_push = EXCLUDED.enable_push,"
+        " enable_dm = EXCLUDED.enable_dm, incentive_days = EXCLUDED.incentive_days,"
+        " reminder_offsets_days = EXCLUDED.reminder_offsets_days, timezone = EXCLUDED.timezone,"
+        " quiet_hours_start = EXCLUDED.quiet_hours_start, quiet_hours_end = EXCLUDED.quiet_hours_end,"
+        " push_experience_id = EXCLUDED.push_experience_id, updated_at = now()",
+        company_id=company_id, enable_push=settings.enable_push, enable_dm=settings.enable_dm,
+        incentive_days=settings.incentive_days, offsets=list(settings.reminder_offsets_days),
+        timezone=settings.timezone, quiet_start=quiet.start if quiet else None,
+        quiet_end=quiet.end if quiet else None, push_experience_id=settings.push_experience_id)
+    return get_settings(tx)
+
+
+# --- creator API: case views --------------------------------------------------------------------
+
+# What the creator API shows of a case: no link token, no member-specific URLs.
+CASE_VIEW_COLUMNS = (
+    "id::text AS id, membership_id, user_id, status, first_failure_at, last_failure_at, failure_count,"
+    " amount_minor, currency, decline_code, failure_reason, recovered_at, recovered_amount_minor,"
+    " recovered_currency, closed_at, close_reason, cancelled_by, incentive_days, link_clicks,"
+    " last_clicked_at, next_action_at, created_at, updated_at"
+)
+
+# Optional filters as bound parameters (NULL = no filter); the keyset is (first_failure_at, id).
+_CASE_FILTERS = (
+    " WHERE (CAST(:status AS text) IS NULL OR status = :status)"
+    " AND (CAST(:since AS timestamptz) IS NULL OR (first_failure_at >= :since AND first_failure_at <= :now))"
+    " AND (CAST(:q AS text) IS NULL OR membership_id LIKE :q OR user_id LIKE :q)"
+    " AND (CAST(:after_at AS timestamptz) IS NULL"
+    "      OR (first_failure_at, id) < (CAST(:after_at AS timestamptz), CAST(:after_id AS uuid)))"
+)
+
+
+def like_prefix(text: str) -> str:
+    """A LIKE pattern matching ``text`` exactly or as a prefix (wildcards in it escaped)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def list_cases(tx: Transaction, *, now: datetime, status: str | None = None, since: datetime | None = None,
+               q: str | None = None, after: tuple[datetime, str] | None = None,
+               limit: int = 25) -> list[dict[str, Any]]:
+    """Cases newest first (first_failure_at, then id, descending), after the keyset ``after``."""
+    return tx.query(
+        "SELECT " + CASE_VIEW_COLUMNS + " FROM recovery_cases" + _CASE_FILTERS  # noqa: S608 - constants
+        + " ORDER BY first_failure_at DESC, id DESC LIMIT :limit",
+        status=status, since=since, now=now, q=like_prefix(q) if q else None,
+        after_at=after[0] if after else None, after_id=after[1] if after else None, limit=limit)
+
+
+def export_cases(tx: Transaction, *, now: datetime, status: str | None = None,
+                 since: datetime | None = None, after: tuple[datetime, str] | None = None,
+                 limit: int = 1000) -> list[dict[str, Any]]:
+    """One keyset page of the CSV export, with each case's count of sent messages."""
+    return tx.query(
+        "SELECT id::text AS case_id, membership_id, user_id, status, first_failure_at, last_failure_at,"  # noqa: S608
+        " recovered_at, amount_minor, COALESCE(currency, recovered_currency) AS currency,"
+        " recovered_amount_minor, failure_count, decline_code, failure_reason,"
+        " (SELECT count(*) FROM recovery_actions a WHERE a.case_id = recovery_cases.id"
+        "   AND a.kind IN ('nudge', 'reminder', 'manual_nudge') AND a.status = 'sent') AS nudges_sent,"
+        " incentive_days FROM recovery_cases" + _CASE_FILTERS  # constant fragments only
+        + " ORDER BY first_failure_at DESC, id DESC LIMIT :limit",
+        status=status, since=since, now=now, q=None, after_at=after[0] if after else None,
+        after_id=after[1] if after else None, limit=limit)
+
+
+def case_view(tx: Transaction, case_id: str, *, lock: bool = False) -> dict[str, Any] | None:
+    """One case as the creator API shows it; ``lock`` holds it until the transaction ends."""
+    return tx.one("SELECT " + CASE_VIEW_COLUMNS + " FROM recovery_cases WHERE id = CAST(:id AS uuid)"  # noqa: S608
+                  + (" FOR UPDATE" if lock else ""), id=case_id)
+
+
+def case_events(tx: Transaction, membership_id: str, start: datetime, end: datetime,
+                limit: int = 500) -> list[dict[str, Any]]:
+    """The membership's stored events dated within [start, end], oldest first."""
+    return tx.query(
+        "SELECT webhook_id, type, occurred_at, payload FROM events WHERE membership_id = :m"
+        " AND occurred_at >= :start AND occurred_at <= :end ORDER BY occurred_at, id LIMIT :limit",
+        m=membership_id, start=start, end=end, limit=limit)
+
+
+def case_actions(tx: Transaction, case_id: str, limit: int = 500) -> list[dict[str, Any]]:
+    """A case's ledger rows, oldest first."""
+    return tx.query(
+        "SELECT id::text AS id, kind, step, channel, status, actor, attempts, error_class, error_detail,"
+        " created_at, completed_at FROM recovery_actions WHERE case_id = CAST(:id AS uuid)"
+        " ORDER BY created_at, id LIMIT :limit", id=case_id, limit=limit)
+
+
+def actions_by_keys(tx: Transaction, keys: list[str]) -> list[dict[str, Any]]:
+    return tx.query(
+        "SELECT id::text AS id, kind, step, channel, status, error_detail FROM recovery_actions"
+        " WHERE idempotency_key = ANY(CAST(:keys AS text[])) ORDER BY channel", keys=keys)
+
+
+def manual_nudge_wait_s(tx: Transaction, case_id: str, cooldown: timedelta) -> int:
+    """Seconds until the case's manual-nudge cooldown ends (0: a nudge may go now). DB time."""
+    wait = tx.scalar(
+        "SELECT ceil(extract(epoch FROM max(created_at) + :cooldown - now())) FROM recovery_actions"
+        " WHERE case_id = CAST(:id AS uuid) AND kind = 'manual_nudge'", id=case_id, cooldown=cooldown)
+    return max(0, int(wait)) if wait is not None else 0
+
+
+def close_case_by_creator(tx: Transaction, case_id: str, *, close_reason: str, user_id: str,
+                          now: datetime) -> None:
+    """Cancel a case on a creator's decision and skip what it still owed."""
+    tx.execute(
+        "UPDATE recovery_cases SET status = 'cancelled', closed_at = COALESCE(closed_at, :now),"
+        " close_reason = :reason, cancelled_by = :user, next_action_at = NULL, updated_at = now()"
+        " WHERE id = CAST(:id AS uuid)", id=case_id, now=now, reason=close_reason, user=user_id)
+    tx.execute(
+        "UPDATE recovery_actions SET status = 'skipped', error_class = 'skipped', error_detail = :reason,"
+        " completed_at = now(), updated_at = now() WHERE case_id = CAST(:id AS uuid) AND status = 'pending'",
+        id=case_id, reason=close_reason)
+
+
+def kpi_counts(tx: Transaction, *, now: datetime, window: timedelta) -> tuple[list[StatusCount],
+                                                                              list[StatusCount]]:
+    """Case counts per status and currency for [now - window, now] and the window before it."""
+    rows = tx.query(
+        "SELECT first_failure_at >= :mid AS current, status,"
+        " COALESCE(currency, recovered_currency) AS currency, count(*) AS cases,"
+        " COALESCE(sum(recovered_amount_minor) FILTER (WHERE status = 'recovered'), 0) AS recovered"
+        " FROM recovery_cases WHERE first_failure_at >= :start AND first_failure_at <= :now"
+        " GROUP BY 1, 2, 3", mid=now - window, start=now - 2 * window, now=now)
+    current: list[StatusCount] = []
+    previous: list[StatusCount] = []
+    for row in rows:
+        counted = StatusCount(status=row["status"], currency=row["currency"], cases=int(row["cases"]),
+                              recovered_minor=int(row["recovered"]))
+        (current if row["current"] else previous).append(counted)
+    return current, previous
+
+
+def lock_settings(tx: Transaction, company_id: str) -> None:
+    """Serialise read-modify-write of a company's settings until the transaction ends."""
+    tx.query("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))", key=f"{company_id}/settings")

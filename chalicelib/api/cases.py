@@ -1,0 +1,193 @@
+"""``…/cases``: the case list (keyset pages), one case with its timeline, and the CSV export."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from chalice.app import Response
+
+from chalicelib import store
+from chalicelib.api import CreatorContext
+from chalicelib.api.schemas import (
+    CaseDetail,
+    CaseList,
+    CaseListQuery,
+    CaseSummary,
+    ExportQuery,
+    TimelineItem,
+)
+from chalicelib.db import Transaction, tenant_transaction
+from chalicelib.errors import BadRequest, NotFound
+
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+# CSV export (contract: columns and their order are fixed).
+EXPORT_COLUMNS = ("case_id", "membership_id", "user_id", "status", "first_failure_at", "last_failure_at",
+                  "recovered_at", "amount_minor", "currency", "recovered_amount_minor", "failure_count",
+                  "decline_code", "failure_reason", "nudges_sent", "incentive_days")
+# Lambda answers at most 6 MB (the body travels JSON-escaped): stop well before and hand a cursor.
+EXPORT_MAX_BYTES = 5_500_000
+EXPORT_PAGE_ROWS = 1000
+EXPORT_NEXT_CURSOR_HEADER = "X-Export-Next-Cursor"
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_EVENT_DETAIL = ("webhook_id", "payment_id", "amount_minor", "currency", "decline_code",
+                 "cancel_at_period_end", "deactivation_cause", "occurred_at_inferred")
+
+
+# --- ids and cursors ----------------------------------------------------------------------------
+
+
+def parse_case_id(case_id: str) -> str:
+    """The canonical lower-case UUID, or 400 for anything that is not one."""
+    if not _UUID.fullmatch(case_id):
+        raise BadRequest("case id must be a UUID", fields={"case_id": "must be a UUID"})
+    return case_id.lower()
+
+
+def encode_cursor(first_failure_at: datetime, case_id: str) -> str:
+    raw = f"{first_failure_at.astimezone(UTC).isoformat()}|{case_id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The keyset (first_failure_at, case id) a cursor stands for; 400 if it is not one of ours."""
+    try:
+        raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
+        at_text, case_id = raw.split("|")
+        at = datetime.fromisoformat(at_text)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise BadRequest("malformed cursor", fields={"cursor": "malformed cursor"}) from None
+    if at.tzinfo is None or not _UUID.fullmatch(case_id):
+        raise BadRequest("malformed cursor", fields={"cursor": "malformed cursor"})
+    return at, case_id
+
+
+def _since(now: datetime, window_days: int | None) -> datetime | None:
+    return now - timedelta(days=window_days) if window_days is not None else None
+
+
+# --- list and detail ----------------------------------------------------------------------------
+
+
+def list_cases(ctx: CreatorContext) -> CaseList:
+    query = ctx.parse_query(CaseListQuery)
+    after = decode_cursor(query.cursor) if query.cursor else None
+    with tenant_transaction(ctx.company_id) as tx:
+        # One row more than asked tells whether another page exists.
+        rows = store.list_cases(tx, now=ctx.now, status=query.status,
+                                since=_since(ctx.now, query.window_days), q=query.q, after=after,
+                                limit=query.limit + 1)
+    items = [CaseSummary.model_validate(r) for r in rows[:query.limit]]
+    more = len(rows) > query.limit
+    next_cursor = encode_cursor(items[-1].first_failure_at, items[-1].id) if more and items else None
+    return CaseList(items=items, next_cursor=next_cursor)
+
+
+def get_case(ctx: CreatorContext, case_id: str) -> CaseDetail:
+    """The case and its timeline; 404 when it does not exist for this company (RLS hides others)."""
+    cid = parse_case_id(case_id)
+    with tenant_transaction(ctx.company_id) as tx:
+        row = store.case_view(tx, cid)
+        if row is None:
+            raise NotFound("case not found")
+        timeline = _timeline(tx, row, ctx.now)
+    return CaseDetail.model_validate({**row, "timeline": timeline})
+
+
+def _timeline(tx: Transaction, case: dict[str, Any], now: datetime) -> list[TimelineItem]:
+    end = case["closed_at"] or now
+    events = store.case_events(tx, case["membership_id"], case["first_failure_at"], end)
+    items = [_event_item(e) for e in events]
+    items += [_action_item(a) for a in store.case_actions(tx, case["id"])]
+    items.sort(key=lambda item: (item.at, item.source != "event"))
+    return items
+
+
+def _event_item(event: dict[str, Any]) -> TimelineItem:
+    payload = event["payload"] if isinstance(event["payload"], dict) else {}
+    detail = {name: payload.get(name) for name in _EVENT_DETAIL if payload.get(name) is not None}
+    detail["webhook_id"] = event["webhook_id"]
+    return TimelineItem(at=event["occurred_at"], source="event", type=event["type"], status=None,
+                        channel=None, actor="whop", detail=detail)
+
+
+def _action_item(action: dict[str, Any]) -> TimelineItem:
+    detail: dict[str, str | int | bool | None] = {"step": action["step"], "attempts": action["attempts"]}
+    if action["error_detail"]:
+        detail["error"] = action["error_detail"]
+    return TimelineItem(at=action["completed_at"] or action["created_at"], source="action",
+                        type=action["kind"], status=action["status"], channel=action["channel"],
+                        actor=action["actor"], detail=detail)
+
+
+# --- CSV export ---------------------------------------------------------------------------------
+
+
+def csv_cell(value: Any) -> str:
+    """One CSV cell: ISO 8601 UTC for times, and text that a spreadsheet could run as a formula
+    (starting with = + - @, tab or CR) prefixed with a single quote."""
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    text = str(value)
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
+
+
+class _Line:
+    """A file for csv.writer that keeps only the line just written."""
+
+    text = ""
+
+    def write(self, text: str) -> int:
+        self.text = text
+        return len(text)
+
+
+def _wire_size(text: str) -> int:
+    # The Lambda response carries the body inside JSON: count the escaped size, not the raw one.
+    return len(json.dumps(text)) - 2
+
+
+def export_csv(ctx: CreatorContext) -> Response:
+    """The company's cases as CSV, newest first, read in keyset pages of ``EXPORT_PAGE_ROWS``.
+
+    Stops before the body would pass ``EXPORT_MAX_BYTES`` and returns what fits, with the
+    ``X-Export-Next-Cursor`` header: the same request with ``?cursor=`` returns the rest.
+    """
+    query = ctx.parse_query(ExportQuery)
+    after = decode_cursor(query.cursor) if query.cursor else None
+    line = _Line()
+    writer = csv.writer(line, lineterminator="\r\n")
+    writer.writerow(EXPORT_COLUMNS)
+    parts, size, rows_out = [line.text], _wire_size(line.text), 0
+    next_cursor: str | None = None
+    with tenant_transaction(ctx.company_id) as tx:
+        while next_cursor is None:
+            page = store.export_cases(tx, now=ctx.now, status=query.status,
+                                      since=_since(ctx.now, query.window_days), after=after,
+                                      limit=EXPORT_PAGE_ROWS)
+            for row in page:
+                writer.writerow([csv_cell(row[c]) for c in EXPORT_COLUMNS])
+                if rows_out and size + _wire_size(line.text) > EXPORT_MAX_BYTES:
+                    next_cursor = encode_cursor(*after) if after else None
+                    break
+                parts.append(line.text)
+                size += _wire_size(line.text)
+                rows_out += 1
+                after = (row["first_failure_at"], row["case_id"])
+            if len(page) < EXPORT_PAGE_ROWS:
+                break
+    filename = f"rebound-cases-{ctx.company_id}-{ctx.now:%Y%m%d}.csv"
+    headers: dict[str, str | list[str]] = {"Content-Type": "text/csv; charset=utf-8",
+                                           "Cache-Control": "no-store",
+                                           "Content-Disposition": f'attachment; filename="{filename}"'}
+    if next_cursor:
+        headers[EXPORT_NEXT_CURSOR_HEADER] = next_cursor
+    return Response(body="".join(parts), status_code=200, headers=headers)

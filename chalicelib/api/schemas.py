@@ -1,0 +1,295 @@
+"""Request and response models of the creator API.
+
+The handlers validate with these models and serialise through them, and ``chalicelib.openapi``
+generates the OpenAPI document from the very same classes, so the document cannot drift from
+what the code accepts and returns.
+
+Request bodies are strict (``"true"`` is not a boolean, ``5.0`` not an integer) and refuse
+unknown fields. Query strings arrive as text, so query models convert ``"30"`` to 30 but refuse
+anything that is not a whole number in range; unknown query parameters are ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from chalicelib.kpis import KpiFigures, Kpis, Money
+from chalicelib.models import CaseStatus
+
+__all__ = ["KpiFigures", "Kpis", "Money"]
+
+HHMM = r"^([01]\d|2[0-3]):[0-5]\d$"
+_TIMEZONE = re.compile(r"^[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+)*$")
+StatusFilter = Literal["open", "recovered", "cancelled", "expired"]
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="Stable machine-readable code, e.g. bad_request, not_found.")
+    message: str = Field(description="Human-readable explanation.")
+    fields: dict[str, str] | None = Field(
+        default=None, description="Per-field messages for a 400 (path of the field → what is wrong).")
+
+
+class ErrorResponse(BaseModel):
+    """Every error of every route has this shape."""
+
+    error: ErrorBody
+
+
+# --- settings -----------------------------------------------------------------------------------
+
+
+class QuietHoursBody(BaseModel):
+    """No automatic message goes out between ``start`` and ``end`` (company time zone)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", title="QuietHours")
+
+    start: str = Field(pattern=HHMM, examples=["22:00"], description="HH:MM, 24-hour clock.")
+    end: str = Field(pattern=HHMM, examples=["08:00"],
+                     description="HH:MM, 24-hour clock; may be earlier than start (spans midnight).")
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> QuietHoursBody:
+        if self.start == self.end:
+            raise ValueError("start and end must differ")
+        return self
+
+
+def _drop_null_defaults(schema: dict[str, Any]) -> None:
+    # Omitting a field keeps its stored value; the schema should not claim the default is null.
+    for prop in schema.get("properties", {}).values():
+        if prop.get("default", 0) is None and "anyOf" not in prop:
+            prop.pop("default")
+
+
+def _not_nullable(json_schema: dict[str, Any]) -> WithJsonSchema:
+    return WithJsonSchema(json_schema)
+
+
+class SettingsUpdate(BaseModel):
+    """``PUT …/settings`` body. Omitted fields keep their current value; read-only ones are ignored."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", title="SettingsUpdate",
+                              json_schema_extra=_drop_null_defaults)
+
+    enable_push: Annotated[bool | None, _not_nullable({"type": "boolean"})] = Field(
+        default=None, description="Send Whop push notifications.")
+    enable_dm: Annotated[bool | None, _not_nullable({"type": "boolean"})] = Field(
+        default=None, description="Send Whop direct messages.")
+    incentive_days: Annotated[int | None, _not_nullable({"type": "integer", "minimum": 0, "maximum": 30})] = (
+        Field(default=None, ge=0, le=30, description="Free days granted when a case opens (0 = none)."))
+    reminder_offsets_days: Annotated[list[int] | None, _not_nullable(
+        {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 13},
+         "minItems": 1, "maxItems": 5, "uniqueItems": True})] = Field(
+        default=None, min_length=1, max_length=5,
+        description="Days after the first failure on which reminders go out: 1–5 distinct values in "
+                    "1–13, stored sorted.")
+    timezone: Annotated[str | None, _not_nullable({"type": "string", "minLength": 1, "maxLength": 64})] = (
+        Field(default=None, min_length=1, max_length=64, examples=["Europe/Berlin"],
+              description="IANA time zone name used for quiet hours."))
+    quiet_hours: QuietHoursBody | None = Field(default=None, description="null turns quiet hours off.")
+    push_experience_id: str | None = Field(
+        default=None, pattern=r"^exp_[A-Za-z0-9_-]{1,64}$",
+        description="Experience pushes go through; null = the company's experience of this app.")
+    updated_at: Any = Field(default=None, json_schema_extra={"readOnly": True},
+                            description="Read-only: accepted and ignored.")
+
+    @field_validator("enable_push", "enable_dm", "incentive_days", "reminder_offsets_days", "timezone")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("must not be null")
+        return value
+
+    @field_validator("reminder_offsets_days")
+    @classmethod
+    def _offsets(cls, value: list[int]) -> list[int]:
+        if any(day < 1 or day > 13 for day in value):
+            raise ValueError("each offset must be between 1 and 13")
+        if len(set(value)) != len(value):
+            raise ValueError("offsets must be distinct")
+        return sorted(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        if not _TIMEZONE.fullmatch(value):
+            raise ValueError("must be an IANA time zone name, e.g. Europe/Berlin")
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("unknown time zone") from None
+        return value
+
+
+class Settings(BaseModel):
+    """A company's settings (defaults for a company that never saved any)."""
+
+    model_config = ConfigDict(title="Settings")
+
+    enable_push: bool = True
+    enable_dm: bool = True
+    incentive_days: int = Field(ge=0, le=30)
+    reminder_offsets_days: list[int] = Field(min_length=1, max_length=5)
+    timezone: str
+    quiet_hours: QuietHoursBody | None
+    push_experience_id: str | None
+    updated_at: AwareDatetime | None = Field(
+        json_schema_extra={"readOnly": True}, description="Last save; null until the first PUT.")
+
+
+# --- KPIs ---------------------------------------------------------------------------------------
+
+
+class KpiQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    window_days: int = Field(default=30, ge=1, le=365, description="Window length in days (1–365).")
+
+
+# --- cases --------------------------------------------------------------------------------------
+
+
+class CaseListQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    status: StatusFilter | None = Field(default=None, description="Only cases in this status.")
+    window_days: int | None = Field(default=None, ge=1, le=365,
+                                    description="Only cases whose first failure lies in the last N days.")
+    q: str | None = Field(default=None, min_length=1, max_length=255,
+                          description="A membership id or user id, exact or a prefix of it.")
+    limit: int = Field(default=25, ge=1, le=100, description="Page size (1–100).")
+    cursor: str | None = Field(default=None, max_length=200,
+                               description="next_cursor of the previous page (opaque).")
+
+
+class ExportQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    status: StatusFilter | None = Field(default=None, description="Only cases in this status.")
+    window_days: int | None = Field(default=None, ge=1, le=365,
+                                    description="Only cases whose first failure lies in the last N days.")
+    cursor: str | None = Field(default=None, max_length=200,
+                               description="The X-Export-Next-Cursor of the previous part (opaque).")
+
+
+class CaseSummary(BaseModel):
+    """A recovery case (one failure episode of a membership). No member e-mail, name or link token."""
+
+    id: str = Field(description="Case id (UUID).")
+    membership_id: str
+    user_id: str | None
+    status: CaseStatus
+    first_failure_at: AwareDatetime
+    last_failure_at: AwareDatetime
+    failure_count: int = Field(ge=1)
+    amount_minor: int | None = Field(description="Failed renewal amount, minor units.")
+    currency: str | None
+    decline_code: str | None
+    failure_reason: str | None
+    recovered_at: AwareDatetime | None
+    recovered_amount_minor: int | None
+    recovered_currency: str | None
+    closed_at: AwareDatetime | None
+    close_reason: str | None = Field(description=(
+        "Why the case closed: payment_succeeded, member_cancelled, window_passed, creator_cancelled, "
+        "membership_cancelled, membership_terminated, …"))
+    cancelled_by: str | None = Field(description="User id of the creator who cancelled it, if one did.")
+    incentive_days: int
+    link_clicks: int
+    last_clicked_at: AwareDatetime | None
+    next_action_at: AwareDatetime | None
+    created_at: AwareDatetime
+    updated_at: AwareDatetime
+
+
+class CaseList(BaseModel):
+    items: list[CaseSummary]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page.")
+
+
+class TimelineItem(BaseModel):
+    at: AwareDatetime
+    source: Literal["event", "action"]
+    type: str = Field(description="The event type (payment.failed, …) or the ledger kind (nudge, …).")
+    status: str | None = Field(description="Ledger status (pending, sent, failed, skipped, done); null "
+                                           "for events.")
+    channel: str | None = Field(description="push or dm for messages; null otherwise.")
+    actor: str | None = Field(description="whop for events; system, member or a creator's user id.")
+    detail: dict[str, str | int | bool | None] = Field(description="Ids, amounts and codes only.")
+
+
+class CaseDetail(CaseSummary):
+    timeline: list[TimelineItem] = Field(description=(
+        "The membership's events dated from the first failure to the case's close (or now), and the "
+        "case's ledger rows, merged in time order (at most 500 of each)."))
+
+
+# --- actions ------------------------------------------------------------------------------------
+
+
+class TerminateRequest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    confirm: bool = Field(description="Must be exactly true: access ends immediately.",
+                          json_schema_extra={"const": True})
+
+    @field_validator("confirm")
+    @classmethod
+    def _true(cls, value: bool) -> bool:
+        if value is not True:
+            raise ValueError("must be true")
+        return value
+
+
+class ActionOutcome(BaseModel):
+    id: str
+    kind: str
+    channel: str | None
+    status: str = Field(description="sent, failed, skipped, or pending (Whop busy: retried by the "
+                                    "scheduler).")
+    error: str | None = Field(description="Error or skip code when not sent.")
+
+
+class NudgeResult(BaseModel):
+    case_id: str
+    actions: list[ActionOutcome]
+
+
+# --- memberships --------------------------------------------------------------------------------
+
+
+class MembershipView(BaseModel):
+    """A Whop membership, read through to Whop. No member e-mail, name or phone."""
+
+    id: str
+    status: str
+    company_id: str | None
+    user_id: str | None
+    cancel_at_period_end: bool
+    current_period_end: datetime | None
+    renewal_amount_minor: int | None
+    renewal_currency: str | None
+    billing_period_days: int | None
+
+
+class ManageUrl(BaseModel):
+    membership_id: str
+    manage_url: str | None = Field(description="Whop's page where the member manages the membership; "
+                                               "null when Whop gives none.")

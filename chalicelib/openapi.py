@@ -1,0 +1,392 @@
+"""The OpenAPI 3.1 document of every route (``GET /api/openapi.json``), generated, not written.
+
+Schemas come from the same pydantic models the handlers validate with and serialise through
+(``pydantic.json_schema.models_json_schema`` with ``ref_template='#/components/schemas/{model}'``);
+query parameters are the fields of the handlers' query models. This module only says which
+model goes where (``OPERATIONS``), plus the prose: auth, errors, limits and KPI definitions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+
+from chalicelib.api import MAX_BODY_BYTES
+from chalicelib.api.cases import EXPORT_COLUMNS, EXPORT_MAX_BYTES, EXPORT_NEXT_CURSOR_HEADER
+from chalicelib.api.schemas import (
+    CaseDetail,
+    CaseList,
+    CaseListQuery,
+    CaseSummary,
+    ErrorResponse,
+    ExportQuery,
+    KpiQuery,
+    ManageUrl,
+    MembershipView,
+    NudgeResult,
+    Settings,
+    SettingsUpdate,
+    TerminateRequest,
+)
+from chalicelib.auth import COMPANY_ID, TOKEN_HEADER
+from chalicelib.health import ApplicationHealth, DatabaseHealth, WebhookHealth
+from chalicelib.kpis import Kpis
+from chalicelib.ratelimit import RateLimits
+
+REF = "#/components/schemas/{model}"
+Refs = Mapping[tuple[Any, JsonSchemaMode], Any]  # (model, mode) → its {"$ref": …}
+OPENAPI_VERSION = "3.1.0"
+
+
+class WebhookAccepted(BaseModel):
+    status: str = Field(description="queued, or ignored for event types Rebound does not use.")
+
+
+class TickSummary(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    companies: int = Field(description="Companies that had due work; the other keys are tick metrics.")
+
+
+class HealthQuery(BaseModel):
+    type: str = Field(default="application", description="Which check to run.",
+                      json_schema_extra={"enum": ["application", "database", "webhook"]})
+
+
+@dataclass(frozen=True)
+class Resp:
+    description: str
+    model: type[BaseModel] | None = None
+    media: str = "application/json"
+    schema: dict[str, Any] | None = None  # for a body that is not a model (CSV, HTML)
+    headers: tuple[str, ...] = ()  # names in components.headers
+
+
+@dataclass(frozen=True)
+class Op:
+    method: str
+    path: str
+    operation_id: str
+    summary: str
+    tag: str
+    description: str = ""
+    creator: bool = False  # x-whop-user-token, admin check and a rate-limit class
+    route_class: str | None = None
+    path_params: tuple[str, ...] = ()
+    query: type[BaseModel] | None = None
+    body: type[BaseModel] | None = None
+    body_required: bool = True
+    responses: dict[int, Resp] = field(default_factory=dict)
+    security: tuple[str, ...] = ()
+    header_params: tuple[tuple[str, str], ...] = ()  # (name, description), required
+
+
+# --- shared pieces ----------------------------------------------------------------------------
+
+_PATH_PARAMS: dict[str, dict[str, Any]] = {
+    "company_id": {"description": "Whop company id (biz_…). The caller must be an admin of it.",
+                   "schema": {"type": "string", "pattern": COMPANY_ID.pattern}},
+    "case_id": {"description": "Case id (UUID). Not a UUID → 400; unknown or another company's → 404.",
+                "schema": {"type": "string", "format": "uuid"}},
+    "membership_id": {"description": "Whop membership id (mem_…). Another company's → 404.",
+                      "schema": {"type": "string"}},
+    "token": {"description": "Tracked-link token.", "schema": {"type": "string"}},
+}
+
+_RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+_HEADERS: dict[str, dict[str, Any]] = {
+    "X-RateLimit-Limit": {"description": "Requests allowed in the current window for this route class.",
+                          "schema": {"type": "integer", "minimum": 1}},
+    "X-RateLimit-Remaining": {"description": "Requests left in the current window.",
+                              "schema": {"type": "integer", "minimum": 0}},
+    "X-RateLimit-Reset": {"description": "When the current window ends (Unix time, seconds).",
+                          "schema": {"type": "integer"}},
+    "Retry-After": {"description": "Seconds to wait before retrying.",
+                    "schema": {"type": "integer", "minimum": 0}},
+    "Content-Disposition": {"description": "attachment; filename=…", "schema": {"type": "string"}},
+    EXPORT_NEXT_CURSOR_HEADER: {
+        "description": "Present only when the export was cut to fit the response size limit: pass it "
+                       "as ?cursor= (with the same filters) to get the next part.",
+        "schema": {"type": "string"}},
+    "Location": {"description": "Where the member fixes their payment.", "schema": {"type": "string"}},
+}
+
+_LIMITS = RateLimits()
+_CREATOR_DESCRIPTION = f"""\
+Creator routes (`/api/companies/{{company_id}}/…`) need the `{TOKEN_HEADER}` header that Whop's \
+iframe proxy adds: an ES256 JWT (issuer `urn:whopcom:exp-proxy`, audience = the app id, subject = \
+the user id). Missing or invalid token → 401. The user must be an admin of `company_id` per Whop \
+(`access_level == "admin"`), else 403; Whop unreachable → 503. Objects of another company answer \
+404, exactly like objects that do not exist.
+
+Errors always have the shape `{{"error": {{"code", "message", "fields"?}}}}`; a 400 names each bad \
+field in `fields`.
+
+**Rate limits** (per company, per route class, fixed {_LIMITS.window_s}-second windows): \
+`reads` {_LIMITS.reads} (every GET except the export), `settings_write` {_LIMITS.settings_write} \
+(PUT settings), `actions` {_LIMITS.actions} (POST on a case), `export` {_LIMITS.export} (CSV). \
+Operators change them with `RATE_LIMIT_READS`, `RATE_LIMIT_SETTINGS_WRITE`, `RATE_LIMIT_ACTIONS`, \
+`RATE_LIMIT_EXPORT` and `RATE_LIMIT_WINDOW_S`. Every response after authentication carries \
+`X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset`; over the limit → 429 with \
+`Retry-After`.
+"""
+
+_KPI_DESCRIPTION = """\
+A case belongs to a window when its `first_failure_at` lies in it: the current window is \
+[now − N days, now], `previous` is [now − 2N days, now − N days). `total_cases` counts every case \
+of the window whatever its status; `active_cases` those still open; `recoveries` those recovered. \
+`recovery_rate` = recoveries / total_cases (0 when there are no cases): **open, expired and \
+cancelled cases all count in the denominator**. `recovered_revenue` sums `recovered_amount_minor` \
+of the recovered cases per case currency (minor units, sorted by currency). Every figure can be \
+recomputed from `GET …/cases/export.csv?window_days=N` (rows by `status`, sums of \
+`recovered_amount_minor` by `currency`)."""
+
+_EXPORT_DESCRIPTION = f"""\
+The company's cases as CSV (RFC 4180, UTF-8, header row first), newest first, filtered like the \
+list. Columns, in order: {", ".join(f"`{c}`" for c in EXPORT_COLUMNS)}. Times are ISO 8601 in UTC \
+(`…Z`); amounts are integers in minor units; `nudges_sent` counts the case's nudges, reminders \
+and manual nudges that were sent. No member e-mail or name. A cell that a spreadsheet would run \
+as a formula (starting with `=`, `+`, `-`, `@`, tab or CR) is prefixed with `'`.
+
+**Large exports come in parts.** A response never grows past ~{EXPORT_MAX_BYTES / 1e6:.1f} MB \
+(Lambda answers at most 6 MB). When the export was cut, the response has the header \
+`{EXPORT_NEXT_CURSOR_HEADER}`: request the same URL with `&cursor=<that value>` for the next part, \
+and repeat until a response comes without the header. Every part starts with the header row \
+(drop it when concatenating)."""
+
+_NUDGE_DESCRIPTION = """\
+Sends a manual nudge now on every channel enabled in settings (push, DM), through the same path \
+as reminders. The automatic frequency cap does not apply; the case rules do: a case that is not \
+open (or past its 14-day window) → 409, whatever the cooldown; both channels disabled → 409. One \
+manual nudge per case per hour, else 429 with `Retry-After`. Each channel's outcome is in \
+`actions` (`pending` means Whop was busy: the scheduler retries it)."""
+
+
+_HEALTH = {"anyOf": [{"$ref": REF.format(model=m)}
+                     for m in ("ApplicationHealth", "DatabaseHealth", "WebhookHealth")]}
+
+
+def _errors(*codes: int) -> dict[int, Resp]:
+    text = {400: "Invalid parameters or body; `fields` names each problem.",
+            401: "Missing or invalid user token.",
+            403: "The user is not an admin of this company.",
+            404: "Not found (or belongs to another company).",
+            409: "The case does not allow this action now.",
+            413: f"Body larger than {MAX_BODY_BYTES} bytes.",
+            429: "Rate limit (or, for a nudge, the per-case cooldown) reached; see Retry-After.",
+            502: "Whop refused the request.",
+            503: "Whop or the database is unavailable; retry after Retry-After."}
+    after_auth = {400, 404, 409, 413, 429, 502}
+    out: dict[int, Resp] = {}
+    for code in codes:
+        headers: tuple[str, ...] = _RATE_HEADERS if code in after_auth else ()
+        if code in (429, 503):
+            headers = (*headers, "Retry-After")
+        out[code] = Resp(text[code], ErrorResponse, headers=headers)
+    return out
+
+
+def _creator(method: str, path: str, operation_id: str, summary: str, tag: str, route_class: str,
+             ok: Resp, *, errors: tuple[int, ...] = (), ok_status: int = 200, **kw: Any) -> Op:
+    params = tuple(p[1:-1] for p in path.split("/") if p.startswith("{"))
+    ok = Resp(ok.description, ok.model, ok.media, ok.schema, (*ok.headers, *_RATE_HEADERS))
+    responses = {ok_status: ok, **_errors(400, 401, 403, *errors, 429, 503)}
+    return Op(method, path, operation_id, summary, tag, creator=True, route_class=route_class,
+              path_params=params, responses=responses, security=("WhopUserToken",), **kw)
+
+
+_C = "/api/companies/{company_id}"
+
+OPERATIONS: tuple[Op, ...] = (
+    _creator("get", f"{_C}/settings", "getSettings", "Read the company's settings", "settings", "reads",
+             Resp("The stored settings, or the defaults for a company that never saved any.", Settings)),
+    _creator("put", f"{_C}/settings", "putSettings", "Save the company's settings", "settings",
+             "settings_write", Resp("The settings as stored.", Settings), errors=(413,), body=SettingsUpdate,
+             description="Takes the GET object back. Omitted fields keep their value; `updated_at` is "
+                         "read-only (accepted, ignored); unknown fields, wrong types (no \"true\" for a "
+                         "boolean) and out-of-range values → 400 with a message per field."),
+    _creator("get", f"{_C}/kpis", "getKpis", "Recovery KPIs for a window and the one before", "kpis", "reads",
+             Resp("The figures.", Kpis), query=KpiQuery, description=_KPI_DESCRIPTION),
+    _creator("get", f"{_C}/cases", "listCases", "List cases, newest first", "cases", "reads",
+             Resp("One page of cases.", CaseList), query=CaseListQuery,
+             description="Sorted by `first_failure_at` descending (ties: id). Keyset pagination: pass "
+                         "`next_cursor` as `cursor` for the next page; pages stay stable while cases "
+                         "are added. A malformed cursor → 400."),
+    _creator("get", f"{_C}/cases/export.csv", "exportCases", "Export cases as CSV", "cases", "export",
+             Resp("CSV.", media="text/csv", schema={"type": "string"},
+                  headers=("Content-Disposition", EXPORT_NEXT_CURSOR_HEADER)),
+             query=ExportQuery, description=_EXPORT_DESCRIPTION),
+    _creator("get", f"{_C}/cases/{{case_id}}", "getCase", "One case and its timeline", "cases", "reads",
+             Resp("The case.", CaseDetail), errors=(404,)),
+    _creator("post", f"{_C}/cases/{{case_id}}/nudge", "nudgeCase", "Send a manual nudge now", "actions",
+             "actions", Resp("What each channel did.", NudgeResult), errors=(404, 409),
+             description=_NUDGE_DESCRIPTION),
+    _creator("post", f"{_C}/cases/{{case_id}}/cancel", "cancelCase", "Stop the case", "actions", "actions",
+             Resp("The cancelled case.", CaseSummary), errors=(404, 409),
+             description="No more nudges, reminders or incentives; owed ones are skipped. Cancelling a "
+                         "cancelled case returns it unchanged; a recovered or expired case → 409."),
+    _creator("post", f"{_C}/cases/{{case_id}}/cancel-membership", "cancelMembership",
+             "Cancel the membership at the end of its period", "actions", "actions",
+             Resp("The case, now cancelled (close_reason membership_cancelled).", CaseSummary),
+             errors=(404, 409, 502),
+             description="Asks Whop to cancel at period end (idempotent), then cancels the case. "
+                         "Allowed on open cases and cases the creator cancelled; recovered or expired "
+                         "→ 409. Whop refusing → 502; Whop unavailable → 503."),
+    _creator("post", f"{_C}/cases/{{case_id}}/terminate", "terminateMembership",
+             "End the member's access now", "actions", "actions",
+             Resp("The case, now cancelled (close_reason membership_terminated).", CaseSummary),
+             errors=(404, 409, 413, 502), body=TerminateRequest,
+             description="Requires the body `{\"confirm\": true}` exactly. Asks Whop to cancel "
+                         "immediately (idempotent), then cancels the case. Recovered or expired → 409."),
+    _creator("get", f"{_C}/memberships/{{membership_id}}", "getMembership", "A membership, from Whop",
+             "memberships", "reads", Resp("The membership (no PII).", MembershipView), errors=(404, 502)),
+    _creator("get", f"{_C}/memberships/{{membership_id}}/manage-url", "getManageUrl",
+             "The membership's manage URL, from Whop", "memberships", "reads",
+             Resp("The URL.", ManageUrl), errors=(404, 502)),
+    Op("post", "/webhooks/whop", "whopWebhook", "Whop webhooks (Standard Webhooks signed)", "webhooks",
+       description="Verifies the signature with the `ws_…` secret, queues the event, answers 200. "
+                   "Redeliveries (same webhook-id) get 200 too.",
+       body=None, header_params=(("webhook-id", "Message id."), ("webhook-timestamp", "Unix seconds."),
+                                 ("webhook-signature", "v1,<base64 HMAC-SHA256>")),
+       responses={200: Resp("Queued or ignored.", WebhookAccepted),
+                  400: Resp("Signed but malformed.", ErrorResponse),
+                  401: Resp("Bad or stale signature.", ErrorResponse),
+                  413: Resp("Body too large.", ErrorResponse),
+                  503: Resp("Queue unavailable: Whop retries.", ErrorResponse, headers=("Retry-After",))}),
+    Op("get", "/api/health", "health", "Health checks (no auth, no tenant data)", "operations",
+       query=HealthQuery,
+       responses={200: Resp("Healthy.", schema=_HEALTH),
+                  400: Resp("Unknown check.", ErrorResponse),
+                  503: Resp("Unhealthy (database or webhook check).", schema=_HEALTH)}),
+    Op("get", "/api/openapi.json", "openapi", "This document", "operations",
+       responses={200: Resp("OpenAPI 3.1.", schema={"type": "object"})}),
+    Op("post", "/api/scheduler/reminders", "runReminders", "Run one reminder tick", "operations",
+       security=("SchedulerBearer",),
+       responses={200: Resp("What the tick did.", TickSummary),
+                  401: Resp("Missing or wrong bearer token.", ErrorResponse),
+                  404: Resp("SCHEDULER_SECRET is not set.", ErrorResponse)}),
+    Op("get", "/r/{token}", "trackedLink", "Tracked link in a nudge", "member", path_params=("token",),
+       description="Records the click and redirects the member to fix their payment.",
+       responses={302: Resp("To the payment-fix page.", media="text/html", schema={"type": "string"},
+                            headers=("Location",)),
+                  404: Resp("Unknown link.", media="text/html", schema={"type": "string"}),
+                  410: Resp("The case is closed.", media="text/html", schema={"type": "string"}),
+                  503: Resp("Whop unavailable.", media="text/html", schema={"type": "string"})}),
+    Op("get", "/dashboard/{company_id}", "dashboard", "The creator dashboard (Whop iframe)", "dashboard",
+       path_params=("company_id",), security=("WhopUserToken",),
+       description="Served by chalicelib.dashboard; the page calls the creator routes above.",
+       responses={200: Resp("HTML page.", media="text/html", schema={"type": "string"}),
+                  404: Resp("Not a company id.", ErrorResponse)}),
+)
+
+
+# --- assembly ---------------------------------------------------------------------------------
+
+
+def _models() -> Iterator[tuple[type[BaseModel], JsonSchemaMode]]:
+    yield ErrorResponse, "serialization"
+    yield ApplicationHealth, "serialization"
+    yield DatabaseHealth, "serialization"
+    yield WebhookHealth, "serialization"
+    for op in OPERATIONS:
+        if op.body is not None:
+            yield op.body, "validation"
+        for resp in op.responses.values():
+            if resp.model is not None:
+                yield resp.model, "serialization"
+
+
+def _query_params(model: type[BaseModel]) -> list[dict[str, Any]]:
+    schema = model.model_json_schema(ref_template=REF, mode="validation")
+    required = set(schema.get("required", []))
+    params = []
+    for name, prop in schema["properties"].items():
+        prop = {k: v for k, v in prop.items() if k not in ("title", "description")}
+        # A query parameter is either present or absent: drop the "null" branch of optionals.
+        branches = [b for b in prop.pop("anyOf", []) if b.get("type") != "null"]
+        if branches:
+            prop = {**(branches[0] if len(branches) == 1 else {"anyOf": branches}), **prop}
+        if prop.get("default", 0) is None:
+            prop.pop("default")
+        params.append({"name": name, "in": "query", "required": name in required, "schema": prop,
+                       "description": model.model_fields[name].description or ""})
+    return params
+
+
+def _content(resp: Resp, refs: Refs) -> dict[str, Any]:
+    schema = refs[(resp.model, "serialization")] if resp.model is not None else resp.schema
+    return {resp.media: {"schema": schema}}
+
+
+def _operation(op: Op, refs: Refs) -> dict[str, Any]:
+    out: dict[str, Any] = {"operationId": op.operation_id, "summary": op.summary, "tags": [op.tag]}
+    if op.description:
+        out["description"] = op.description
+    if op.creator:
+        out["x-rate-limit-class"] = op.route_class
+    params = [{"name": p, "in": "path", "required": True, **_PATH_PARAMS[p]} for p in op.path_params]
+    params += [{"name": n, "in": "header", "required": True, "description": d, "schema": {"type": "string"}}
+               for n, d in op.header_params]
+    if op.query is not None:
+        params += _query_params(op.query)
+    if params:
+        out["parameters"] = params
+    if op.body is not None:
+        out["requestBody"] = {"required": op.body_required,
+                              "content": {"application/json": {"schema": refs[(op.body, "validation")]}}}
+    elif op.operation_id == "whopWebhook":
+        out["requestBody"] = {"required": True,
+                              "content": {"application/json": {"schema": {"type": "object"}}}}
+    out["security"] = [{name: []} for name in op.security] if op.security else []
+    responses: dict[str, Any] = {}
+    for status, resp in sorted(op.responses.items()):
+        entry: dict[str, Any] = {"description": resp.description}
+        if resp.model is not None or resp.schema is not None:
+            entry["content"] = _content(resp, refs)
+        if resp.headers:
+            entry["headers"] = {h: {**_HEADERS[h], "required": _header_required(h, status)}
+                                for h in resp.headers}
+        responses[str(status)] = entry
+    out["responses"] = responses
+    return out
+
+
+def _header_required(name: str, status: int) -> bool:
+    # The export cursor appears only on a cut export; a 503 may come before a Retry-After is known.
+    return not (name == EXPORT_NEXT_CURSOR_HEADER or (name == "Retry-After" and status == 503))
+
+
+def build_document(version: str = "dev") -> dict[str, Any]:
+    """The whole OpenAPI 3.1 document."""
+    refs, defs = models_json_schema(list(dict.fromkeys(_models())), ref_template=REF)
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        paths.setdefault(op.path, {})[op.method] = _operation(op, refs)
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {"title": "Rebound API", "version": version,
+                 "description": "Failed-payment recovery for Whop creators.\n\n" + _CREATOR_DESCRIPTION},
+        "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
+        "tags": [{"name": t} for t in dict.fromkeys(op.tag for op in OPERATIONS)],
+        "paths": paths,
+        "components": {
+            "schemas": defs.get("$defs", {}),
+            "securitySchemes": {
+                "WhopUserToken": {"type": "apiKey", "in": "header", "name": TOKEN_HEADER,
+                                  "description": "ES256 JWT added by Whop's iframe proxy."},
+                "SchedulerBearer": {"type": "http", "scheme": "bearer",
+                                    "description": "SCHEDULER_SECRET."},
+            },
+        },
+    }
+
+
+@lru_cache(maxsize=4)
+def openapi_document(version: str = "dev") -> dict[str, Any]:
+    """The document, built once per process and version."""
+    return build_document(version)
