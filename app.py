@@ -237,3 +237,13 @@ def get_manage_url(company_id: str, membership_id: str) -> Response:
 
     return serve(app.current_request, company_id, "reads", memberships.get_manage_url, membership_id)
 
+
+@app.route("/dashboard/{company_id}", methods=["GET"])
+@handle_errors
+def dashboard(company_id: str) -> Response:
+    from chalicelib.dashboard import page, valid_company_id
+
+    if not valid_company_id(company_id):
+        raise NotFound("not found")
+    html, headers = page()
+    return Response(body=html, status_code=200, headers=dict(headers))

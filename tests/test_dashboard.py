@@ -1,0 +1,36 @@
+"""The dashboard page: served to Whop's iframe, script pinned by CSP hash, no tenant data."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+
+from chalice.test import Client
+
+
+def test_dashboard_is_served_with_a_strict_policy() -> None:
+    from app import app
+
+    with Client(app) as client:
+        resp = client.http.get("/dashboard/biz_demo")
+    assert resp.status_code == 200
+    html = resp.body.decode()
+    assert resp.headers["Content-Type"].startswith("text/html")
+    csp = resp.headers["Content-Security-Policy"]
+    script = re.search(r"<script>(.*?)</script>", html, flags=re.S)
+    assert script is not None
+    digest = base64.b64encode(hashlib.sha256(script.group(1).encode()).digest()).decode()
+    assert f"'sha256-{digest}'" in csp and "unsafe-inline'; img" in csp  # styles only
+    assert "frame-ancestors 'self' https://whop.com https://*.whop.com" in csp
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    assert "biz_demo" not in html  # the page reads the company from its URL, holds no tenant data
+    for route in ("/kpis?window_days=", "/cases?", "/cases/export.csv?", "/settings"):
+        assert route in html
+
+
+def test_dashboard_rejects_odd_company_ids() -> None:
+    from app import app
+
+    with Client(app) as client:
+        assert client.http.get("/dashboard/%3Cscript%3E").status_code == 404
