@@ -77,6 +77,7 @@ _OWED = (
     " WHERE a.status IN ('pending', 'claimed') AND a.due_at <= :now"
     " AND (a.claimed_until IS NULL OR a.claimed_until <= :now)"
     " AND (CAST(:case_id AS uuid) IS NULL OR a.case_id = CAST(:case_id AS uuid))"
+    " AND (CAST(:kinds AS text) IS NULL OR a.kind = ANY(string_to_array(CAST(:kinds AS text), ',')))"
     " ORDER BY a.due_at, a.id LIMIT :limit FOR UPDATE SKIP LOCKED"
 )
 
@@ -152,12 +153,14 @@ def _gate(tx: Transaction, row: dict[str, Any], case: Case, settings: CreatorSet
 
 
 def claim(company_id: str, now: datetime, db: Database | None = None, *, case_id: str | None = None,
-          limit: int = 50, stats: Stats | None = None) -> list[Claim]:
+          kinds: tuple[str, ...] | None = None, limit: int = 50,
+          stats: Stats | None = None) -> list[Claim]:
     stats = stats if stats is not None else Stats()
     claims: list[Claim] = []
     with tenant_transaction(company_id, db) as tx:
         settings = store.get_settings(tx)
-        rows = tx.query(_OWED, now=now, case_id=case_id, limit=limit)
+        rows = tx.query(_OWED, now=now, case_id=case_id, limit=limit,
+                        kinds=",".join(kinds) if kinds else None)
         batch_sends: set[tuple[str, str]] = set()
         cases: dict[str, dict[str, Any]] = {}
         for row in rows:
@@ -276,9 +279,11 @@ def record(company_id: str, c: Claim, result: WhopResult, now: datetime,
 
 
 def execute_owed(ctx: Context, company_id: str, now: datetime, db: Database | None = None, *,
-                 case_id: str | None = None, limit: int = 50) -> Stats:
+                 case_id: str | None = None, kinds: tuple[str, ...] | None = None,
+                 limit: int = 50) -> Stats:
+    """Claim, perform and record owed rows (of one case and/or some kinds, when given)."""
     stats = Stats()
-    for c in claim(company_id, now, db, case_id=case_id, limit=limit, stats=stats):
+    for c in claim(company_id, now, db, case_id=case_id, kinds=kinds, limit=limit, stats=stats):
         outcome = record(company_id, c, perform(ctx, c, now), now, db)
         setattr(stats, outcome, getattr(stats, outcome) + 1)
     return stats

@@ -349,6 +349,12 @@ class WhopClient(WhopPort):
         """The adapter for ``settings`` (key and base URL); keyword overrides go to ``__init__``."""
         if not settings.WHOP_API_KEY:
             raise ConfigError("missing required setting(s): WHOP_API_KEY")
+        # The shared adapter also serves creator requests, which API Gateway cuts at 29 s: worst
+        # case 2 × (3 s connect + 8 s read) + 4 s of backoff stays under it. Sends that run out of
+        # budget are not lost: their ledger rows are retried by the next tick.
+        for name, value in (("connect_timeout_s", 3.0), ("read_timeout_s", 8.0), ("max_attempts", 2),
+                            ("max_total_sleep_s", 4.0)):
+            overrides.setdefault(name, value)
         return cls(api_key=settings.WHOP_API_KEY, base_url=settings.WHOP_API_BASE, **overrides)
 
     def __repr__(self) -> str:

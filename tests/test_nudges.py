@@ -390,3 +390,13 @@ def test_amounts_in_copy_respect_the_currency_minor_unit(minor: int | None, curr
     from chalicelib.messages import format_amount
 
     assert format_amount(minor, currency) == shown
+
+
+def test_execute_owed_can_be_limited_to_some_kinds(world: World) -> None:
+    world.settings(incentive_days=2)
+    case_id = world.fail(T0)
+    stats = effects.execute_owed(world.ctx, A, T0, world.db, case_id=case_id, kinds=("incentive",))
+    assert stats.sent == 1
+    statuses = {a["kind"]: a["status"] for a in world.actions(case_id=case_id)}
+    assert statuses == {"nudge": "pending", "incentive": "sent"}
+    assert world.dms() == [] and world.pushes() == []
