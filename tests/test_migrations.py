@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 
 from scripts import migrate as m
 from tests.conftest import ROOT, Owner
+from tests.helpers import run_concurrently
 
 
 @pytest.fixture
@@ -69,23 +69,7 @@ def test_a_failing_migration_rolls_back_alone(fresh_db: str, tmp_path: Path, own
 
 
 def test_two_concurrent_runners_serialize_and_apply_each_file_once(fresh_db: str, owner: Owner) -> None:
-    results: list[m.Result] = []
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(2)
-
-    def run() -> None:
-        try:
-            barrier.wait()
-            results.append(m.migrate(fresh_db, log=lambda _: None))
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    results = run_concurrently(lambda: m.migrate(fresh_db, log=lambda _: None), 2)
     applied = sorted(results, key=lambda r: len(r.applied))
     assert applied[0].applied == [] and applied[1].applied == _files()
 

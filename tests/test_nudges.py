@@ -5,7 +5,6 @@ Real Postgres as the runtime role; the fake Whop over HTTP; the clock is injecte
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,7 +17,7 @@ from chalicelib.queue import QueuedWebhook
 from chalicelib.whop import get_whop
 from scripts.fake_whop import FakeWhop
 from tests.conftest import Owner
-from tests.helpers import membership_event, payment_event
+from tests.helpers import membership_event, payment_event, run_concurrently
 
 T0 = datetime(2026, 11, 2, 15, 0, tzinfo=UTC)  # a Monday, 15:00 UTC
 DAY = timedelta(days=1)
@@ -202,25 +201,8 @@ def test_two_concurrent_ticks_send_once(world: World, owner: Owner) -> None:
     for i in range(6):
         world.fail(T0, membership=f"mem_{i}", user=f"user_{i}")
     world.run_effects(T0)
-    barrier = threading.Barrier(2)
-    results: list[scheduler.TickResult] = []
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            barrier.wait()
-            results.append(world.tick(T0 + 2 * DAY + timedelta(minutes=5)))
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            world.db.close()
-
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    results = run_concurrently(lambda: world.tick(T0 + 2 * DAY + timedelta(minutes=5)), 2,
+                               after=world.db.close)
     reminder_dms = [c for c in world.dms() if "Reminder" in c.json["content"]]
     assert len(reminder_dms) == 6
     assert sum(r.effects.sent for r in results) == 12
@@ -300,17 +282,7 @@ def test_incentive_once_under_duplicates_and_concurrency(world: World) -> None:
     world.deliver(msg, T0)
     world.deliver(msg, T0)  # redelivery
 
-    def run() -> None:
-        try:
-            world.run_effects(T0)
-        finally:
-            world.db.close()
-
-    threads = [threading.Thread(target=run) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_concurrently(lambda: world.run_effects(T0), 3, after=world.db.close)
     world.tick(T0 + effects.LEASE + timedelta(minutes=1))
     ok = [c for c in world.fake.calls_to("POST", r"/memberships/mem_1/extend") if c.status == 200]
     assert len(ok) == 1
