@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from pg8000.native import identifier  # noqa: E402
+
 from chalicelib.db import connect, parse_database_url  # noqa: E402
 from scripts.migrate import migrate  # noqa: E402
 
@@ -61,11 +63,24 @@ def ensure_runtime_login(owner_url: str, login: str = RUNTIME_LOGIN,
         conn.close()
 
 
+def grant_runtime_role(owner_url: str, login: str) -> None:
+    """What the operator runs once per login (README): ``GRANT rebound_app TO <login>``."""
+    conn = connect(parse_database_url(owner_url))
+    try:
+        if not conn.run("SELECT pg_has_role(:u, 'rebound_app', 'MEMBER')", u=login)[0][0]:
+            conn.run(f"GRANT rebound_app TO {identifier(login)}")
+    finally:
+        conn.close()
+
+
 def start(data_dir: Path, log: Any = print) -> LocalDatabase:
     if os.environ.get("DATABASE_URL"):
         runtime_url = os.environ["DATABASE_URL"]
         owner_url = os.environ.get("MIGRATIONS_DATABASE_URL", runtime_url)
         migrate(owner_url, log=log)
+        runtime_user = parse_database_url(runtime_url).user
+        if runtime_url != owner_url:
+            grant_runtime_role(owner_url, runtime_user)
         return LocalDatabase(owner_url=owner_url, runtime_url=runtime_url)
 
     data_dir = data_dir.resolve()
