@@ -83,8 +83,9 @@ def refold_membership(tx: Transaction, company_id: str, membership_id: str,
 
 
 def _update_existing(tx: Transaction, row: dict[str, Any], case: Case, settings: CreatorSettings) -> None:
-    if row["cancelled_by"] is not None and case.status is CaseStatus.OPEN:
-        # A creator stopped this case by hand: new events update its facts, not its status.
+    if row["cancelled_by"] is not None and case.status is not CaseStatus.CANCELLED:
+        # A creator stopped this case by hand, and cancelled is final (contract): later events
+        # update its facts, never its status.
         case = case.model_copy(update={"status": CaseStatus.CANCELLED, "closed_at": row["closed_at"],
                                        "close_reason": row["close_reason"]})
     store.update_case(tx, str(row["id"]), case,
