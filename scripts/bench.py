@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -119,6 +120,7 @@ def tick_vs_open_cases() -> dict[str, object]:
         owner.close()
         dbmod.reset_database()
         local.stop()
+        shutil.rmtree(data, ignore_errors=True)
 
 
 def main() -> int:

@@ -4,6 +4,7 @@ app connecting as the non-owner runtime login so row-level security is always on
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +40,9 @@ def local_database() -> Iterator[localdb.LocalDatabase]:
     started = localdb.start(data_dir, log=lambda _msg: None)
     yield started
     started.stop()
+    # Each session gets a fresh server: leave no data directories behind.
+    shutil.rmtree(data_dir, ignore_errors=True)
+    shutil.rmtree(data_dir.parent / f".{data_dir.name}-run", ignore_errors=True)
 
 
 class Owner:
