@@ -62,7 +62,7 @@ def whop_webhook() -> Response:
     raw = request.raw_body or b""
     body = raw.encode() if isinstance(raw, str) else raw
     result = accept_webhook(body, dict(request.headers),
-                            get_config().WHOP_WEBHOOK_SECRET or "", datetime.now(UTC), get_queue())
+                            get_config().WHOP_WEBHOOK_SECRET or "", datetime.now(UTC), get_queue)
     count(f"Webhook_{result.outcome}")
     logger.info("webhook", extra={"outcome": result.outcome, "webhook_id": result.webhook_id})
     if result.status_code == 200:

@@ -7,10 +7,11 @@ body; 413 for an oversized body; 503 when the queue is unavailable so that Whop 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from chalicelib.config import ConfigError
 from chalicelib.queue import EventQueue, QueueUnavailable
 from chalicelib.webhooks import MalformedWebhook, WebhookVerificationFailed, normalise, verify
 
@@ -26,7 +27,9 @@ class Accepted:
 
 
 def accept_webhook(body: bytes, headers: Mapping[str, str], secret: str, now: datetime,
-                   queue: EventQueue) -> Accepted:
+                   queue: Callable[[], EventQueue]) -> Accepted:
+    """``queue`` is only asked for once a valid event is to be sent: a bad signature is a 401
+    even while the queue is misconfigured."""
     if len(body) > MAX_BODY_BYTES:
         return Accepted(413, "too_large", "body exceeds 256 KiB")
     try:
@@ -40,7 +43,7 @@ def accept_webhook(body: bytes, headers: Mapping[str, str], secret: str, now: da
     if event is None:
         return Accepted(200, "ignored", "event type not handled", webhook_id)
     try:
-        queue.send(webhook_id, now, body)
-    except QueueUnavailable:
+        queue().send(webhook_id, now, body)
+    except (QueueUnavailable, ConfigError):
         return Accepted(503, "queue_unavailable", "temporarily unavailable, retry", webhook_id)
     return Accepted(200, "queued", "queued", webhook_id)
