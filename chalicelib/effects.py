@@ -14,6 +14,7 @@ Rules checked at claim time (what a member would expect):
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from chalicelib.db import Database, Transaction, tenant_transaction
 from chalicelib.messages import render
 from chalicelib.models import Case, CaseStatus, CreatorSettings
 from chalicelib.reminders import FREQUENCY_CAP, MAX_ATTEMPTS, quiet_until, retry_delay
-from chalicelib.whop import WhopError, WhopPort, WhopResult
+from chalicelib.whop import WhopError, WhopPermanentError, WhopPort, WhopResult
 
 LEASE = timedelta(minutes=5)
 INCENTIVE_COOLDOWN = timedelta(days=90)
@@ -90,19 +91,13 @@ def _finish(tx: Transaction, action_id: str, now: datetime, status: str, error_c
         " result = result || CAST(:result AS jsonb), claimed_until = NULL, completed_at = :now,"
         " updated_at = now() WHERE id = CAST(:id AS uuid)",
         status=status, ec=error_class, detail=detail, id=action_id, now=now,
-        result=_json(result or {}))
+        result=json.dumps(result or {}, default=str))
 
 
 def _defer(tx: Transaction, action_id: str, until: datetime, reason: str) -> None:
     tx.execute("UPDATE recovery_actions SET status = 'pending', due_at = :until, claimed_until = NULL,"
                " error_detail = :reason, updated_at = now() WHERE id = CAST(:id AS uuid)",
                until=until, reason=reason, id=action_id)
-
-
-def _json(value: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(value, default=str)
 
 
 def _last_sent_to_member(tx: Transaction, user_id: str, channel: str, exclude: str) -> datetime | None:
@@ -235,9 +230,9 @@ def perform(ctx: Context, c: Claim, now: datetime) -> WhopResult:
                                       c.key)
         return ctx.whop.send_dm(c.case.user_id, c.case.company_id, copy.dm, c.key)
     except WhopError as exc:
+        # The adapter already classified the failure: reuse its verdict rather than re-deriving it.
         return WhopResult(ok=False, status_code=exc.status, error_code=exc.error_code,
-                          error_class="permanent" if exc.status and 400 <= exc.status < 500
-                          and exc.status not in (408, 429) else "retryable",
+                          error_class="permanent" if isinstance(exc, WhopPermanentError) else "retryable",
                           retry_after_s=exc.retry_after_s)
 
 

@@ -102,7 +102,6 @@ def _record_initial_effects(tx: Transaction, case_id: str, case: Case, settings:
     return owed
 
 
-
 def send_opening_nudges(company_id: str, case_ids: list[str], now: datetime) -> None:
     """The T+0 nudge goes out promptly, after commit. If Whop is down the rows stay pending and
     the next tick retries them: the webhook itself is applied and must not be redelivered."""
