@@ -570,3 +570,24 @@ def test_cohort_weeks_are_validated(api: Api) -> None:
     _, body = api.call("GET", COHORTS, status=200)
     assert body["weeks"] == 12 and len(body["cohorts"]) == 12 and body["curve_cases"] == 0
     assert [p["day"] for p in body["time_to_recovery"]] == list(range(15))
+
+
+def test_the_product_name_comes_from_the_membership_or_falls_back() -> None:
+    from chalicelib.whop import membership_from_json
+
+    assert membership_from_json({"id": "m", "product": {"id": "p", "title": " Pro "}}).product_title == "Pro"
+    legacy = membership_from_json({"id": "m", "product": {"id": "p", "name": "Legacy"}})
+    assert legacy.product_title == "Legacy"
+    for product in (None, {"title": "  "}, {"title": 7}, "prod_1"):
+        assert membership_from_json({"id": "m", "product": product}).product_title is None
+    assert messages.product_label(None) == messages.product_label("  \n ") == "your membership"
+
+
+def test_a_failed_product_read_falls_back_and_is_not_cached(api: Api) -> None:
+    api.whop.add_membership("mem_p", company_id=ALPHA, user_id="user_1", product_title="Gold")
+    api.whop.inject("GET", r"/memberships/mem_p$", "500", times=None)
+    assert measurement.product_name(get_whop(), "mem_p") is None
+    api.whop.clear_faults()
+    assert measurement.product_name(get_whop(), "mem_p") == "Gold"
+    api.whop.inject("GET", r"/memberships/mem_p$", "500", times=None)
+    assert measurement.product_name(get_whop(), "mem_p") == "Gold"  # cached now
