@@ -591,3 +591,22 @@ def test_a_failed_product_read_falls_back_and_is_not_cached(api: Api) -> None:
     assert measurement.product_name(get_whop(), "mem_p") == "Gold"
     api.whop.inject("GET", r"/memberships/mem_p$", "500", times=None)
     assert measurement.product_name(get_whop(), "mem_p") == "Gold"  # cached now
+
+
+def test_a_case_keeps_its_arm_and_variant_through_later_events_and_new_experiments(api: Api) -> None:
+    body = {"name": "all b", "variants": [{"name": "a", "weight": 0}, {"name": "b", "weight": 3}]}
+    _, first = api.call("POST", EXPS, body=body, status=201)
+    at = NOW - 3 * DAY
+    msg_id, raw = payment_event("payment.failed", membership="mem_k", at=at, decline_code="expired_card")
+    case_id = api.deliver(msg_id, raw, at).opened_case_ids[0]
+    api.call("POST", STOP, params={"experiment_id": first["id"]}, status=200)
+    flipped = [{"name": "a", "weight": 1}, {"name": "b", "weight": 0}]
+    api.call("POST", EXPS, body={"name": "all a", "variants": flipped}, status=201)
+    api.call("PUT", SETTINGS, body={"holdout_percent": 50}, status=200)
+    assert api.deliver(msg_id, raw, at).status == "duplicate"  # redelivery
+    again_id, again = payment_event("payment.failed", membership="mem_k", at=at + DAY, decline_code=None,
+                                    failure_message=None)
+    assert api.deliver(again_id, again, at + DAY).opened_case_ids == []  # merged into the same case
+    row = api.case(case_id)
+    assert (str(row["experiment_id"]), row["variant"], row["holdout"]) == (first["id"], "b", False)
+    assert (row["failure_count"], row["decline_class"]) == (2, "card_hard")
