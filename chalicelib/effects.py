@@ -97,6 +97,7 @@ class Claim:
     link_token: str
     settings: CreatorSettings
     token: str = ""  # the lease token: outcomes are recorded only by its holder
+    owed_at: datetime | None = None  # when the row was written: the copy is rendered as of then
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -111,7 +112,7 @@ class Context:
 
 _OWED = (
     "SELECT a.id::text AS action_id, a.kind, a.step, a.channel, a.idempotency_key, a.attempts,"
-    " a.case_id::text AS case_id FROM recovery_actions a"
+    " a.case_id::text AS case_id, COALESCE(a.owed_at, a.created_at) AS owed_at FROM recovery_actions a"
     " WHERE a.status IN ('pending', 'claimed') AND a.due_at <= :now"
     " AND (a.claimed_until IS NULL OR a.claimed_until <= :now)"
     " AND (CAST(:case_id AS uuid) IS NULL OR a.case_id = CAST(:case_id AS uuid))"
@@ -159,15 +160,32 @@ def _member_cap(tx: Transaction, user_id: str, channel: str, exclude: str,
     return None
 
 
-def _recent_incentive(tx: Transaction, company_id: str, user_id: str, exclude: str, now: datetime) -> bool:
+def _incentive_verdict(tx: Transaction, company_id: str, user_id: str, exclude: str,
+                       now: datetime) -> tuple[str, Any] | None:
+    """One incentive per member per 90 days: skip when one was granted; wait while another is in
+    flight or an older one is still owed (retrying through a Whop outage) — it goes first, and
+    if it never goes (its case closed) this one may."""
     # Serialise incentive decisions per member so two cases cannot both grant one.
     tx.query("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))", k=f"{company_id}/{user_id}/incentive")
-    found = tx.scalar(
-        "SELECT count(*) FROM recovery_actions a JOIN recovery_cases c ON c.id = a.case_id"
-        " WHERE c.user_id = :u AND a.kind = 'incentive' AND a.id <> CAST(:x AS uuid)"
-        " AND (a.status = 'claimed' OR (a.status = 'sent' AND a.completed_at > :since))",
+    row = tx.one(
+        "SELECT count(*) FILTER (WHERE a.status = 'sent' AND a.completed_at > :since) AS granted,"
+        " count(*) FILTER (WHERE a.status = 'claimed' OR (a.status = 'pending'"
+        "   AND (a.created_at, a.id) < (SELECT created_at, id FROM recovery_actions"
+        "                               WHERE id = CAST(:x AS uuid)))) AS ahead"
+        " FROM recovery_actions a JOIN recovery_cases c ON c.id = a.case_id"
+        " WHERE c.user_id = :u AND a.kind = 'incentive' AND a.id <> CAST(:x AS uuid)",
         u=user_id, x=exclude, since=now - INCENTIVE_COOLDOWN)
-    return bool(found)
+    if row is not None and row["granted"]:
+        return ("skip", "recent_incentive")
+    if row is not None and row["ahead"]:
+        return ("defer", now + LEASE)
+    return None
+
+
+def _t0_unsent(tx: Transaction, case_id: str, channel: str | None) -> bool:
+    return bool(tx.scalar(
+        "SELECT count(*) FROM recovery_actions WHERE case_id = CAST(:c AS uuid) AND step = 't0'"
+        " AND channel IS NOT DISTINCT FROM :ch AND status IN ('pending', 'claimed')", c=case_id, ch=channel))
 
 
 def _gate(tx: Transaction, row: dict[str, Any], case: Case, settings: CreatorSettings, now: datetime,
@@ -182,6 +200,9 @@ def _gate(tx: Transaction, row: dict[str, Any], case: Case, settings: CreatorSet
         return ("skip", "window_passed")
     if kind in MESSAGE_KINDS and not case.user_id:
         return ("skip", "no_user")
+    if kind == "reminder" and _t0_unsent(tx, row["case_id"], channel):
+        # A reminder never overtakes the T+0 it follows up (a late event can make both due).
+        return ("defer", now + LEASE)
     if kind in ("nudge", "reminder"):
         until = quiet_until(now, settings)
         if until is not None:
@@ -193,9 +214,8 @@ def _gate(tx: Transaction, row: dict[str, Any], case: Case, settings: CreatorSet
         if (case.user_id, channel) in batch_sends:
             return ("defer", now + FREQUENCY_CAP)
         batch_sends.add((case.user_id, channel))
-    if kind == "incentive" and case.user_id and _recent_incentive(
-            tx, case.company_id, case.user_id, row["action_id"], now):
-        return ("skip", "recent_incentive")
+    if kind == "incentive" and case.user_id:
+        return _incentive_verdict(tx, case.company_id, case.user_id, row["action_id"], now)
     return None
 
 
@@ -234,7 +254,8 @@ def claim(company_id: str, now: datetime, db: Database | None = None, *, case_id
             claims.append(Claim(action_id=row["action_id"], kind=row["kind"], step=row["step"],
                                 channel=row["channel"], key=row["idempotency_key"],
                                 attempts=row["attempts"] + 1, case_id=row["case_id"], case=case,
-                                link_token=case_row["link_token"], settings=settings, token=token))
+                                link_token=case_row["link_token"], settings=settings, token=token,
+                                owed_at=row["owed_at"]))
     return claims
 
 
@@ -273,7 +294,9 @@ def perform(ctx: Context, c: Claim, now: datetime) -> WhopResult:
         if c.kind == "incentive":
             return _extend(ctx, c)
         link = f"{ctx.public_base_url}/r/{c.link_token}"
-        copy = render(_template(c.kind), c.case, link, now)
+        # Rendered as of when the row was owed, not when this attempt runs: every retry sends the
+        # same body under the same Idempotency-Key (Whop refuses a reused key with other content).
+        copy = render(_template(c.kind), c.case, link, c.owed_at or now)
         assert c.case.user_id is not None
         if c.channel == "push":
             experience = push_experience(ctx, c.case.company_id, c.settings)

@@ -47,7 +47,7 @@ from chalicelib.effects import default_context, execute_owed
 from chalicelib.models import Case, CaseStatus, CreatorSettings, WhopEvent
 from chalicelib.observability import count, logger
 from chalicelib.queue import QueuedWebhook, decode_message
-from chalicelib.reminders import initial_effects, next_action_at
+from chalicelib.reminders import covered_offset, initial_effects, next_action_at
 from chalicelib.webhooks import MalformedWebhook, event_from_payload, minimal_payload, normalise
 
 
@@ -141,8 +141,9 @@ def refold_membership(tx: Transaction, company_id: str, membership_id: str,
     for index, case in enumerate(folded):
         own = matched.get(index, [])
         if not own:
-            created = store.insert_case(tx, case, next_action_at(case, settings, None),
-                                        new_link_token())
+            covered = covered_offset(case, settings, now)
+            created = store.insert_case(tx, case, next_action_at(case, settings, covered),
+                                        new_link_token(), last_reminder_offset=covered)
             case_id = str(created["id"])
             opened.append(case_id)
             owed += _record_initial_effects(tx, case_id, case, settings, now)

@@ -67,17 +67,18 @@ def membership_cases(tx: Transaction, membership_id: str) -> list[dict[str, Any]
 
 
 def insert_case(tx: Transaction, case: Case, next_action_at: datetime | None,
-                link_token: str) -> dict[str, Any]:
+                link_token: str, last_reminder_offset: int | None = None) -> dict[str, Any]:
     values = {c: getattr(case, c) for c in _CASE_COLUMNS}
     values["status"] = case.status.value
     # Column names come from the _CASE_COLUMNS constant; every value is a bound parameter.
     row = tx.one(
-        "INSERT INTO recovery_cases (company_id, membership_id, seq, episode_webhook_id,"
-        " next_action_at, link_token, manage_url, " + ", ".join(_CASE_COLUMNS) + ") VALUES"
-        " (:company_id, :membership_id, :seq, :episode, :next_action_at, :link_token, :manage_url, "
+        "INSERT INTO recovery_cases (company_id, membership_id, seq, episode_webhook_id,"  # noqa: S608
+        " next_action_at, last_reminder_offset, link_token, manage_url, " + ", ".join(_CASE_COLUMNS)
+        + ") VALUES (:company_id, :membership_id, :seq, :episode, :next_action_at, :last_offset,"
+        " :link_token, :manage_url, "
         + ", ".join(f":{c}" for c in _CASE_COLUMNS) + ") RETURNING *",
         company_id=case.company_id, membership_id=case.membership_id, seq=case.seq,
-        episode=case.failure_ids[0] if case.failure_ids else None,
+        episode=case.failure_ids[0] if case.failure_ids else None, last_offset=last_reminder_offset,
         next_action_at=next_action_at, link_token=link_token, manage_url=case.manage_url, **values)
     assert row is not None
     return row
@@ -132,9 +133,9 @@ def add_action(tx: Transaction, *, case_id: str, company_id: str, kind: str, ste
     """Record an owed effect (or a done action); False if its key exists (it is already owed)."""
     row = tx.one(
         "INSERT INTO recovery_actions (case_id, company_id, kind, step, channel, status,"
-        " idempotency_key, due_at, actor, result, completed_at)"
+        " idempotency_key, due_at, owed_at, actor, result, completed_at)"
         " VALUES (CAST(:case_id AS uuid), :company_id, :kind, :step, :channel, :status, :key,"
-        " COALESCE(:due_at, now()), :actor, CAST(:result AS jsonb),"
+        " COALESCE(:due_at, now()), COALESCE(:due_at, now()), :actor, CAST(:result AS jsonb),"
         " CASE WHEN :status IN ('done', 'skipped') THEN now() END)"
         " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
         case_id=case_id, company_id=company_id, kind=kind, step=step, channel=channel,
