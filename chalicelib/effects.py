@@ -98,6 +98,7 @@ class Claim:
     settings: CreatorSettings
     token: str = ""  # the lease token: outcomes are recorded only by its holder
     owed_at: datetime | None = None  # when the row was written: the copy is rendered as of then
+    copy: dict[str, str] | None = None  # the message as first attempted (pinned in the row)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -112,7 +113,8 @@ class Context:
 
 _OWED = (
     "SELECT a.id::text AS action_id, a.kind, a.step, a.channel, a.idempotency_key, a.attempts,"
-    " a.case_id::text AS case_id, COALESCE(a.owed_at, a.created_at) AS owed_at FROM recovery_actions a"
+    " a.case_id::text AS case_id, COALESCE(a.owed_at, a.created_at) AS owed_at, a.result -> 'copy' AS copy"
+    " FROM recovery_actions a"
     " WHERE a.status IN ('pending', 'claimed') AND a.due_at <= :now"
     " AND (a.claimed_until IS NULL OR a.claimed_until <= :now)"
     " AND (CAST(:case_id AS uuid) IS NULL OR a.case_id = CAST(:case_id AS uuid))"
@@ -255,7 +257,7 @@ def claim(company_id: str, now: datetime, db: Database | None = None, *, case_id
                                 channel=row["channel"], key=row["idempotency_key"],
                                 attempts=row["attempts"] + 1, case_id=row["case_id"], case=case,
                                 link_token=case_row["link_token"], settings=settings, token=token,
-                                owed_at=row["owed_at"]))
+                                owed_at=row["owed_at"], copy=row["copy"]))
     return claims
 
 
@@ -288,23 +290,40 @@ def _template(kind: str) -> str:
     return {"nudge": "t0", "reminder": "reminder", "manual_nudge": "manual"}[kind]
 
 
+def message_copy(ctx: Context, c: Claim, now: datetime) -> dict[str, str]:
+    """The message a claim sends, rendered as of when the row was owed."""
+    link = f"{ctx.public_base_url}/r/{c.link_token}"
+    copy = render(_template(c.kind), c.case, link, c.owed_at or now)
+    return {"title": copy.title, "push": f"{copy.push} {link}", "dm": copy.dm}
+
+
+def pin_copy(ctx: Context, company_id: str, c: Claim, now: datetime, db: Database | None = None) -> None:
+    """Store the message before its first attempt. Every retry then sends the same body under
+    the same Idempotency-Key, even if the case changed in between (a late event moved its first
+    failure, say): Whop refuses a reused key with other content, and a new key would send twice."""
+    if c.kind not in MESSAGE_KINDS or c.copy is not None:
+        return
+    c.copy = message_copy(ctx, c, now)
+    with tenant_transaction(company_id, db) as tx:
+        tx.execute("UPDATE recovery_actions SET result = result"
+                   " || jsonb_build_object('copy', CAST(:copy AS jsonb))"
+                   " WHERE id = CAST(:id AS uuid) AND claim_token = CAST(:token AS uuid)",
+                   copy=json.dumps(c.copy), id=c.action_id, token=c.token)
+
+
 def perform(ctx: Context, c: Claim, now: datetime) -> WhopResult:
     """Make the Whop call a claim owes. Reads that fail become a failed WhopResult."""
     try:
         if c.kind == "incentive":
             return _extend(ctx, c)
-        link = f"{ctx.public_base_url}/r/{c.link_token}"
-        # Rendered as of when the row was owed, not when this attempt runs: every retry sends the
-        # same body under the same Idempotency-Key (Whop refuses a reused key with other content).
-        copy = render(_template(c.kind), c.case, link, c.owed_at or now)
+        copy = c.copy or message_copy(ctx, c, now)
         assert c.case.user_id is not None
         if c.channel == "push":
             experience = push_experience(ctx, c.case.company_id, c.settings)
             if experience is None:
                 return WhopResult(ok=False, error_class="permanent", error_code="no_push_experience")
-            return ctx.whop.send_push(experience, c.case.user_id, copy.title, f"{copy.push} {link}",
-                                      c.key)
-        return ctx.whop.send_dm(c.case.user_id, c.case.company_id, copy.dm, c.key)
+            return ctx.whop.send_push(experience, c.case.user_id, copy["title"], copy["push"], c.key)
+        return ctx.whop.send_dm(c.case.user_id, c.case.company_id, copy["dm"], c.key)
     except WhopError as exc:
         # The adapter already classified the failure: reuse its verdict rather than re-deriving it.
         return WhopResult(ok=False, status_code=exc.status, error_code=exc.error_code,
@@ -416,6 +435,7 @@ def execute_owed(ctx: Context, company_id: str, now: datetime, db: Database | No
 def _execute_one(ctx: Context, company_id: str, c: Claim, now: datetime, db: Database | None,
                  stats: Stats) -> None:
     try:
+        pin_copy(ctx, company_id, c, now, db)
         outcome = record(company_id, c, perform(ctx, c, now), now, db)
     except Exception as exc:  # noqa: BLE001 - one row's failure must not strand the others
         stats.errors += 1
