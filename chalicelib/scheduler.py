@@ -18,6 +18,7 @@ from chalicelib.db import Database, service_transaction, tenant_transaction
 from chalicelib.effects import Context, Stats, execute_owed
 from chalicelib.models import RECOVERY_WINDOW
 from chalicelib.reminders import due_reminder, next_action_at, reminder_effects
+from chalicelib.retention import purge_expired
 
 
 @dataclass
@@ -87,5 +88,6 @@ def tick(ctx: Context, now: datetime, db: Database | None = None, max_companies:
         result.due += due
         result.reminders_owed += owed
         result.effects.add(execute_owed(ctx, company_id, now, db, limit=200))
+    purge_expired(now, db)  # retention (issue 12): small batches, never raises; docs/privacy.md
     result.duration_ms = round((time.perf_counter() - started) * 1000, 2)
     return result
