@@ -4,6 +4,8 @@
   events received more than ``RETENTION_DAYS`` ago (default 180) and on cases closed that long
   ago. The rest of an event stays: cases are re-folded from their membership's events, and ids,
   amounts, codes and times are what KPIs and the timeline need.
+- Click rows (``recovery_actions`` of kind ``link_click``) older than ``RETENTION_DAYS``; the case
+  keeps its aggregate ``link_clicks`` and ``last_clicked_at``.
 - Rate-limit windows that ended more than a day ago (the API deletes its own company's old
   windows now and then; a company that stops calling would otherwise leave them forever).
 
@@ -31,11 +33,12 @@ MAX_BATCHES = 4
 class Purged:
     event_urls: int = 0
     case_urls: int = 0
+    click_rows: int = 0
     rate_limits: int = 0
 
     @property
     def total(self) -> int:
-        return self.event_urls + self.case_urls + self.rate_limits
+        return self.event_urls + self.case_urls + self.click_rows + self.rate_limits
 
 
 def _drain(function: str, before: datetime, db: Database | None, batch: int, max_batches: int) -> int:
@@ -57,6 +60,7 @@ def purge(now: datetime, db: Database | None = None, days: int | None = None,
     return Purged(
         event_urls=_drain("purge_event_urls", cutoff, db, batch, max_batches),
         case_urls=_drain("purge_case_urls", cutoff, db, batch, max_batches),
+        click_rows=_drain("purge_click_rows", cutoff, db, batch, max_batches),
         rate_limits=_drain("purge_rate_limits", now - RATE_LIMIT_RETENTION, db, batch, max_batches),
     )
 
@@ -73,5 +77,6 @@ def purge_expired(now: datetime, db: Database | None = None) -> Purged:
     if purged.total:
         logger.info("retention purge", extra={"event_urls": purged.event_urls,
                                               "case_urls": purged.case_urls,
+                                              "click_rows": purged.click_rows,
                                               "rate_limits": purged.rate_limits})
     return purged
