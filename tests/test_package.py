@@ -205,6 +205,16 @@ def test_alarms_cover_the_issue_list_and_each_has_a_playbook(packaged: Packaged)
         assert {d["Name"] for d in dims} <= {"service", "FunctionName", "QueueName", "ApiName", "Stage"}
 
 
+def test_packaged_application_alarms_are_the_ones_checked_against_the_source(packaged: Packaged) -> None:
+    template, _, _ = packaged
+    namespace = template["Resources"]["WhopWebhook"]["Properties"]["Environment"]["Variables"][
+        "POWERTOOLS_METRICS_NAMESPACE"]
+    packaged_alarms = {k: v for k, v in st.alarm_metric_names(template, namespace).items() if v}
+    expected = st.alarm_metric_names({"Resources": st.metric_alarms(st.load_settings(), namespace,
+                                                                     "rebound", "api")}, namespace)
+    assert packaged_alarms == expected  # tests/test_metrics.py checks these names against the code
+
+
 def test_dashboard_shows_the_pipeline_and_every_function(packaged: Packaged) -> None:
     template, _, _ = packaged
     body = json.loads(template["Resources"]["OperationsDashboard"]["Properties"]["DashboardBody"]["Fn::Sub"])
