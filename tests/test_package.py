@@ -212,7 +212,8 @@ def test_packaged_application_alarms_are_the_ones_checked_against_the_source(pac
     packaged_alarms = {k: v for k, v in st.alarm_metric_names(template, namespace).items() if v}
     expected = st.alarm_metric_names({"Resources": st.metric_alarms(st.load_settings(), namespace,
                                                                      "rebound", "api")}, namespace)
-    assert packaged_alarms == {k: v for k, v in expected.items() if v}  # tests/test_metrics.py checks these names against the code
+    # tests/test_metrics.py checks these names against the code.
+    assert packaged_alarms == {k: v for k, v in expected.items() if v}
 
 
 def test_dashboard_shows_the_pipeline_and_every_function(packaged: Packaged) -> None:
