@@ -13,7 +13,7 @@ import pytest
 from chalice.test import Client
 
 from scripts import split_template as st
-from tests.conftest import ROOT
+from tests.conftest import ROOT, Owner
 from tests.helpers import payment_event
 from tests.test_pipeline import NOW, Pipeline, pipeline  # noqa: F401 - the fixture is used by name
 
@@ -78,6 +78,31 @@ def test_a_tick_emits_its_metrics(pipeline: Pipeline, capsys: pytest.CaptureFixt
     for name in ("CasesExpired", "EffectsSent", "EffectsFailed", "EffectsRetrying", "EffectsDeferred",
                  "TickDurationMs", "RetentionPurged"):
         assert name in values, name
+
+
+def test_a_send_that_whop_refuses_emits_effects_failed(pipeline: Pipeline, owner: Owner,  # noqa: F811
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    # The T+0 nudges meet a Whop outage (retryable), then their retry meets a permanent 403.
+    pipeline.whop.inject("POST", "/.*", "500", times=None)
+    msg_id, body = payment_event("payment.failed", at=NOW - timedelta(hours=2), membership="mem_refused")
+    pipeline.deliver(msg_id, body)
+    pipeline.drain()
+    pending = owner.run("SELECT count(*) FROM recovery_actions WHERE status = 'pending'"
+                        " AND error_class = 'retryable'")[0][0]
+    assert pending >= 1
+    # The clock passing the backoff, without waiting: the retries are due now.
+    owner.run("UPDATE recovery_actions SET due_at = now() - interval '1 minute' WHERE status = 'pending'")
+    pipeline.whop.clear_faults()
+    pipeline.whop.inject("POST", "/.*", "403", times=None)
+    capsys.readouterr()
+    from app import app
+
+    with Client(app) as c:
+        event = c.events.generate_cw_event(source="aws.events", detail_type="Scheduled Event",
+                                           detail={}, resources=[])
+        c.lambda_.invoke("process_reminders", event)
+    values = metric_values(emf(capsys.readouterr().out))
+    assert values["EffectsFailed"] >= 1 and values["EffectsSent"] == 0
 
 
 # --- alarms watch metrics the code emits ----------------------------------------------------------

@@ -164,6 +164,15 @@ def test_queue_dlq_partial_batch_responses_schedule_and_throttling(
     assert throttle["ThrottlingRateLimit"] > 0 and throttle["ThrottlingBurstLimit"] > 0
 
 
+def test_route_functions_finish_within_api_gateways_limit(packaged: Packaged) -> None:
+    template, _, _ = packaged
+    for logical, f in functions(template).items():
+        if logical not in ("ProcessEvents", "ProcessReminders"):
+            # API Gateway gives up after 29 s: a longer Lambda timeout only hides the failure.
+            assert f["Properties"]["Timeout"] <= 29, logical
+            assert 128 <= f["Properties"]["MemorySize"] <= 1024, logical
+
+
 def test_consumer_connections_are_bounded_and_logs_kept_for_a_parameter(
         packaged: Packaged) -> None:
     template, _, _ = packaged
