@@ -60,11 +60,15 @@ def test_accepted_webhook_and_applied_event_emit_their_metrics(
     assert metric_values(emf(capsys.readouterr().out)) == {"Webhook_rejected_missing_headers": 1}
 
 
-def test_a_tick_emits_its_metrics(pipeline: Pipeline, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
-    # Failed 3 days ago: the day-2 reminder is due at this tick.
-    msg_id, body = payment_event("payment.failed", at=NOW - timedelta(days=3), membership="mem_old")
+def test_a_tick_emits_its_metrics(pipeline: Pipeline, owner: Owner,  # noqa: F811
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    msg_id, body = payment_event("payment.failed", at=NOW - timedelta(days=1), membership="mem_old")
     pipeline.deliver(msg_id, body)
     pipeline.drain()
+    # Two days pass (the clock of a Lambda cannot be injected): the day-2 reminder is now due.
+    owner.run("UPDATE recovery_cases SET first_failure_at = first_failure_at - interval '2 days',"
+              " last_failure_at = last_failure_at - interval '2 days', next_action_at = now()")
+    owner.run("UPDATE recovery_actions SET completed_at = completed_at - interval '2 days'")
     capsys.readouterr()
     from app import app
 
@@ -81,18 +85,18 @@ def test_a_tick_emits_its_metrics(pipeline: Pipeline, capsys: pytest.CaptureFixt
 
 def test_a_send_that_whop_refuses_emits_effects_failed(pipeline: Pipeline, owner: Owner,  # noqa: F811
                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    # The T+0 nudges meet a Whop outage (retryable), then their retry meets a permanent 403.
+    # The T+0 nudges meet a Whop outage (retryable), then their retry meets a permanent 422.
     pipeline.whop.inject("POST", "/.*", "500", times=None)
     msg_id, body = payment_event("payment.failed", at=NOW - timedelta(hours=2), membership="mem_refused")
     pipeline.deliver(msg_id, body)
     pipeline.drain()
     pending = owner.run("SELECT count(*) FROM recovery_actions WHERE status = 'pending'"
-                        " AND error_class = 'retryable'")[0][0]
+                        " AND error_class = 'unavailable'")[0][0]
     assert pending >= 1
     # The clock passing the backoff, without waiting: the retries are due now.
     owner.run("UPDATE recovery_actions SET due_at = now() - interval '1 minute' WHERE status = 'pending'")
     pipeline.whop.clear_faults()
-    pipeline.whop.inject("POST", "/.*", "403", times=None)
+    pipeline.whop.inject("POST", "/.*", "422", times=None)
     capsys.readouterr()
     from app import app
 
