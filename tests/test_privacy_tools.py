@@ -38,6 +38,9 @@ def seed(db: Database, owner: Owner) -> None:
         owner.run("INSERT INTO creator_settings (company_id) VALUES (:c)", c=company)
         owner.run("INSERT INTO rate_limits (company_id, bucket, window_start, count)"
                   " VALUES (:c, 'reads', now(), 1)", c=company)
+        owner.run("INSERT INTO experiments (company_id, name, variants) VALUES (:c, 'copy',"
+                  " CAST(:v AS jsonb))", c=company,
+                  v='[{"name": "a", "weight": 1}, {"name": "b", "weight": 1}]')
         case = owner.run("SELECT id::text FROM recovery_cases WHERE company_id = :c AND user_id = 'user_1'",
                          c=company)[0][0]
         owner.run("INSERT INTO recovery_actions (case_id, company_id, kind, step, status,"
