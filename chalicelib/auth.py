@@ -321,8 +321,8 @@ def _shared_access_budget(user_id: str) -> tuple[bool, float, dict[str, str]]:
 
     now = datetime.now(UTC)
     decision = check_principal("whop_access", user_id, now)
-    headers = {"Retry-After": str(decision.retry_after_s(now))} if not decision.allowed else {}
-    return decision.allowed, float(decision.retry_after_s(now)), headers
+    # The X-RateLimit-* headers describe this budget (a 429 always carries them, and Retry-After).
+    return decision.allowed, float(decision.retry_after_s(now)), decision.headers(now)
 
 
 @dataclass(frozen=True)

@@ -166,7 +166,8 @@ def fuzz_env(api: Api, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Chalic
     from chalicelib import ratelimit
     from tests.test_api_cases import insert_case
 
-    for name in ("RATE_LIMIT_READS", "RATE_LIMIT_SETTINGS_WRITE", "RATE_LIMIT_ACTIONS", "RATE_LIMIT_EXPORT"):
+    for name in ("RATE_LIMIT_READS", "RATE_LIMIT_SETTINGS_WRITE", "RATE_LIMIT_ACTIONS", "RATE_LIMIT_EXPORT",
+                 "RATE_LIMIT_ACCESS_CHECKS", "RATE_LIMIT_LINK_CLICKS", "RATE_LIMIT_SCHEDULER"):
         monkeypatch.setenv(name, "100000")
     ratelimit.reset_limits()
     insert_case(api, membership="mem_1", id=CASE_ID)
