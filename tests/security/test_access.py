@@ -82,7 +82,7 @@ def test_a_revoked_admin_cannot_end_a_membership_on_a_cached_answer(api: Api, ac
     api.whop.add_membership("mem_1", company_id=ALPHA, user_id="user_1", status="active")
     api.call("GET", f"{C}/settings", status=200)  # admin access is now cached for 60 s
     api.whop.set_access(ADMIN_A, ALPHA, "no_access")  # revoked at Whop
-    resp, _ = api.call("POST", f"{C}/cases/{{case_id}}/{action}", params={"case_id": case_id}, body=body,
+    api.call("POST", f"{C}/cases/{{case_id}}/{action}", params={"case_id": case_id}, body=body,
                        status=403)
     assert api.whop.calls_to("POST", r"/memberships/.*/cancel") == []
     assert api.whop.membership("mem_1")["status"] == "active"
@@ -115,7 +115,7 @@ DAY = 24 * 3600
 ], ids=["100 years", "a day and 2 minutes", "no iat, 2 days ahead", "3-day token", "string iat"])
 def test_absurd_token_lifetimes_are_refused(api: Api, claims: dict[str, Any]) -> None:
     token = api.whop.mint_user_token(ADMIN_A, extra_claims=claims)
-    resp, err = api.call("GET", f"{C}/settings", token=token, user=None, status=401)
+    _, err = api.call("GET", f"{C}/settings", token=token, user=None, status=401)
     assert err["error"]["code"] == "unauthorized"
     assert api.whop.calls_to("GET", ACCESS) == []
 
