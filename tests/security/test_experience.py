@@ -13,7 +13,7 @@ NOT_YOURS = {"push_experience_id": "must be an experience of this company"}
 
 def test_another_companys_experience_is_refused_and_nothing_is_stored(api: Api) -> None:
     api.whop.add_experience(BRAVO, api.whop.app_id, "exp_bravo_private")
-    resp, err = api.call("PUT", S, body={"push_experience_id": "exp_bravo_private"}, status=400)
+    _, err = api.call("PUT", S, body={"push_experience_id": "exp_bravo_private"}, status=400)
     assert err["error"]["fields"] == NOT_YOURS
     _, stored = api.call("GET", S, status=200)
     assert stored["push_experience_id"] is None

@@ -12,11 +12,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import pytest
 import schemathesis
 from schemathesis.config import SchemathesisConfig
 
 from tests.test_api_support import ALPHA, api_fixture  # noqa: F401
-from tests.test_openapi import ChaliceWSGI, _fuzz_document, fuzz_env  # noqa: F401
+from tests.test_openapi import _fuzz_document
+from tests.test_openapi import fuzz_env as fuzz_env  # the fixture, re-exported for pytest
 
 EXAMPLES = int(os.environ.get("REBOUND_FUZZ_EXAMPLES", "200"))
 SEED = os.environ.get("REBOUND_FUZZ_SEED", "20261201")
@@ -38,6 +40,7 @@ schema = schemathesis.openapi.from_dict(_fuzz_document(), config=CONFIG)
 
 
 @schema.parametrize()
-def test_every_route_survives_fuzzing(case: Any, fuzz_env: tuple[ChaliceWSGI, str]) -> None:
-    wsgi, token = fuzz_env
+@pytest.mark.usefixtures("fuzz_env")
+def test_every_route_survives_fuzzing(case: Any, request: pytest.FixtureRequest) -> None:
+    wsgi, token = request.getfixturevalue("fuzz_env")
     case.call_and_validate(app=wsgi, headers={"x-whop-user-token": token})

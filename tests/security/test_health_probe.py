@@ -11,7 +11,7 @@ from chalice.test import Client
 
 from chalicelib import config, db, health
 from chalicelib.db import Database
-from chalicelib.health import DeepCheckCache, DatabaseHealth
+from chalicelib.health import DatabaseHealth, DeepCheckCache
 
 SECRET = "health-secret-for-tests"
 
@@ -74,7 +74,8 @@ def test_with_no_secret_configured_the_deep_checks_stay_closed(client: Client,
     monkeypatch.delenv("SCHEDULER_SECRET")
     config.reset_config()
     config.get_config()
-    assert client.http.get("/api/health?type=database", headers={"authorization": "Bearer "}).status_code == 401
+    resp = client.http.get("/api/health?type=database", headers={"authorization": "Bearer "})
+    assert resp.status_code == 401
 
 
 def test_deep_answers_are_cached_so_a_flood_costs_one_probe(client: Client,

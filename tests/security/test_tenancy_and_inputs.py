@@ -38,10 +38,11 @@ def test_cross_tenant_matrix(api: Api, method: str, template: str) -> None:
     assert placeholders <= set(params), f"new path parameter in {template}: give it an ALPHA object"
 
     # B's admin on A's company: 403 before anything is read.
-    resp = api.request(method, template.format(company_id=ALPHA, **params), user=ADMIN_B, body=_body(template))
+    body = _body(template)
+    resp = api.request(method, template.format(company_id=ALPHA, **params), user=ADMIN_B, body=body)
     assert resp.status_code == 403, (resp.status_code, resp.body)
     # B's admin on B's company with A's ids: nothing of A is seen or changed.
-    resp = api.request(method, template.format(company_id=BRAVO, **params), user=ADMIN_B, body=_body(template))
+    resp = api.request(method, template.format(company_id=BRAVO, **params), user=ADMIN_B, body=body)
     assert resp.status_code in (200, 404), (resp.status_code, resp.body)
     text = resp.body.decode() if isinstance(resp.body, bytes) else str(resp.body)
     assert not any(i in text for i in alpha_ids), text[:300]
@@ -63,8 +64,11 @@ def sqs(api: Api, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         monkeypatch.setenv("EVENTS_QUEUE_URL", url)
         config.reset_config()
         queue.reset_queue()
-        yield lambda: int(client.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])[
-            "Attributes"]["ApproximateNumberOfMessages"])
+        def depth() -> int:
+            attrs = client.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
+            return int(attrs["Attributes"]["ApproximateNumberOfMessages"])
+
+        yield depth
         queue.reset_queue()
         config.reset_config()
 
@@ -135,8 +139,9 @@ def test_csv_cells_cannot_run_as_formulas(api: Api, payload: str) -> None:
 def test_the_scheduler_route_is_limited_whoever_calls(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SCHEDULER_SECRET", "sched-secret")
     config.reset_config()
-    statuses = [api.client.http.post("/api/scheduler/reminders",
-                                      headers={"authorization": "Bearer guess"}).status_code for _ in range(12)]
+    guess = {"authorization": "Bearer guess"}
+    route = "/api/scheduler/reminders"
+    statuses = [api.client.http.post(route, headers=guess).status_code for _ in range(12)]
     assert statuses == [401] * 12
     resp = api.client.http.post("/api/scheduler/reminders", headers={"authorization": "Bearer sched-secret"})
     assert resp.status_code == 429 and int(resp.headers["Retry-After"]) >= 1
