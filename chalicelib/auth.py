@@ -34,6 +34,7 @@ Only after this does a request get a company context (``Creator.company_id``) fo
 from __future__ import annotations
 
 import hmac
+import math
 import re
 import threading
 import time
@@ -297,7 +298,8 @@ class WhopAccessBudget:
         with self._lock:
             blocked = self._blocked.get(user_id)
             if blocked is not None and blocked[0] > now:
-                raise self._refusal(blocked[1])
+                # The stored headers are from the first refusal: Retry-After counts down from there.
+                raise self._refusal({**blocked[1], "Retry-After": str(max(1, math.ceil(blocked[0] - now)))})
             self._blocked.pop(user_id, None)
             if len(self._blocked) > ACCESS_CACHE_SIZE:
                 self._blocked.clear()
