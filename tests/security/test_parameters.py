@@ -42,6 +42,7 @@ QUERY_PARAMS: list[tuple[str, str]] = [
     (f"{C}/cases", "q"), (f"{C}/cases", "cursor"), (f"{C}/cases", "status"), (f"{C}/cases", "limit"),
     (f"{C}/cases", "window_days"), (f"{C}/cases/export.csv", "status"), (f"{C}/cases/export.csv", "cursor"),
     (f"{C}/cases/export.csv", "window_days"), (f"{C}/kpis", "window_days"), ("/api/health", "type"),
+    (f"{C}/kpis/cohorts", "weeks"),
 ]
 PATH_PARAMS: list[tuple[str, str, str]] = [
     ("GET", f"{C}/settings", "company_id"), ("GET", f"{C}/cases/{{case_id}}", "case_id"),
@@ -51,6 +52,8 @@ PATH_PARAMS: list[tuple[str, str, str]] = [
     ("GET", f"{C}/memberships/{{membership_id}}", "membership_id"),
     ("GET", f"{C}/memberships/{{membership_id}}/manage-url", "membership_id"),
     ("GET", "/r/{token}", "token"), ("GET", "/dashboard/{company_id}", "company_id"),
+    ("GET", f"{C}/experiments/{{experiment_id}}", "experiment_id"),
+    ("POST", f"{C}/experiments/{{experiment_id}}/stop", "experiment_id"),
 ]
 
 
@@ -72,7 +75,9 @@ def test_the_lists_cover_every_documented_parameter() -> None:
                        for m, op in ops.items() for p in op.get("parameters", []) if p["in"] == "path"}
     covered = set(PATH_PARAMS) | {(m, t, "company_id") for m, t, _ in PATH_PARAMS if t.startswith(C)}
     covered |= {("PUT", f"{C}/settings", "company_id"), ("GET", f"{C}/kpis", "company_id"),
-                ("GET", f"{C}/cases", "company_id"), ("GET", f"{C}/cases/export.csv", "company_id")}
+                ("GET", f"{C}/cases", "company_id"), ("GET", f"{C}/cases/export.csv", "company_id"),
+                ("GET", f"{C}/kpis/cohorts", "company_id"), ("GET", f"{C}/experiments", "company_id"),
+                ("POST", f"{C}/experiments", "company_id")}
     assert documented_path <= covered
 
 
@@ -105,7 +110,8 @@ def test_search_treats_sql_and_wildcards_as_text(api: Api) -> None:
                          ids=[f"{m} {t}:{p}" for m, t, p in PATH_PARAMS])
 def test_hostile_path_values(api: Api, method: str, template: str, param: str) -> None:
     case_id = api.open_case()
-    defaults = {"company_id": ALPHA, "case_id": case_id, "membership_id": "mem_1", "token": "t" * 43}
+    defaults = {"company_id": ALPHA, "case_id": case_id, "membership_id": "mem_1", "token": "t" * 43,
+                "experiment_id": api.add_experiment()}
     for name, value in HOSTILE:
         path = template.format(**{**defaults, param: value})
         body = {"confirm": True} if template.endswith("terminate") else None

@@ -20,7 +20,9 @@ from tests.test_api_support import ADMIN_B, ALPHA, BRAVO, DOC, Api, api_fixture,
 
 CREATOR_OPS = sorted((m.upper(), p) for p, ops in DOC["paths"].items() if p.startswith("/api/companies/")
                      for m in ops)
-BODIES: dict[str, Any] = {"terminate": {"confirm": True}, "settings": {"incentive_days": 9}}
+BODIES: dict[str, Any] = {"terminate": {"confirm": True}, "settings": {"incentive_days": 9},
+                          "experiments": {"name": "b's copy", "variants": [{"name": "a", "weight": 1},
+                                                                           {"name": "b", "weight": 1}]}}
 
 
 def _body(template: str) -> Any:
@@ -32,8 +34,9 @@ def test_cross_tenant_matrix(api: Api, method: str, template: str) -> None:
     case_id = api.open_case(company=ALPHA, membership="mem_alpha1", user="user_alpha1")
     api.whop.add_membership("mem_alpha1", company_id=ALPHA, user_id="user_alpha1", status="active")
     before = api.case(case_id)
-    alpha_ids = {case_id, "mem_alpha1", "user_alpha1"}
-    params = {"case_id": case_id, "membership_id": "mem_alpha1"}
+    experiment_id = api.add_experiment(company=ALPHA, name="alpha secret copy")
+    alpha_ids = {case_id, "mem_alpha1", "user_alpha1", experiment_id, "alpha secret copy"}
+    params = {"case_id": case_id, "membership_id": "mem_alpha1", "experiment_id": experiment_id}
     placeholders = set(re.findall(r"{(\w+)}", template)) - {"company_id"}
     assert placeholders <= set(params), f"new path parameter in {template}: give it an ALPHA object"
 
@@ -43,12 +46,13 @@ def test_cross_tenant_matrix(api: Api, method: str, template: str) -> None:
     assert resp.status_code == 403, (resp.status_code, resp.body)
     # B's admin on B's company with A's ids: nothing of A is seen or changed.
     resp = api.request(method, template.format(company_id=BRAVO, **params), user=ADMIN_B, body=body)
-    assert resp.status_code in (200, 404), (resp.status_code, resp.body)
+    assert resp.status_code in (200, 201, 404), (resp.status_code, resp.body)
     text = resp.body.decode() if isinstance(resp.body, bytes) else str(resp.body)
     assert not any(i in text for i in alpha_ids), text[:300]
     if placeholders:
         assert resp.status_code == 404
     assert api.case(case_id) == before
+    assert api.rows(ALPHA, "SELECT status FROM experiments") == [{"status": "running"}]  # not stopped
     assert api.whop.calls_to("POST", r"/memberships/.*/cancel") == []
     assert api.rows(ALPHA, "SELECT count(*) AS n FROM creator_settings")[0]["n"] == 0
 
