@@ -13,10 +13,13 @@ pg8000 exceptions never leave this module: they become the typed errors below.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -166,19 +169,95 @@ def connect(params: ConnectParams, timeout_s: float = 15.0,
 # --- the process connection ---------------------------------------------------------------------
 
 
+# --- statements ----------------------------------------------------------------------------------
+#
+# pg8000's ``Connection.run`` rewrites ``:name`` placeholders in pure Python on every call and waits
+# on the server three times per statement (Parse, Describe, Bind+Execute). Two cheaper modes:
+#
+# - ``prepared`` (default): each distinct SQL text is prepared once per connection (one wait) and
+#   then executed by name (one wait per call; the server skips parse and analysis). Named
+#   statements are session state, so behind RDS Proxy they PIN the client session to one server
+#   connection (as any session state does). Right for Rebound's deployment today: one direct
+#   connection per Lambda process, reused while warm.
+# - ``unnamed``: no server-side state (safe to multiplex behind RDS Proxy); the placeholder rewrite
+#   is still cached per SQL text, but every statement keeps pg8000's three waits.
+#
+# Chosen by the ``DB_STATEMENTS`` setting. SQL texts are constants (values are always bound), so
+# the set of statements is small and fixed; the cache is bounded all the same.
+
+STATEMENT_MODES = ("prepared", "unnamed")
+STATEMENT_CACHE_SIZE = 256
+
+
+@functools.lru_cache(maxsize=1024)
+def _rewrite(sql: str) -> tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]]]:
+    """pg8000's placeholder rewrite (``:name`` → ``$n``), computed once per SQL text."""
+    statement, make_vals = pg8000.native.to_statement(sql)
+    return statement, make_vals
+
+
+# Per connection: SQL text → its prepared statement, least recently used first. Keyed weakly so a
+# dropped connection takes its statements with it (the server forgets them with the session).
+_prepared: weakref.WeakKeyDictionary[pg8000.native.Connection,
+                                     OrderedDict[str, pg8000.native.PreparedStatement]]
+_prepared = weakref.WeakKeyDictionary()
+
+
+def _statement(conn: pg8000.native.Connection, sql: str) -> pg8000.native.PreparedStatement:
+    cache = _prepared.get(conn)
+    if cache is None:
+        cache = _prepared[conn] = OrderedDict()
+    prepared = cache.get(sql)
+    if prepared is not None:
+        cache.move_to_end(sql)
+        return prepared
+    prepared = conn.prepare(sql)
+    cache[sql] = prepared
+    if len(cache) > STATEMENT_CACHE_SIZE:
+        _, oldest = cache.popitem(last=False)
+        with contextlib.suppress(Exception):  # best effort: the session forgets it on close anyway
+            oldest.close()
+    return prepared
+
+
+def _forget_statement(conn: pg8000.native.Connection, sql: str) -> None:
+    cache = _prepared.get(conn)
+    if cache is not None:
+        cache.pop(sql, None)
+
+
 class Transaction:
     """The statements of one open transaction; rows come back as dicts."""
 
-    def __init__(self, conn: pg8000.native.Connection) -> None:
+    def __init__(self, conn: pg8000.native.Connection, statements: str = "prepared") -> None:
         self._conn = conn
+        self._prepare = statements == "prepared"
+
+    def _run(self, sql: str, params: dict[str, Any]) -> tuple[list[list[Any]] | None,
+                                                                list[dict[str, Any]] | None, int]:
+        conn = self._conn
+        try:
+            if self._prepare:
+                prepared = _statement(conn, sql)
+                rows = prepared.run(**params)
+                context = prepared._context
+            else:
+                statement, make_vals = _rewrite(sql)
+                context = conn.execute_unnamed(statement, make_vals(params))
+                conn._context = context
+                rows = context.rows
+        except Exception as exc:
+            error = _translate(exc)
+            # A plan whose result type changed under it (a migration while warm) or a broken
+            # statement: prepare it afresh next time.
+            if self._prepare and error.sqlstate in ("0A000", "26000"):
+                _forget_statement(conn, sql)
+            raise error from exc
+        return rows, context.columns, int(context.row_count if context.row_count > 0 else 0)
 
     def query(self, sql: str, **params: Any) -> list[dict[str, Any]]:
-        try:
-            rows = self._conn.run(sql, **params)
-            columns = self._conn.columns or []
-        except Exception as exc:
-            raise _translate(exc) from exc
-        names = [c["name"] for c in columns]
+        rows, columns, _ = self._run(sql, params)
+        names = [c["name"] for c in columns or []]
         return [dict(zip(names, row, strict=True)) for row in rows or []]
 
     def one(self, sql: str, **params: Any) -> dict[str, Any] | None:
@@ -191,17 +270,17 @@ class Transaction:
 
     def execute(self, sql: str, **params: Any) -> int:
         """Run a statement; return the number of rows it touched."""
-        try:
-            self._conn.run(sql, **params)
-        except Exception as exc:
-            raise _translate(exc) from exc
-        return int(self._conn.row_count or 0)
+        return self._run(sql, params)[2]
 
 
 class Database:
     """Holds one connection per thread (one per Lambda process; chalice local serves threads)."""
 
-    def __init__(self, url: str, timeout_s: float = 15.0, application_name: str = "rebound") -> None:
+    def __init__(self, url: str, timeout_s: float = 15.0, application_name: str = "rebound",
+                 statements: str = "prepared") -> None:
+        if statements not in STATEMENT_MODES:
+            raise ValueError(f"statements must be one of {', '.join(STATEMENT_MODES)}")
+        self.statements = statements
         self.params = parse_database_url(url)
         self.timeout_s = timeout_s
         self.application_name = application_name
@@ -254,7 +333,7 @@ class Database:
     @contextmanager
     def transaction(self, company_id: str | None) -> Iterator[Transaction]:
         conn = self._begin()
-        tx = Transaction(conn)
+        tx = Transaction(conn, self.statements)
         try:
             if company_id is not None:
                 tx.query("SELECT set_config('app.company_id', :cid, true)", cid=company_id)
@@ -291,7 +370,8 @@ def get_database() -> Database:
                 if not cfg.DATABASE_URL:
                     raise ConfigError("missing required setting(s): DATABASE_URL")
                 try:
-                    _database = Database(cfg.DATABASE_URL, timeout_s=cfg.DB_CONNECT_TIMEOUT_S * 3)
+                    _database = Database(cfg.DATABASE_URL, timeout_s=cfg.DB_CONNECT_TIMEOUT_S * 3,
+                                         statements=cfg.DB_STATEMENTS)
                 except ValueError as exc:
                     raise ConfigError(f"DATABASE_URL: {exc}") from None
     return _database
