@@ -42,8 +42,8 @@ def expire_cases(company_id: str, now: datetime, db: Database | None = None) -> 
         rows = tx.query(
             "UPDATE recovery_cases SET status = 'expired', closed_at = first_failure_at + :window,"
             " close_reason = 'window_passed', next_action_at = NULL, updated_at = now()"
-            " WHERE status = 'open' AND first_failure_at + :window < :now RETURNING id",
-            window=RECOVERY_WINDOW, now=now)
+            " WHERE status = 'open' AND first_failure_at < :cutoff RETURNING id",
+            window=RECOVERY_WINDOW, cutoff=now - RECOVERY_WINDOW)
     return len(rows)
 
 

@@ -1,0 +1,19 @@
+-- Performance (issue 13): indexes that make per-company work cost what it touches.
+
+-- KPIs: the window aggregate reads only this index (an index-only scan once the table is
+-- vacuumed), not the heap of every case of the company.
+CREATE INDEX recovery_cases_kpi ON recovery_cases (company_id, first_failure_at)
+    INCLUDE (status, currency, recovered_currency, recovered_amount_minor);
+
+-- The tick's expire phase: open cases whose first failure is older than the window, found by a
+-- range scan (with the sargable predicate first_failure_at < now - window), however many open
+-- cases are not yet due.
+CREATE INDEX recovery_cases_open_by_first_failure ON recovery_cases (company_id, first_failure_at)
+    WHERE status = 'open';
+
+-- Per-company due work: the tick runs one company at a time, so its due look-ups lead with the
+-- company (the cross-company ones, due_company_ids, keep the indexes without it).
+CREATE INDEX recovery_cases_due_by_company ON recovery_cases (company_id, next_action_at)
+    WHERE status = 'open';
+CREATE INDEX recovery_actions_owed_by_company ON recovery_actions (company_id, due_at)
+    WHERE status IN ('pending', 'claimed');
