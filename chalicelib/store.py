@@ -185,18 +185,47 @@ def list_cases(tx: Transaction, *, now: datetime, status: str | None = None, sin
         after_at=after[0] if after else None, after_id=after[1] if after else None, limit=limit)
 
 
+# The export's rows (its contract columns by name); keyset pages of it are read below.
+EXPORT_SELECT = (
+    "SELECT id::text AS case_id, membership_id, user_id, status, first_failure_at, last_failure_at,"
+    " recovered_at, amount_minor, COALESCE(currency, recovered_currency) AS currency,"
+    " recovered_amount_minor, failure_count, decline_code, failure_reason,"
+    " (SELECT count(*) FROM recovery_actions a WHERE a.case_id = recovery_cases.id"
+    "   AND a.kind IN ('nudge', 'reminder', 'manual_nudge') AND a.status = 'sent') AS nudges_sent,"
+    " incentive_days FROM recovery_cases"
+)
+
+
 def export_cases(tx: Transaction, *, now: datetime, status: str | None = None,
                  since: datetime | None = None, after: tuple[datetime, str] | None = None,
                  limit: int = 1000) -> list[dict[str, Any]]:
     """One keyset page of the CSV export, with each case's count of sent messages."""
     return tx.query(
-        "SELECT id::text AS case_id, membership_id, user_id, status, first_failure_at, last_failure_at,"  # noqa: S608
-        " recovered_at, amount_minor, COALESCE(currency, recovered_currency) AS currency,"
-        " recovered_amount_minor, failure_count, decline_code, failure_reason,"
-        " (SELECT count(*) FROM recovery_actions a WHERE a.case_id = recovery_cases.id"
-        "   AND a.kind IN ('nudge', 'reminder', 'manual_nudge') AND a.status = 'sent') AS nudges_sent,"
-        " incentive_days FROM recovery_cases" + _CASE_FILTERS  # constant fragments only
+        EXPORT_SELECT + _CASE_FILTERS  # constant fragments only
         + " ORDER BY first_failure_at DESC, id DESC LIMIT :limit",
+        status=status, since=since, now=now, q=None, after_at=after[0] if after else None,
+        after_id=after[1] if after else None, limit=limit)
+
+
+def _csv_expression(column: str) -> str:
+    # Every exported ``…_at`` column is a timestamptz; every other one is text or a number.
+    if column.endswith("_at"):
+        return f"rebound_csv_time(x.{column})"
+    return f"rebound_csv_cell(x.{column}::text)"
+
+
+def export_csv_lines(tx: Transaction, columns: tuple[str, ...], *, now: datetime,
+                     status: str | None = None, since: datetime | None = None,
+                     after: tuple[datetime, str] | None = None,
+                     limit: int = 1000) -> list[dict[str, Any]]:
+    """One keyset page of the export as finished CSV lines (``line``, with CRLF), formatted by
+    Postgres (rebound_csv_cell/rebound_csv_time), and each row's keyset as text (``at_key``,
+    ``case_id``): Python parses no cell and no timestamp."""
+    line = " || ',' || ".join(_csv_expression(c) for c in columns)  # constant column names
+    return tx.query(
+        "SELECT " + line + " || E'\\r\\n' AS line, rebound_csv_time(x.first_failure_at) AS at_key,"  # noqa: S608
+        " x.case_id FROM (" + EXPORT_SELECT + _CASE_FILTERS
+        + " ORDER BY first_failure_at DESC, id DESC LIMIT :limit) x",
         status=status, since=since, now=now, q=None, after_at=after[0] if after else None,
         after_id=after[1] if after else None, limit=limit)
 

@@ -17,3 +17,23 @@ CREATE INDEX recovery_cases_due_by_company ON recovery_cases (company_id, next_a
     WHERE status = 'open';
 CREATE INDEX recovery_actions_owed_by_company ON recovery_actions (company_id, due_at)
     WHERE status IN ('pending', 'claimed');
+
+-- The CSV export: Postgres formats each cell as the export's rules say, so the route only joins
+-- lines. A time is ISO 8601 UTC with microseconds and a Z; text a spreadsheet would run as a
+-- formula (starting = + - @, tab or CR) gets a leading single quote; a cell holding a comma,
+-- quote, CR or LF is quoted with its quotes doubled (RFC 4180, as Python's csv module writes).
+CREATE FUNCTION rebound_csv_cell(v text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE
+        WHEN v IS NULL THEN ''
+        WHEN v ~ '^[=+@\t\r-]' THEN
+            CASE WHEN v ~ '[",\r\n]' THEN '"''' || replace(v, '"', '""') || '"' ELSE '''' || v END
+        WHEN v ~ '[",\r\n]' THEN '"' || replace(v, '"', '""') || '"'
+        ELSE v
+    END
+$$;
+
+CREATE FUNCTION rebound_csv_time(v timestamptz) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT COALESCE(to_char(v AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), '')
+$$;
