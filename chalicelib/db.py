@@ -331,11 +331,15 @@ class Database:
         raise AssertionError("unreachable")
 
     @contextmanager
-    def transaction(self, company_id: str | None) -> Iterator[Transaction]:
+    def transaction(self, company_id: str | None, lock: str | None = None) -> Iterator[Transaction]:
         conn = self._begin()
         tx = Transaction(conn, self.statements)
         try:
-            if company_id is not None:
+            if company_id is not None and lock is not None:
+                # Tenant and lock in one round trip (the consumer's per-membership lock).
+                tx.query("SELECT set_config('app.company_id', :cid, true),"
+                         " pg_advisory_xact_lock(hashtextextended(:lock, 0))", cid=company_id, lock=lock)
+            elif company_id is not None:
                 tx.query("SELECT set_config('app.company_id', :cid, true)", cid=company_id)
             yield tx
         except BaseException as exc:
@@ -387,11 +391,13 @@ def reset_database() -> None:
 
 
 @contextmanager
-def tenant_transaction(company_id: str, db: Database | None = None) -> Iterator[Transaction]:
-    """A transaction in which RLS shows and accepts only ``company_id``'s rows."""
+def tenant_transaction(company_id: str, db: Database | None = None, *,
+                       lock: str | None = None) -> Iterator[Transaction]:
+    """A transaction in which RLS shows and accepts only ``company_id``'s rows; with ``lock``, it
+    also holds the advisory lock on that key until it ends (taken in the same round trip)."""
     if not company_id:
         raise ValueError("company_id is required for a tenant transaction")
-    with (db or get_database()).transaction(company_id) as tx:
+    with (db or get_database()).transaction(company_id, lock) as tx:
         yield tx
 
 

@@ -151,3 +151,19 @@ def test_unnamed_mode_keeps_no_session_state(local_database: LocalDatabase) -> N
 def test_an_unknown_statement_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="statements"):
         Database("postgresql://u@h/db", statements="cached")
+
+
+def test_tenant_and_lock_in_one_round_trip_hold_the_lock_until_the_end(
+        database: Database, local_database: LocalDatabase) -> None:
+    other = Database(local_database.runtime_url)
+    probe = "SELECT pg_try_advisory_xact_lock(hashtextextended(:k, 0)) AS got"
+    try:
+        with tenant_transaction("biz_a", database, lock="biz_a/mem_1") as tx:
+            assert tx.scalar("SELECT current_setting('app.company_id')") == "biz_a"
+            with service_transaction(other) as probe_tx:
+                assert probe_tx.scalar(probe, k="biz_a/mem_1") is False
+                assert probe_tx.scalar(probe, k="biz_a/mem_2") is True
+        with service_transaction(other) as probe_tx:
+            assert probe_tx.scalar(probe, k="biz_a/mem_1") is True
+    finally:
+        other.close()
