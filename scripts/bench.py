@@ -171,9 +171,10 @@ class Bench:
         os.environ["DATABASE_URL"] = self.local.runtime_url
         config.reset_config()
         dbmod.reset_database()
-        self.owner = connect(parse_database_url(self.local.owner_url))
+        # Loading a million rows on a busy machine outlasts the default socket timeout.
+        self.owner = connect(parse_database_url(self.local.owner_url), timeout_s=3600)
         # The floors: bare pg8000 on the runtime login (RLS applies to them as to the app).
-        self.bare = connect(parse_database_url(self.local.runtime_url))
+        self.bare = connect(parse_database_url(self.local.runtime_url), timeout_s=600)
         self.now = datetime.now(UTC)
 
     def close(self) -> None:
