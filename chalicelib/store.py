@@ -193,12 +193,16 @@ CASE_VIEW_COLUMNS = (
 )
 
 # Optional filters as bound parameters (NULL = no filter); the keyset is (first_failure_at, id).
+# Statements are prepared once and may run on a generic plan (no parameter values known), so
+# the window start and the keyset are written as bounds that always apply (-infinity/infinity
+# when absent): an index range scan serves every page, never a scan from the newest case.
 _CASE_FILTERS = (
     " WHERE (CAST(:status AS text) IS NULL OR status = :status)"
-    " AND (CAST(:since AS timestamptz) IS NULL OR (first_failure_at >= :since AND first_failure_at <= :now))"
+    " AND first_failure_at >= COALESCE(CAST(:since AS timestamptz), '-infinity')"
+    " AND (CAST(:since AS timestamptz) IS NULL OR first_failure_at <= :now)"
     " AND (CAST(:q AS text) IS NULL OR membership_id LIKE :q OR user_id LIKE :q)"
-    " AND (CAST(:after_at AS timestamptz) IS NULL"
-    "      OR (first_failure_at, id) < (CAST(:after_at AS timestamptz), CAST(:after_id AS uuid)))"
+    " AND (first_failure_at, id) < (COALESCE(CAST(:after_at AS timestamptz), 'infinity'),"
+    "      COALESCE(CAST(:after_id AS uuid), 'ffffffff-ffff-ffff-ffff-ffffffffffff'))"
 )
 
 
@@ -240,10 +244,19 @@ def export_cases(tx: Transaction, *, now: datetime, status: str | None = None,
         after_id=after[1] if after else None, limit=limit)
 
 
+# Export columns whose values can never need quoting or neutralising (uuids, enums, lower-case
+# currency codes, counts and amounts that are never negative): written as plain text.
+_CSV_PLAIN = frozenset({"case_id", "status", "currency", "amount_minor", "recovered_amount_minor",
+                        "failure_count", "nudges_sent", "incentive_days"})
+
+
 def _csv_expression(column: str) -> str:
-    # Every exported ``…_at`` column is a timestamptz; every other one is text or a number.
+    # Every exported ``…_at`` column is a timestamptz; any other column not known to be plain
+    # (a new one included) goes through the full cell rules.
     if column.endswith("_at"):
         return f"rebound_csv_time(x.{column})"
+    if column in _CSV_PLAIN:
+        return f"COALESCE(x.{column}::text, '')"
     return f"rebound_csv_cell(x.{column}::text)"
 
 
