@@ -5,6 +5,7 @@ RLS already scopes it to one company, and ``company_id`` parameters only fill th
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,19 +22,36 @@ def lock_membership(tx: Transaction, company_id: str, membership_id: str) -> Non
              key=f"{company_id}/{membership_id}")
 
 
-def insert_event(tx: Transaction, event: WhopEvent, payload: dict[str, Any]) -> bool:
-    """Store one webhook; False when this webhook id was stored before (a redelivery)."""
+@dataclass(frozen=True)
+class History:
+    """What re-folding a membership needs, read in the statement that stored its new event."""
+
+    payloads: list[dict[str, Any]]  # every stored payload of the membership, the new one included
+    settings: CreatorSettings
+
+
+def insert_event(tx: Transaction, event: WhopEvent, payload: dict[str, Any]) -> History | None:
+    """Store one webhook and return the membership's history; None when this webhook id was
+    stored before (a redelivery). One round trip: the statement that inserts also reads the
+    membership's other payloads and the company's settings (it cannot see its own insert, so
+    the new payload is added here)."""
     row = tx.one(
-        "INSERT INTO events (webhook_id, company_id, type, membership_id, user_id, payment_id,"
-        " occurred_at, occurred_at_inferred, received_at, payload)"
+        "WITH ins AS (INSERT INTO events (webhook_id, company_id, type, membership_id, user_id,"
+        " payment_id, occurred_at, occurred_at_inferred, received_at, payload)"
         " VALUES (:webhook_id, :company_id, :type, :membership_id, :user_id, :payment_id,"
         " :occurred_at, :inferred, :received_at, CAST(:payload AS jsonb))"
-        " ON CONFLICT (webhook_id) DO NOTHING RETURNING id",
+        " ON CONFLICT (webhook_id) DO NOTHING RETURNING id)"
+        " SELECT EXISTS (SELECT 1 FROM ins) AS inserted,"
+        " (SELECT COALESCE(jsonb_agg(e.payload ORDER BY e.occurred_at, e.id), '[]'::jsonb) FROM events e"
+        "   WHERE e.membership_id = :membership_id AND EXISTS (SELECT 1 FROM ins)) AS payloads,"
+        " (SELECT to_jsonb(s) FROM creator_settings s WHERE EXISTS (SELECT 1 FROM ins)) AS settings",
         webhook_id=event.webhook_id, company_id=event.company_id, type=event.type.value,
         membership_id=event.membership_id, user_id=event.user_id, payment_id=event.payment_id,
         occurred_at=event.occurred_at, inferred=event.occurred_at_inferred,
         received_at=event.received_at, payload=json.dumps(payload))
-    return row is not None
+    if row is None or not row["inserted"]:
+        return None
+    return History(payloads=[*row["payloads"], payload], settings=settings_from_row(row["settings"]))
 
 
 def insert_poison(tx: Transaction, webhook_id: str, reason: str, error_class: str,
@@ -60,10 +78,61 @@ _CASE_COLUMNS = (
 )
 
 
+# What the consumer reads of a stored case: its identity, what a creator decided, and every
+# column a fold writes (to tell an unchanged case from a changed one).
+_STORED_CASE = ("id::text AS id, seq, episode_webhook_id, cancelled_by, last_reminder_offset, manage_url,"
+                " next_action_at, " + ", ".join(_CASE_COLUMNS))
+
+
 def membership_cases(tx: Transaction, membership_id: str) -> list[dict[str, Any]]:
     """A membership's stored cases, oldest row first."""
-    return tx.query("SELECT * FROM recovery_cases WHERE membership_id = :m ORDER BY created_at, id",
-                    m=membership_id)
+    return tx.query("SELECT " + _STORED_CASE + " FROM recovery_cases"  # noqa: S608 - constants
+                    " WHERE membership_id = :m ORDER BY created_at, id", m=membership_id)
+
+
+def case_values(case: Case) -> dict[str, Any]:
+    """The stored form of the columns a fold writes."""
+    values = {c: getattr(case, c) for c in _CASE_COLUMNS}
+    values["status"] = case.status.value
+    return values
+
+
+def case_unchanged(row: dict[str, Any], case: Case, next_action_at: datetime | None,
+                   episode: str | None) -> bool:
+    """True when writing ``case`` over ``row`` would change nothing (so it is not written)."""
+    if episode is not None or row["seq"] != case.seq or row["next_action_at"] != next_action_at:
+        return False
+    if case.manage_url is not None and case.manage_url != row["manage_url"]:
+        return False
+    return all(row[c] == v for c, v in case_values(case).items())
+
+
+def open_case(tx: Transaction, case: Case, next_action_at: datetime | None, link_token: str,
+              case_id: str, effects: list[tuple[str, str, str | None, datetime, str]]) -> int:
+    """Insert a newly opened case and the effects it owes, ``(kind, step, channel, due_at, key)``,
+    as pending ledger rows, in one statement; return how many rows were owed. The id comes from
+    the caller so the rows' idempotency keys are known up front."""
+    values = case_values(case)
+    # Column names come from the _CASE_COLUMNS constant; every value is a bound parameter.
+    row = tx.one(
+        "WITH c AS (INSERT INTO recovery_cases (id, company_id, membership_id, seq, episode_webhook_id,"  # noqa: S608
+        " next_action_at, link_token, manage_url, " + ", ".join(_CASE_COLUMNS) + ") VALUES"
+        " (CAST(:id AS uuid), :company_id, :membership_id, :seq, :episode, :next_action_at, :link_token,"
+        " :manage_url, " + ", ".join(f":{c}" for c in _CASE_COLUMNS) + ") RETURNING id, company_id),"
+        " a AS (INSERT INTO recovery_actions (case_id, company_id, kind, step, channel, status,"
+        "   idempotency_key, due_at)"
+        "   SELECT c.id, c.company_id, e.kind, e.step, e.channel, 'pending', e.key, e.due_at"
+        "   FROM c, unnest(CAST(:kinds AS text[]), CAST(:steps AS text[]), CAST(:channels AS text[]),"
+        "     CAST(:dues AS timestamptz[]), CAST(:keys AS text[])) AS e(kind, step, channel, due_at, key)"
+        "   ON CONFLICT (idempotency_key) DO NOTHING RETURNING 1)"
+        " SELECT (SELECT count(*) FROM a) AS owed",
+        id=case_id, company_id=case.company_id, membership_id=case.membership_id, seq=case.seq,
+        episode=case.failure_ids[0] if case.failure_ids else None, next_action_at=next_action_at,
+        link_token=link_token, manage_url=case.manage_url, kinds=[e[0] for e in effects],
+        steps=[e[1] for e in effects], channels=[e[2] for e in effects], dues=[e[3] for e in effects],
+        keys=[e[4] for e in effects], **values)
+    assert row is not None
+    return int(row["owed"])
 
 
 def insert_case(tx: Transaction, case: Case, next_action_at: datetime | None,
@@ -147,13 +216,21 @@ def add_action(tx: Transaction, *, case_id: str, company_id: str, kind: str, ste
 
 
 def get_settings(tx: Transaction) -> CreatorSettings:
-    row = tx.one("SELECT * FROM creator_settings")
+    return settings_from_row(tx.one("SELECT * FROM creator_settings"))
+
+
+def _hh_mm(value: Any) -> str:
+    # A time column (time) or the same column inside to_jsonb(...) ("HH:MM:SS").
+    return value.strftime("%H:%M") if hasattr(value, "strftime") else str(value)[:5]
+
+
+def settings_from_row(row: dict[str, Any] | None) -> CreatorSettings:
+    """A company's settings from its creator_settings row (or that row as JSON); defaults if none."""
     if row is None:
         return CreatorSettings()
     quiet = None
     if row["quiet_hours_start"] is not None:
-        quiet = QuietHours(start=row["quiet_hours_start"].strftime("%H:%M"),
-                           end=row["quiet_hours_end"].strftime("%H:%M"))
+        quiet = QuietHours(start=_hh_mm(row["quiet_hours_start"]), end=_hh_mm(row["quiet_hours_end"]))
     return CreatorSettings(
         enable_push=row["enable_push"], enable_dm=row["enable_dm"],
         incentive_days=row["incentive_days"],
