@@ -22,9 +22,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import pg8000.converters
 import pg8000.exceptions
 import pg8000.native
 
@@ -226,12 +228,33 @@ def _forget_statement(conn: pg8000.native.Connection, sql: str) -> None:
         cache.pop(sql, None)
 
 
+def _timestamptz_in(text: str) -> Any:
+    # pg8000 parses every timestamptz with strptime (~100 µs each: a third of a re-fold's time);
+    # Postgres's ISO output is what fromisoformat reads. Anything else (infinity, BC, overflow)
+    # keeps pg8000's own handling.
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return pg8000.converters.timestamptz_in(text)
+
+
+_adapted: weakref.WeakSet[pg8000.native.Connection] = weakref.WeakSet()
+
+
+def _adapt(conn: pg8000.native.Connection) -> None:
+    """Once per connection, before its first statement: the faster timestamptz reader."""
+    if conn not in _adapted:
+        conn.register_in_adapter(pg8000.native.TIMESTAMPTZ, _timestamptz_in)
+        _adapted.add(conn)
+
+
 class Transaction:
     """The statements of one open transaction; rows come back as dicts."""
 
     def __init__(self, conn: pg8000.native.Connection, statements: str = "prepared") -> None:
         self._conn = conn
         self._prepare = statements == "prepared"
+        _adapt(conn)
 
     def _run(self, sql: str, params: dict[str, Any]) -> tuple[list[list[Any]] | None,
                                                                 list[dict[str, Any]] | None, int]:

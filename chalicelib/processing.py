@@ -191,10 +191,10 @@ def _update_existing(tx: Transaction, row: dict[str, Any], case: Case, settings:
     next_at = next_action_at(case, settings, row["last_reminder_offset"])
     if store.case_unchanged(row, case, next_at, episode):
         return  # the fold left it as stored (a past episode, a repeated fact): no write
-    store.update_case(tx, str(row["id"]), case, next_at, episode=episode)
+    settle = None
     if case.status is not CaseStatus.OPEN:
-        store.settle_pending(tx, str(row["id"]),
-                             "window_passed" if case.status is CaseStatus.EXPIRED else "case_closed")
+        settle = "window_passed" if case.status is CaseStatus.EXPIRED else "case_closed"
+    store.update_case(tx, str(row["id"]), case, next_at, episode=episode, settle=settle)
 
 
 def send_opening_nudges(company_id: str, case_ids: list[str], now: datetime) -> None:

@@ -153,28 +153,34 @@ def insert_case(tx: Transaction, case: Case, next_action_at: datetime | None,
 
 
 def update_case(tx: Transaction, case_id: str, case: Case, next_action_at: datetime | None,
-                episode: str | None = None) -> None:
-    """Rewrite a stored case from its episode's fold (``episode`` fills a legacy row's identity)."""
-    values = {c: getattr(case, c) for c in _CASE_COLUMNS}
-    values["status"] = case.status.value
+                episode: str | None = None, settle: str | None = None) -> None:
+    """Rewrite a stored case from its episode's fold (``episode`` fills a legacy row's identity);
+    with ``settle``, its pending rows are skipped with that reason in the same statement."""
     assignments = ", ".join(f"{c} = :{c}" for c in _CASE_COLUMNS)  # constant names, bound values
-    tx.execute(
+    update = (
         "UPDATE recovery_cases SET " + assignments  # noqa: S608
         + ", seq = :seq, episode_webhook_id = COALESCE(episode_webhook_id, :episode),"
         " manage_url = COALESCE(:manage_url, manage_url), next_action_at = :next_action_at,"
-        " updated_at = now() WHERE id = CAST(:id AS uuid)",
-        id=case_id, seq=case.seq, episode=episode, next_action_at=next_action_at,
-        manage_url=case.manage_url, **values)
+        " updated_at = now() WHERE id = CAST(:id AS uuid)")
+    params = dict(id=case_id, seq=case.seq, episode=episode, next_action_at=next_action_at,
+                  manage_url=case.manage_url, **case_values(case))
+    if settle is None:
+        tx.execute(update, **params)
+        return
+    tx.execute("WITH u AS (" + update + " RETURNING id) " + _SETTLE + " AND case_id IN (SELECT id FROM u)",  # noqa: S608
+               reason=settle, **params)
+
+
+# Pending rows of a closed case (claimed rows, a send in flight, are left to their executor).
+_SETTLE = ("UPDATE recovery_actions SET status = 'skipped', error_class = 'skipped', error_detail = :reason,"
+           " claimed_until = NULL, completed_at = now(), updated_at = now() WHERE status = 'pending'")
 
 
 def settle_pending(tx: Transaction, case_id: str, reason: str) -> int:
     """A closed case owes nothing: its pending rows become ``skipped`` with the reason, at once,
     so the timeline never shows sends "pending" for a recovered case. Claimed rows (a send in
     flight) are left to their executor, which records what Whop answered."""
-    return tx.execute(
-        "UPDATE recovery_actions SET status = 'skipped', error_class = 'skipped', error_detail = :reason,"
-        " claimed_until = NULL, completed_at = now(), updated_at = now()"
-        " WHERE case_id = CAST(:id AS uuid) AND status = 'pending'", id=case_id, reason=reason)
+    return tx.execute(_SETTLE + " AND case_id = CAST(:id AS uuid)", id=case_id, reason=reason)
 
 
 def merge_duplicate_case(tx: Transaction, case_id: str, into: str) -> None:
