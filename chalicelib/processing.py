@@ -141,7 +141,7 @@ def refold_membership(tx: Transaction, company_id: str, membership_id: str, now:
                                 settings=store.get_settings(tx))
     settings = history.settings
     folded = fold(company_id, membership_id, _stored_events(history.payloads), now)
-    rows = store.membership_cases(tx, membership_id)
+    rows = history.cases if history.cases is not None else store.membership_cases(tx, membership_id)
     matched = _match(folded, rows)
     opened: list[str] = []
     owed = 0

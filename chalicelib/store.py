@@ -28,6 +28,7 @@ class History:
 
     payloads: list[dict[str, Any]]  # every stored payload of the membership, the new one included
     settings: CreatorSettings
+    cases: list[dict[str, Any]] | None = None  # as membership_cases returns them
 
 
 def insert_event(tx: Transaction, event: WhopEvent, payload: dict[str, Any]) -> History | None:
@@ -36,7 +37,7 @@ def insert_event(tx: Transaction, event: WhopEvent, payload: dict[str, Any]) -> 
     membership's other payloads and the company's settings (it cannot see its own insert, so
     the new payload is added here)."""
     row = tx.one(
-        "WITH ins AS (INSERT INTO events (webhook_id, company_id, type, membership_id, user_id,"
+        "WITH ins AS (INSERT INTO events (webhook_id, company_id, type, membership_id, user_id,"  # noqa: S608
         " payment_id, occurred_at, occurred_at_inferred, received_at, payload)"
         " VALUES (:webhook_id, :company_id, :type, :membership_id, :user_id, :payment_id,"
         " :occurred_at, :inferred, :received_at, CAST(:payload AS jsonb))"
@@ -44,14 +45,30 @@ def insert_event(tx: Transaction, event: WhopEvent, payload: dict[str, Any]) -> 
         " SELECT EXISTS (SELECT 1 FROM ins) AS inserted,"
         " (SELECT COALESCE(jsonb_agg(e.payload ORDER BY e.occurred_at, e.id), '[]'::jsonb) FROM events e"
         "   WHERE e.membership_id = :membership_id AND EXISTS (SELECT 1 FROM ins)) AS payloads,"
-        " (SELECT to_jsonb(s) FROM creator_settings s WHERE EXISTS (SELECT 1 FROM ins)) AS settings",
+        " (SELECT to_jsonb(s) FROM creator_settings s WHERE EXISTS (SELECT 1 FROM ins)) AS settings,"
+        " (SELECT COALESCE(jsonb_agg(to_jsonb(c) - 'created_at' - 'row_id' ORDER BY c.created_at, c.row_id),"
+        "   '[]'::jsonb) FROM (SELECT created_at, recovery_cases.id AS row_id, " + _STORED_CASE
+        + " FROM recovery_cases"
+        "         WHERE membership_id = :membership_id) c WHERE EXISTS (SELECT 1 FROM ins)) AS cases",
         webhook_id=event.webhook_id, company_id=event.company_id, type=event.type.value,
         membership_id=event.membership_id, user_id=event.user_id, payment_id=event.payment_id,
         occurred_at=event.occurred_at, inferred=event.occurred_at_inferred,
         received_at=event.received_at, payload=json.dumps(payload))
     if row is None or not row["inserted"]:
         return None
-    return History(payloads=[*row["payloads"], payload], settings=settings_from_row(row["settings"]))
+    return History(payloads=[*row["payloads"], payload], settings=settings_from_row(row["settings"]),
+                   cases=[_case_from_json(c) for c in row["cases"]])
+
+
+_CASE_TIMES = ("first_failure_at", "last_failure_at", "recovered_at", "closed_at", "next_action_at")
+
+
+def _case_from_json(value: dict[str, Any]) -> dict[str, Any]:
+    # to_jsonb writes times as ISO 8601 text; everything else already has its Python type.
+    for name in _CASE_TIMES:
+        if value[name] is not None:
+            value[name] = datetime.fromisoformat(value[name])
+    return value
 
 
 def insert_poison(tx: Transaction, webhook_id: str, reason: str, error_class: str,
