@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -120,11 +121,33 @@ def _poison(msg: QueuedWebhook, reason: str, error_class: str, db: Database | No
     return Outcome(status="poisoned", reason=reason)
 
 
+# Validated events of recently folded payloads, by webhook id: a membership with a long history
+# re-folds the same stored payloads on every new event, and validating them was most of a
+# re-fold's own time. A hit needs an equal payload, so a purged or changed one is validated anew.
+_EVENT_CACHE_SIZE = 4096
+_event_cache: OrderedDict[str, tuple[dict[str, Any], WhopEvent]] = OrderedDict()
+
+
+def _cached_event(payload: dict[str, Any]) -> WhopEvent:
+    key = payload.get("webhook_id")
+    if isinstance(key, str):
+        hit = _event_cache.get(key)
+        if hit is not None and hit[0] == payload:
+            _event_cache.move_to_end(key)
+            return hit[1]
+    event = event_from_payload(payload)
+    if isinstance(key, str):
+        _event_cache[key] = (payload, event)
+        if len(_event_cache) > _EVENT_CACHE_SIZE:
+            _event_cache.popitem(last=False)
+    return event
+
+
 def _stored_events(payloads: list[dict[str, Any]]) -> list[WhopEvent]:
     events = []
     for payload in payloads:
         try:
-            events.append(event_from_payload(payload))
+            events.append(_cached_event(payload))
         except ValidationError:
             # A payload purged by retention (or from a future version) cannot fold; the episodes
             # it belonged to keep their stored rows (unmatched rows are never touched).
