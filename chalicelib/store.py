@@ -235,6 +235,40 @@ def add_action(tx: Transaction, *, case_id: str, company_id: str, kind: str, ste
     return row is not None
 
 
+def add_pending_actions(tx: Transaction, company_id: str,
+                        rows: list[tuple[str, str, str, str | None, datetime, str]]) -> int:
+    """Owe many effects at once, ``(case_id, kind, step, channel, due_at, key)`` each, as pending
+    ledger rows in one statement; return how many were new (a known key is already owed)."""
+    if not rows:
+        return 0
+    return tx.execute(
+        "INSERT INTO recovery_actions (case_id, company_id, kind, step, channel, status, idempotency_key,"
+        " due_at) SELECT e.case_id, :company_id, e.kind, e.step, e.channel, 'pending', e.key, e.due_at"
+        " FROM unnest(CAST(:case_ids AS uuid[]), CAST(:kinds AS text[]), CAST(:steps AS text[]),"
+        "   CAST(:channels AS text[]), CAST(:dues AS timestamptz[]), CAST(:keys AS text[]))"
+        "   AS e(case_id, kind, step, channel, due_at, key)"
+        " ON CONFLICT (idempotency_key) DO NOTHING",
+        company_id=company_id, case_ids=[r[0] for r in rows], kinds=[r[1] for r in rows],
+        steps=[r[2] for r in rows], channels=[r[3] for r in rows], dues=[r[4] for r in rows],
+        keys=[r[5] for r in rows])
+
+
+# What the tick reads of a due case: what case_from_row needs, and its reminder progress.
+DUE_CASE_COLUMNS = ("id, company_id, membership_id, seq, last_reminder_offset, manage_url, "
+                    + ", ".join(_CASE_COLUMNS))
+
+
+def advance_cases(tx: Transaction, rows: list[tuple[str, int | None, datetime | None]]) -> None:
+    """Record each case's latest owed reminder offset and next due time, ``(id, offset, next)``."""
+    if not rows:
+        return
+    tx.execute(
+        "UPDATE recovery_cases c SET last_reminder_offset = u.last, next_action_at = u.next,"
+        " updated_at = now() FROM unnest(CAST(:ids AS uuid[]), CAST(:lasts AS integer[]),"
+        "   CAST(:nexts AS timestamptz[])) AS u(id, last, next) WHERE c.id = u.id",
+        ids=[r[0] for r in rows], lasts=[r[1] for r in rows], nexts=[r[2] for r in rows])
+
+
 # --- settings ------------------------------------------------------------------------------------
 
 
