@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | 
 
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install dev test lint migrate package bench clean
+.PHONY: install dev test lint migrate package bench chaos loadtest clean
 
 install: $(STAMP)
 
@@ -37,6 +37,13 @@ package: install
 
 bench: install
 	$(BIN)/python scripts/bench.py
+
+# The full chaos run (10,000 deliveries over 200 companies); `make test` runs a small one.
+chaos: install
+	$(BIN)/python scripts/chaos.py
+
+loadtest: install
+	$(BIN)/python scripts/loadtest.py
 
 clean:
 	rm -rf $(VENV) .dev .tmp build

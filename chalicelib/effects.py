@@ -97,6 +97,8 @@ class Claim:
     link_token: str
     settings: CreatorSettings
     token: str = ""  # the lease token: outcomes are recorded only by its holder
+    owed_at: datetime | None = None  # when the row was written: the copy is rendered as of then
+    copy: dict[str, str] | None = None  # the message as first attempted (pinned in the row)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -111,7 +113,8 @@ class Context:
 
 _OWED = (
     "SELECT a.id::text AS action_id, a.kind, a.step, a.channel, a.idempotency_key, a.attempts,"
-    " a.case_id::text AS case_id FROM recovery_actions a"
+    " a.case_id::text AS case_id, COALESCE(a.owed_at, a.created_at) AS owed_at, a.result -> 'copy' AS copy"
+    " FROM recovery_actions a"
     " WHERE a.status IN ('pending', 'claimed') AND a.due_at <= :now"
     " AND (a.claimed_until IS NULL OR a.claimed_until <= :now)"
     " AND (CAST(:case_id AS uuid) IS NULL OR a.case_id = CAST(:case_id AS uuid))"
@@ -159,15 +162,32 @@ def _member_cap(tx: Transaction, user_id: str, channel: str, exclude: str,
     return None
 
 
-def _recent_incentive(tx: Transaction, company_id: str, user_id: str, exclude: str, now: datetime) -> bool:
+def _incentive_verdict(tx: Transaction, company_id: str, user_id: str, exclude: str,
+                       now: datetime) -> tuple[str, Any] | None:
+    """One incentive per member per 90 days: skip when one was granted; wait while another is in
+    flight or an older one is still owed (retrying through a Whop outage) — it goes first, and
+    if it never goes (its case closed) this one may."""
     # Serialise incentive decisions per member so two cases cannot both grant one.
     tx.query("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))", k=f"{company_id}/{user_id}/incentive")
-    found = tx.scalar(
-        "SELECT count(*) FROM recovery_actions a JOIN recovery_cases c ON c.id = a.case_id"
-        " WHERE c.user_id = :u AND a.kind = 'incentive' AND a.id <> CAST(:x AS uuid)"
-        " AND (a.status = 'claimed' OR (a.status = 'sent' AND a.completed_at > :since))",
+    row = tx.one(
+        "SELECT count(*) FILTER (WHERE a.status = 'sent' AND a.completed_at > :since) AS granted,"
+        " count(*) FILTER (WHERE a.status = 'claimed' OR (a.status = 'pending'"
+        "   AND (a.created_at, a.id) < (SELECT created_at, id FROM recovery_actions"
+        "                               WHERE id = CAST(:x AS uuid)))) AS ahead"
+        " FROM recovery_actions a JOIN recovery_cases c ON c.id = a.case_id"
+        " WHERE c.user_id = :u AND a.kind = 'incentive' AND a.id <> CAST(:x AS uuid)",
         u=user_id, x=exclude, since=now - INCENTIVE_COOLDOWN)
-    return bool(found)
+    if row is not None and row["granted"]:
+        return ("skip", "recent_incentive")
+    if row is not None and row["ahead"]:
+        return ("defer", now + LEASE)
+    return None
+
+
+def _t0_unsent(tx: Transaction, case_id: str, channel: str | None) -> bool:
+    return bool(tx.scalar(
+        "SELECT count(*) FROM recovery_actions WHERE case_id = CAST(:c AS uuid) AND step = 't0'"
+        " AND channel IS NOT DISTINCT FROM :ch AND status IN ('pending', 'claimed')", c=case_id, ch=channel))
 
 
 def _gate(tx: Transaction, row: dict[str, Any], case: Case, settings: CreatorSettings, now: datetime,
@@ -182,6 +202,9 @@ def _gate(tx: Transaction, row: dict[str, Any], case: Case, settings: CreatorSet
         return ("skip", "window_passed")
     if kind in MESSAGE_KINDS and not case.user_id:
         return ("skip", "no_user")
+    if kind == "reminder" and _t0_unsent(tx, row["case_id"], channel):
+        # A reminder never overtakes the T+0 it follows up (a late event can make both due).
+        return ("defer", now + LEASE)
     if kind in ("nudge", "reminder"):
         until = quiet_until(now, settings)
         if until is not None:
@@ -193,9 +216,8 @@ def _gate(tx: Transaction, row: dict[str, Any], case: Case, settings: CreatorSet
         if (case.user_id, channel) in batch_sends:
             return ("defer", now + FREQUENCY_CAP)
         batch_sends.add((case.user_id, channel))
-    if kind == "incentive" and case.user_id and _recent_incentive(
-            tx, case.company_id, case.user_id, row["action_id"], now):
-        return ("skip", "recent_incentive")
+    if kind == "incentive" and case.user_id:
+        return _incentive_verdict(tx, case.company_id, case.user_id, row["action_id"], now)
     return None
 
 
@@ -235,7 +257,8 @@ def claim(company_id: str, now: datetime, db: Database | None = None, *, case_id
             c = Claim(action_id=row["action_id"], kind=row["kind"], step=row["step"],
                       channel=row["channel"], key=row["idempotency_key"],
                       attempts=row["attempts"] + 1, case_id=row["case_id"], case=case,
-                      link_token=case_row["link_token"], settings=settings, token=str(uuid.uuid4()))
+                      link_token=case_row["link_token"], settings=settings, token=str(uuid.uuid4()),
+                      owed_at=row["owed_at"], copy=row["copy"])
             unwritten.append(c)
             claims.append(c)
         _write_claims(tx, unwritten, now)
@@ -281,21 +304,63 @@ def _template(kind: str) -> str:
     return {"nudge": "t0", "reminder": "reminder", "manual_nudge": "manual"}[kind]
 
 
+def message_copy(ctx: Context, c: Claim, now: datetime) -> dict[str, str]:
+    """The message a claim sends, rendered as of when the row was owed."""
+    link = f"{ctx.public_base_url}/r/{c.link_token}"
+    copy = render(_template(c.kind), c.case, link, c.owed_at or now)
+    return {"title": copy.title, "push": f"{copy.push} {link}", "dm": copy.dm}
+
+
+def pin_copy(ctx: Context, company_id: str, c: Claim, now: datetime, db: Database | None = None) -> None:
+    """Store the message before its first attempt. Every retry then sends the same body under
+    the same Idempotency-Key, even if the case changed in between (a late event moved its first
+    failure, say): Whop refuses a reused key with other content, and a new key would send twice."""
+    if c.kind not in MESSAGE_KINDS or c.copy is not None:
+        return
+    c.copy = message_copy(ctx, c, now)
+    with tenant_transaction(company_id, db) as tx:
+        tx.execute("UPDATE recovery_actions SET result = result"
+                   " || jsonb_build_object('copy', CAST(:copy AS jsonb))"
+                   " WHERE id = CAST(:id AS uuid) AND claim_token = CAST(:token AS uuid)",
+                   copy=json.dumps(c.copy), id=c.action_id, token=c.token)
+
+
+def _pin_copies(ctx: Context, company_id: str, batch: list[Claim], now: datetime,
+                db: Database | None) -> None:
+    """pin_copy for a whole claim batch in one transaction. Should it fail, nothing is marked
+    pinned and each row pins its own copy before its send (pin_copy), failing alone."""
+    todo = [c for c in batch if c.kind in MESSAGE_KINDS and c.copy is None]
+    if not todo:
+        return
+    try:
+        copies = [message_copy(ctx, c, now) for c in todo]
+        with tenant_transaction(company_id, db) as tx:
+            tx.execute("UPDATE recovery_actions a SET result = a.result || jsonb_build_object('copy', u.copy)"
+                       " FROM unnest(CAST(:ids AS uuid[]), CAST(:tokens AS uuid[]), CAST(:copies AS jsonb[]))"
+                       " AS u(id, token, copy) WHERE a.id = u.id AND a.claim_token = u.token",
+                       ids=[c.action_id for c in todo], tokens=[c.token for c in todo],
+                       copies=[json.dumps(copy) for copy in copies])
+    except Exception:  # noqa: BLE001 - each row pins (and fails) alone then
+        logger.warning("pinning a batch's copies failed; pinning row by row",
+                       extra={"company_id": company_id})
+        return
+    for c, copy in zip(todo, copies, strict=True):
+        c.copy = copy
+
+
 def perform(ctx: Context, c: Claim, now: datetime) -> WhopResult:
     """Make the Whop call a claim owes. Reads that fail become a failed WhopResult."""
     try:
         if c.kind == "incentive":
             return _extend(ctx, c)
-        link = f"{ctx.public_base_url}/r/{c.link_token}"
-        copy = render(_template(c.kind), c.case, link, now)
+        copy = c.copy or message_copy(ctx, c, now)
         assert c.case.user_id is not None
         if c.channel == "push":
             experience = push_experience(ctx, c.case.company_id, c.settings)
             if experience is None:
                 return WhopResult(ok=False, error_class="permanent", error_code="no_push_experience")
-            return ctx.whop.send_push(experience, c.case.user_id, copy.title, f"{copy.push} {link}",
-                                      c.key)
-        return ctx.whop.send_dm(c.case.user_id, c.case.company_id, copy.dm, c.key)
+            return ctx.whop.send_push(experience, c.case.user_id, copy["title"], copy["push"], c.key)
+        return ctx.whop.send_dm(c.case.user_id, c.case.company_id, copy["dm"], c.key)
     except WhopError as exc:
         # The adapter already classified the failure: reuse its verdict rather than re-deriving it.
         return WhopResult(ok=False, status_code=exc.status, error_code=exc.error_code,
@@ -396,6 +461,7 @@ def execute_owed(ctx: Context, company_id: str, now: datetime, db: Database | No
                       limit=min(CLAIM_BATCH, limit - done), stats=stats)
         if not batch:
             break
+        _pin_copies(ctx, company_id, batch, now, db)
         performed: list[tuple[Claim, WhopResult]] = []
         for index, c in enumerate(batch):
             if out_of_time and out_of_time():
@@ -404,6 +470,7 @@ def execute_owed(ctx: Context, company_id: str, now: datetime, db: Database | No
                     release(company_id, left, now, db, attempted=False)
                 return stats
             try:
+                pin_copy(ctx, company_id, c, now, db)  # already pinned with the batch: no-op
                 performed.append((c, perform(ctx, c, now)))
             except Exception as exc:  # noqa: BLE001 - one row's failure must not strand the others
                 _row_failed(company_id, c, now, db, stats, exc)

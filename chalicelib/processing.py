@@ -49,7 +49,7 @@ from chalicelib.effects import default_context, execute_owed
 from chalicelib.models import Case, CaseStatus, CreatorSettings, WhopEvent
 from chalicelib.observability import count, logger
 from chalicelib.queue import QueuedWebhook, decode_message
-from chalicelib.reminders import initial_effects, next_action_at
+from chalicelib.reminders import covered_offset, initial_effects, next_action_at
 from chalicelib.webhooks import MalformedWebhook, event_from_payload, minimal_payload, normalise
 
 
@@ -172,10 +172,11 @@ def refold_membership(tx: Transaction, company_id: str, membership_id: str, now:
         own = matched.get(index, [])
         if not own:
             case_id = str(uuid.uuid4())
+            covered = covered_offset(case, settings, now)
             effects = [(e.kind, e.step, e.channel, e.due_at, e.idempotency_key(case_id))
                        for e in initial_effects(case, settings, now)]
-            owed += store.open_case(tx, case, next_action_at(case, settings, None), new_link_token(),
-                                    case_id, effects)
+            owed += store.open_case(tx, case, next_action_at(case, settings, covered), new_link_token(),
+                                    case_id, effects, last_reminder_offset=covered)
             opened.append(case_id)
             continue
         primary, *duplicates = own

@@ -60,6 +60,13 @@ def reminder_effects(case: Case, settings: CreatorSettings, offset: int,
     return [PlannedEffect("reminder", f"r{offset}", ch, now) for ch in channels(settings)]
 
 
+def covered_offset(case: Case, settings: CreatorSettings, now: datetime) -> int | None:
+    """The reminder offsets a case had already passed when it opened (a late or backdated
+    failure): its T+0 nudge covers them, so no reminder goes out with (or before) the T+0."""
+    passed = [d for d in settings.reminder_offsets_days if case.first_failure_at + timedelta(days=d) <= now]
+    return max(passed) if passed else None
+
+
 def next_action_at(case: Case, settings: CreatorSettings, last_offset: int | None) -> datetime | None:
     """When the scheduler next owes this case something: its next reminder, else its expiry."""
     if case.status is not CaseStatus.OPEN:

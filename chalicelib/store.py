@@ -125,7 +125,8 @@ def case_unchanged(row: dict[str, Any], case: Case, next_action_at: datetime | N
 
 
 def open_case(tx: Transaction, case: Case, next_action_at: datetime | None, link_token: str,
-              case_id: str, effects: list[tuple[str, str, str | None, datetime, str]]) -> int:
+              case_id: str, effects: list[tuple[str, str, str | None, datetime, str]],
+              last_reminder_offset: int | None = None) -> int:
     """Insert a newly opened case and the effects it owes, ``(kind, step, channel, due_at, key)``,
     as pending ledger rows, in one statement; return how many rows were owed. The id comes from
     the caller so the rows' idempotency keys are known up front."""
@@ -133,19 +134,21 @@ def open_case(tx: Transaction, case: Case, next_action_at: datetime | None, link
     # Column names come from the _CASE_COLUMNS constant; every value is a bound parameter.
     row = tx.one(
         "WITH c AS (INSERT INTO recovery_cases (id, company_id, membership_id, seq, episode_webhook_id,"  # noqa: S608
-        " next_action_at, link_token, manage_url, " + ", ".join(_CASE_COLUMNS) + ") VALUES"
-        " (CAST(:id AS uuid), :company_id, :membership_id, :seq, :episode, :next_action_at, :link_token,"
-        " :manage_url, " + ", ".join(f":{c}" for c in _CASE_COLUMNS) + ") RETURNING id, company_id),"
+        " next_action_at, last_reminder_offset, link_token, manage_url, " + ", ".join(_CASE_COLUMNS)
+        + ") VALUES (CAST(:id AS uuid), :company_id, :membership_id, :seq, :episode, :next_action_at,"
+        " :last_offset, :link_token, :manage_url, " + ", ".join(f":{c}" for c in _CASE_COLUMNS)
+        + ") RETURNING id, company_id),"
         " a AS (INSERT INTO recovery_actions (case_id, company_id, kind, step, channel, status,"
-        "   idempotency_key, due_at)"
-        "   SELECT c.id, c.company_id, e.kind, e.step, e.channel, 'pending', e.key, e.due_at"
+        "   idempotency_key, due_at, owed_at)"
+        "   SELECT c.id, c.company_id, e.kind, e.step, e.channel, 'pending', e.key, e.due_at, e.due_at"
         "   FROM c, unnest(CAST(:kinds AS text[]), CAST(:steps AS text[]), CAST(:channels AS text[]),"
         "     CAST(:dues AS timestamptz[]), CAST(:keys AS text[])) AS e(kind, step, channel, due_at, key)"
         "   ON CONFLICT (idempotency_key) DO NOTHING RETURNING 1)"
         " SELECT (SELECT count(*) FROM a) AS owed",
         id=case_id, company_id=case.company_id, membership_id=case.membership_id, seq=case.seq,
         episode=case.failure_ids[0] if case.failure_ids else None, next_action_at=next_action_at,
-        link_token=link_token, manage_url=case.manage_url, kinds=[e[0] for e in effects],
+        link_token=link_token, last_offset=last_reminder_offset, manage_url=case.manage_url,
+        kinds=[e[0] for e in effects],
         steps=[e[1] for e in effects], channels=[e[2] for e in effects], dues=[e[3] for e in effects],
         keys=[e[4] for e in effects], **values)
     assert row is not None
@@ -153,17 +156,18 @@ def open_case(tx: Transaction, case: Case, next_action_at: datetime | None, link
 
 
 def insert_case(tx: Transaction, case: Case, next_action_at: datetime | None,
-                link_token: str) -> dict[str, Any]:
+                link_token: str, last_reminder_offset: int | None = None) -> dict[str, Any]:
     values = {c: getattr(case, c) for c in _CASE_COLUMNS}
     values["status"] = case.status.value
     # Column names come from the _CASE_COLUMNS constant; every value is a bound parameter.
     row = tx.one(
-        "INSERT INTO recovery_cases (company_id, membership_id, seq, episode_webhook_id,"
-        " next_action_at, link_token, manage_url, " + ", ".join(_CASE_COLUMNS) + ") VALUES"
-        " (:company_id, :membership_id, :seq, :episode, :next_action_at, :link_token, :manage_url, "
+        "INSERT INTO recovery_cases (company_id, membership_id, seq, episode_webhook_id,"  # noqa: S608
+        " next_action_at, last_reminder_offset, link_token, manage_url, " + ", ".join(_CASE_COLUMNS)
+        + ") VALUES (:company_id, :membership_id, :seq, :episode, :next_action_at, :last_offset,"
+        " :link_token, :manage_url, "
         + ", ".join(f":{c}" for c in _CASE_COLUMNS) + ") RETURNING *",
         company_id=case.company_id, membership_id=case.membership_id, seq=case.seq,
-        episode=case.failure_ids[0] if case.failure_ids else None,
+        episode=case.failure_ids[0] if case.failure_ids else None, last_offset=last_reminder_offset,
         next_action_at=next_action_at, link_token=link_token, manage_url=case.manage_url, **values)
     assert row is not None
     return row
@@ -224,9 +228,9 @@ def add_action(tx: Transaction, *, case_id: str, company_id: str, kind: str, ste
     """Record an owed effect (or a done action); False if its key exists (it is already owed)."""
     row = tx.one(
         "INSERT INTO recovery_actions (case_id, company_id, kind, step, channel, status,"
-        " idempotency_key, due_at, actor, result, completed_at)"
+        " idempotency_key, due_at, owed_at, actor, result, completed_at)"
         " VALUES (CAST(:case_id AS uuid), :company_id, :kind, :step, :channel, :status, :key,"
-        " COALESCE(:due_at, now()), :actor, CAST(:result AS jsonb),"
+        " COALESCE(:due_at, now()), COALESCE(:due_at, now()), :actor, CAST(:result AS jsonb),"
         " CASE WHEN :status IN ('done', 'skipped') THEN now() END)"
         " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
         case_id=case_id, company_id=company_id, kind=kind, step=step, channel=channel,
@@ -243,7 +247,8 @@ def add_pending_actions(tx: Transaction, company_id: str,
         return 0
     return tx.execute(
         "INSERT INTO recovery_actions (case_id, company_id, kind, step, channel, status, idempotency_key,"
-        " due_at) SELECT e.case_id, :company_id, e.kind, e.step, e.channel, 'pending', e.key, e.due_at"
+        " due_at, owed_at) SELECT e.case_id, :company_id, e.kind, e.step, e.channel, 'pending', e.key,"
+        " e.due_at, e.due_at"
         " FROM unnest(CAST(:case_ids AS uuid[]), CAST(:kinds AS text[]), CAST(:steps AS text[]),"
         "   CAST(:channels AS text[]), CAST(:dues AS timestamptz[]), CAST(:keys AS text[]))"
         "   AS e(case_id, kind, step, channel, due_at, key)"

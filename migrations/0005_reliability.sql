@@ -12,6 +12,10 @@ CREATE UNIQUE INDEX recovery_cases_episode ON recovery_cases (company_id, episod
 -- holder, so an executor whose lease ran out cannot overwrite the next one's result.
 ALTER TABLE recovery_actions ADD COLUMN claim_token uuid;
 
+-- When an effect became owed (the injected clock, unlike created_at): its copy is rendered as of
+-- then, so every retry sends the same body under the same Idempotency-Key.
+ALTER TABLE recovery_actions ADD COLUMN owed_at timestamptz;
+
 -- The frequency cap looks for a member's sends in flight as well as those already sent.
 CREATE INDEX recovery_actions_in_flight ON recovery_actions (company_id, channel)
     WHERE status = 'claimed';

@@ -29,8 +29,8 @@ def test_a_batch_of_outcomes_is_one_transaction(world: World, monkeypatch: pytes
     monkeypatch.setattr(effects, "tenant_transaction", counting)
     stats = world.run_effects(T0)
     assert stats.sent == 4
-    # One claim, one record, one empty claim that ends the loop: not one transaction per row.
-    assert len(opened) == 3
+    # Claim, pin the copies, record, and the empty claim that ends the loop: not one per row.
+    assert len(opened) == 4
     assert {a["status"] for a in world.actions()} == {"sent"}
 
 
@@ -50,3 +50,21 @@ def test_a_failing_outcome_write_is_retried_alone_and_the_others_are_kept(
     rows = {a["channel"]: a for a in world.actions()}
     assert rows["dm"]["status"] == "sent"
     assert rows["push"]["status"] == "pending" and rows["push"]["error_detail"] == "QueryError"
+
+
+def test_a_copy_that_cannot_be_pinned_fails_its_row_alone(world: World,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    world.fail(T0)
+    real = effects.message_copy
+
+    def broken(ctx: effects.Context, c: effects.Claim, now: datetime) -> dict[str, str]:
+        if c.channel == "push":
+            raise KeyError("template")
+        return real(ctx, c, now)
+
+    monkeypatch.setattr(effects, "message_copy", broken)
+    stats = world.run_effects(T0)
+    assert stats.sent == 1 and stats.errors == 1
+    rows = {a["channel"]: a for a in world.actions()}
+    assert rows["dm"]["status"] == "sent" and "copy" in rows["dm"]["result"]
+    assert rows["push"]["status"] == "pending" and rows["push"]["error_detail"] == "KeyError"

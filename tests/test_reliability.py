@@ -277,3 +277,42 @@ def test_retry_after_in_an_http_date_far_away_is_capped() -> None:
     assert retry_delay(10_000, 1e300) == timedelta(hours=1)
     assert retry_delay(1, float("nan")) == timedelta(minutes=1)
     assert datetime(2026, 1, 1, tzinfo=UTC) + retry_delay(10_000_000) < datetime(2026, 1, 2, tzinfo=UTC)
+
+
+def test_a_retry_sends_the_same_body_under_the_same_key(world: World) -> None:
+    # Whop applies the DM, the response is lost, and the ledger retries a day later: the copy
+    # (with its days-left count) must be identical, or Whop refuses the reused key.
+    world.fake.inject("POST", "/messages", "drop_after", times=2)
+    world.fail(T0)
+    world.run_effects(T0)
+    dm = next(a for a in world.actions() if a["channel"] == "dm")
+    assert dm["status"] == "pending"
+    world.run_effects(T0 + DAY)
+    dm = next(a for a in world.actions() if a["channel"] == "dm")
+    assert dm["status"] == "sent"
+    bodies = {c.json["content"] for c in world.dms()}
+    assert len(bodies) == 1 and "14 days" in bodies.pop()
+    assert len(world.fake.state()["messages"]) == 1
+
+
+def test_a_reminder_never_overtakes_the_t0_it_follows(world: World) -> None:
+    world.fake.inject("POST", "/messages", "503", times=None)
+    case_id = world.fail(T0)
+    world.run_effects(T0)  # the T+0 DM is retrying through an outage
+    # A late, older failure moves the episode's start back 3 days: reminder r2 is now due too.
+    world.deliver(payment_event("payment.failed", at=T0 - 3 * DAY), T0 + timedelta(minutes=30))
+    world.fake.clear_faults()
+    world.tick(T0 + timedelta(hours=1))
+    rows = {(a["step"], a["channel"]): a["status"] for a in world.actions(case_id=case_id)}
+    assert rows[("t0", "dm")] == "sent"
+    assert rows.get(("r2", "dm")) in (None, "pending")
+    contents = [c.json["content"] for c in world.dms() if c.status == 200]
+    assert len(contents) == 1 and not contents[0].startswith("Reminder")
+
+
+def test_a_case_opened_late_does_not_get_a_reminder_with_its_t0(world: World) -> None:
+    case_id = world.fail(T0 - 5 * DAY, now=T0)  # processed 5 days after the failure
+    world.tick(T0 + timedelta(minutes=5))
+    assert world.case(case_id)["last_reminder_offset"] == 4
+    steps = [a["step"] for a in world.actions(case_id=case_id)]
+    assert "r2" not in steps and "r4" not in steps
