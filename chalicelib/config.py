@@ -65,6 +65,8 @@ class Settings(BaseModel):
     # "prepared": statements prepared once per connection (one wait each; pins an RDS Proxy
     # session). "unnamed": no session state, for RDS Proxy multiplexing (three waits each).
     DB_STATEMENTS: Literal["prepared", "unnamed"] = "prepared"
+    # Days event details and click rows are kept before the tick purges them (docs/privacy.md).
+    RETENTION_DAYS: int = Field(default=180, ge=1, le=3650)
 
     @field_validator("DATABASE_URL", "MIGRATIONS_DATABASE_URL")
     @classmethod
@@ -128,10 +130,21 @@ def load_config(environ: Mapping[str, str] | None = None) -> Settings:
         )
         raise ConfigError(f"invalid configuration: {problems}") from None
     if settings.is_production:
-        missing = [name for name in REQUIRED_IN_PRODUCTION if not getattr(settings, name)]
+        missing = [name for name in required_settings(env) if not getattr(settings, name)]
         if missing:
             raise ConfigError("missing required setting(s): " + ", ".join(missing))
     return settings
+
+
+def required_settings(env: Mapping[str, str]) -> tuple[str, ...]:
+    """What this process must have in production: ``REQUIRED_SETTINGS`` (comma-separated) when the
+    deployed template sets it per function, else all of ``REQUIRED_IN_PRODUCTION``. Least
+    privilege: the webhook function cannot read the database secret, so must not require it."""
+    listed = tuple(n.strip() for n in env.get("REQUIRED_SETTINGS", "").split(",") if n.strip())
+    unknown = [n for n in listed if n not in Settings.model_fields]
+    if unknown:
+        raise ConfigError("REQUIRED_SETTINGS: unknown setting(s): " + ", ".join(unknown))
+    return listed or REQUIRED_IN_PRODUCTION
 
 
 @lru_cache(maxsize=1)

@@ -63,9 +63,6 @@ MESSAGE_KINDS = ("nudge", "reminder", "manual_nudge")
 EXPERIENCE_CACHE_S = 600.0
 
 
-# Metric per cause of a send kept pending (alarms watch these).
-_CAUSE_METRICS = {"credentials": "WhopAuthRefused", "rate_limited": "WhopRateLimited",
-                  "unavailable": "WhopUnavailable"}
 CLAIM_BATCH = 10  # rows claimed at a time: a tick out of time strands at most this many leases
 
 
@@ -407,6 +404,16 @@ def _settle(tx: Transaction, c: Claim, now: datetime, status: str, error_class: 
         result=json.dumps(result or {}, default=str))
 
 
+def _count_cause(cause: str) -> None:
+    """One metric per cause of a send kept pending: alarms watch these names."""
+    if cause == "credentials":
+        count("WhopAuthRefused")
+    elif cause == "rate_limited":
+        count("WhopRateLimited")
+    else:
+        count("WhopUnavailable")
+
+
 def _outcome(tx: Transaction, c: Claim, result: WhopResult, now: datetime) -> tuple[str, int]:
     """Apply the retry policy (module docstring); return (status, rows updated)."""
     if result.ok:
@@ -420,7 +427,7 @@ def _outcome(tx: Transaction, c: Claim, result: WhopResult, now: datetime) -> tu
     if cause == "member" or cause is None:
         status = "skipped" if result.error_code == "no_push_experience" else "failed"
         return status, _settle(tx, c, now, status, result.error_class or "permanent", result.error_code)
-    count(_CAUSE_METRICS[cause])
+    _count_cause(cause)
     due = now + retry_delay(c.attempts, result.retry_after_s)
     if window_passed(c.case.first_failure_at, due):
         # The next try would come after the window: nothing may be sent then, so say so now.

@@ -26,6 +26,7 @@ from chalicelib.effects import Context, Stats, execute_owed
 from chalicelib.models import RECOVERY_WINDOW
 from chalicelib.observability import logger
 from chalicelib.reminders import due_reminder, next_action_at, reminder_effects
+from chalicelib.retention import purge_expired
 
 
 @dataclass
@@ -115,6 +116,8 @@ def tick(ctx: Context, now: datetime, db: Database | None = None, max_companies:
             result.failed_companies += 1
             logger.warning("tick failed for one company; continuing with the next",
                            extra={"company_id": company_id, "error_class": type(exc).__name__})
+    if not result.budget_exhausted:
+        purge_expired(now, db)  # retention (issue 12): small batches, never raises; docs/privacy.md
     result.duration_ms = round((time.perf_counter() - started) * 1000, 2)
     return result
 

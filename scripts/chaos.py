@@ -29,9 +29,7 @@ import argparse
 import json
 import os
 import random
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
@@ -43,12 +41,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-os.environ.setdefault("APP_ENV", "test")
-for _name, _value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                      "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                      "POWERTOOLS_METRICS_NAMESPACE": "ReboundChaos",
-                      "POWERTOOLS_LOG_LEVEL": "ERROR"}.items():
-    os.environ.setdefault(_name, _value)
+from scripts.harness import local_stack, script_env  # noqa: E402
+
+script_env("ReboundChaos")
 
 DAY = timedelta(days=1)
 SEND_PATHS = ("/notifications", "/messages", r"/memberships/[^/]+/extend")
@@ -181,36 +176,18 @@ def run(events: int, companies: int, seed: int, dup_rate: float, fault_rate: flo
     from chalice.test import Client
     from moto import mock_aws
 
-    from chalicelib import config, db, effects, queue, whop
+    from chalicelib import config, db, effects, queue
     from chalicelib.db import connect, parse_database_url
     from chalicelib.scheduler import tick
-    from chalicelib.whop import WhopClient
     from scripts import local_sqs, localdb, redrive
-    from scripts.fake_whop import FakeWhop
     from scripts.whop_payloads import sign
 
     rng = random.Random(seed)
     counts = Counts()
     clock = [time.monotonic()]
     now = datetime.now(UTC)
-    base = ROOT / ".tmp"
-    base.mkdir(exist_ok=True)
-    data_dir = Path(tempfile.mkdtemp(prefix="chaos-pg-", dir=base))
-    local = localdb.start(data_dir, log=lambda _m: None)
-    fake = FakeWhop().start()
-    try:
-        env = {"DATABASE_URL": local.runtime_url, "WHOP_API_BASE": fake.base_url,
-               "WHOP_API_KEY": fake.api_key, "WHOP_JWKS_URL": fake.jwks_url, "WHOP_APP_ID": fake.app_id,
-               "WHOP_WEBHOOK_SECRET": fake.webhook_secret, "PUBLIC_BASE_URL": "https://rebound.test"}
-        os.environ.update(env)
-        config.reset_config()
-        db.reset_database()
-        # No real waiting inside the client: backoff is the ledger's job, and the run stays short.
-        client = WhopClient.from_config(config.get_config(), sleep=lambda _s: None, connect_timeout_s=1.0,
-                                        read_timeout_s=1.0, max_attempts=2)
-        whop.set_whop(client)
-        effects.clear_experience_cache()
-
+    with local_stack("chaos", connect_timeout_s=1.0, read_timeout_s=1.0, max_attempts=2) as stack:
+        local, fake = stack.local, stack.fake
         webhooks = generate(rng, events, companies, now)
         company_ids, members = _seed_world(fake, webhooks)
         for i in range(max(1, events // 100)):
@@ -284,13 +261,6 @@ def run(events: int, companies: int, seed: int, dup_rate: float, fault_rate: flo
         _phase("ticks until the ledger settled", clock)
         _check(owner, fake, webhooks, accepted, depth, checkpoint_open, members, sim, counts)
         owner.close()
-    finally:
-        whop.reset_whop()
-        fake.stop()
-        db.reset_database()
-        local.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
-        shutil.rmtree(data_dir.parent / f".{data_dir.name}-run", ignore_errors=True)
     return counts
 
 

@@ -4,11 +4,8 @@ and the packaged CloudFormation template."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from chalice.test import Client
@@ -17,7 +14,6 @@ from chalicelib import config, effects, processing
 from chalicelib.db import Database, tenant_transaction
 from chalicelib.queue import QueuedWebhook
 from scripts.fake_whop import FakeWhop
-from tests.conftest import ROOT
 from tests.helpers import payment_event
 
 NOW = datetime.now(UTC)
@@ -87,27 +83,3 @@ def test_tracked_link_route_redirects_and_expires(client: Client, whop_env: Fake
     gone = client.http.get(f"/r/{token}")
     assert gone.status_code == 410 and b"expired" in gone.body
     assert client.http.get("/r/not-a-real-token-at-all-xx").status_code == 404
-
-
-def test_packaged_template_has_queue_dlq_and_partial_batch_responses(tmp_path: Path) -> None:
-    out = tmp_path / "package"
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "package.py"), "--out", str(out)],
-                   check=True, cwd=ROOT, capture_output=True)
-    template = json.loads((out / "sam.json").read_text())
-    resources = template["Resources"]
-    source = resources["ProcessEvents"]["Properties"]["Events"]["ProcessEventsSqsEventSource"]
-    assert source["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
-    assert source["Properties"]["BatchSize"] == 10
-    queue = resources["EventsQueue"]["Properties"]
-    assert queue["QueueName"] == "rebound-events"
-    assert queue["RedrivePolicy"]["maxReceiveCount"] == 5
-    assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": ["EventsDeadLetterQueue", "Arn"]}
-    timeout = resources["ProcessEvents"]["Properties"]["Timeout"]
-    assert queue["VisibilityTimeout"] >= 6 * timeout
-    assert "rebound-events" in json.dumps(source["Properties"]["Queue"])
-    schedule = [r for r in resources.values() if r.get("Type") == "AWS::Serverless::Function"
-                and "ProcessReminders" in json.dumps(r)]
-    assert schedule, "process_reminders must be packaged with its schedule"
-    assert "rate(5 minutes)" in json.dumps(resources)
-    throttle = resources["RestAPI"]["Properties"]["MethodSettings"][0]
-    assert throttle["ThrottlingRateLimit"] > 0 and throttle["ThrottlingBurstLimit"] > 0

@@ -1,0 +1,104 @@
+"""Delete everything Rebound holds for one company (a creator who uninstalled or asked).
+
+Usage: python scripts/purge_company.py COMPANY_ID [--dry-run] [--yes]
+
+Connects with DATABASE_URL (the runtime login, row-level security on) and works inside that
+company's tenant transaction, so it cannot touch another company's rows whatever goes wrong.
+Tables are found from the catalog (every table with a company_id column the runtime role may
+delete from), children before parents, so tables added later are purged too. All in ONE
+transaction: either every row of the company goes, or none. ``--dry-run`` prints the counts and
+changes nothing; a real purge needs ``--yes``. Output is JSON (table -> rows); never row contents.
+Messages still in SQS or its DLQ expire with the queues' retention (14 days).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from chalicelib.db import Database, Transaction, get_database, tenant_transaction  # noqa: E402
+
+# Whop ids are short ASCII tokens (biz_…, user_…); anything else is a typo or an attack.
+_ID = re.compile(r"^[A-Za-z0-9_\-]{1,255}$")
+
+
+class BadArgument(ValueError):
+    pass
+
+
+def check_id(name: str, value: str) -> str:
+    if not _ID.match(value):
+        raise BadArgument(f"{name} must be 1-255 letters, digits, '_' or '-'")
+    return value
+
+
+def tenant_tables(tx: Transaction) -> list[str]:
+    """Tables with a company_id the runtime role may delete from, children before parents."""
+    rows = tx.query(
+        "SELECT c.relname AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " JOIN pg_attribute a ON a.attrelid = c.oid"
+        " WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND a.attname = 'company_id'"
+        " AND NOT a.attisdropped AND has_table_privilege(c.oid, 'DELETE') ORDER BY c.relname")
+    tables = [r["name"] for r in rows]
+    edges = tx.query(
+        "SELECT child.relname AS child, parent.relname AS parent FROM pg_constraint f"
+        " JOIN pg_class child ON child.oid = f.conrelid JOIN pg_class parent ON parent.oid = f.confrelid"
+        " WHERE f.contype = 'f' AND f.conrelid <> f.confrelid")
+    parents = {t: {e["parent"] for e in edges if e["child"] == t and e["parent"] in tables} for t in tables}
+    ordered: list[str] = []
+    while len(ordered) < len(tables):
+        # A table goes once every table that references it has gone (children first).
+        ready = [t for t in tables if t not in ordered
+                 and not any(t in parents[c] for c in tables if c not in ordered and c != t)]
+        if not ready:  # a reference cycle: fall back to the catalog order, inside one transaction
+            ready = [t for t in tables if t not in ordered]
+        ordered.extend(ready)
+    return ordered
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def purge_company(company_id: str, dry_run: bool, db: Database | None = None) -> dict[str, int]:
+    check_id("COMPANY_ID", company_id)
+    counts: dict[str, int] = {}
+    with tenant_transaction(company_id, db or get_database()) as tx:
+        for table in tenant_tables(tx):
+            if dry_run:
+                counts[table] = int(tx.scalar(f"SELECT count(*) FROM {_quote(table)}"))
+            else:
+                counts[table] = tx.execute(f"DELETE FROM {_quote(table)} WHERE company_id = :c",
+                                           c=company_id)
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Delete all of one company's data")
+    parser.add_argument("company_id")
+    parser.add_argument("--dry-run", action="store_true", help="count the rows, change nothing")
+    parser.add_argument("--yes", action="store_true", help="really delete (required unless --dry-run)")
+    args = parser.parse_args(argv)
+    if not args.dry_run and not args.yes:
+        print("purge_company: this deletes every row of the company; run with --dry-run first, "
+              "then again with --yes", file=sys.stderr)
+        return 2
+    try:
+        counts = purge_company(args.company_id, args.dry_run)
+    except BadArgument as exc:
+        print(f"purge_company: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"company_id": args.company_id, "dry_run": args.dry_run,
+                      "would_delete" if args.dry_run else "deleted": counts}, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

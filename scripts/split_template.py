@@ -1,0 +1,489 @@
+"""Rewrite Chalice's SAM template: one Lambda function per HTTP route, each with its own role.
+
+Chalice serves every route from one ``APIHandler`` with one role (aws/chalice#229, #1308), and
+``chalice local`` plus the test client rely on that, so the split happens here, after
+``chalice package``: every API Gateway method gets its own ``AWS::Serverless::Function``, named
+after its view function, with the same code and the same ``app.app`` entry point (Chalice
+dispatches on the route in the event), its own invoke permission, role, log group and alarms.
+What each function may touch comes from ``infra/functions.toml``; nothing else is granted.
+
+Pure: ``split(template, routes, settings)`` takes and returns dicts; no AWS, no files except
+``load_settings``. Used by ``scripts/package.py``; tested by ``tests/test_package.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SETTINGS_FILE = ROOT / "infra" / "functions.toml"
+
+# Setting name -> template parameter holding its Secrets Manager ARN.
+SECRET_PARAMETERS = {
+    "DATABASE_URL": "DatabaseUrlSecretArn",
+    "WHOP_API_KEY": "WhopApiKeySecretArn",
+    "WHOP_WEBHOOK_SECRET": "WhopWebhookSecretArn",
+    "SCHEDULER_SECRET": "SchedulerSecretArn",
+}
+# Secrets a function may run without (the route answers 404 when unset): never "required".
+OPTIONAL_SECRETS = {"SCHEDULER_SECRET"}
+# Plain settings every function receives from Globals (not secret, so no IAM grant is involved).
+PLAIN_REQUIRED = ("WHOP_APP_ID", "EVENTS_QUEUE_URL", "PUBLIC_BASE_URL")
+QUEUE_ACTIONS = {
+    "send": ["sqs:SendMessage"],
+    "status": ["sqs:GetQueueAttributes"],
+    "consume": ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
+                "sqs:GetQueueAttributes"],
+}
+# Lambda needs these to attach a function to the VPC; AWS only accepts "*" as their resource.
+VPC_ACTIONS = ["ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces",
+               "ec2:DeleteNetworkInterface", "ec2:AssignPrivateIpAddresses",
+               "ec2:UnassignPrivateIpAddresses"]
+HANDLER_IDS = {"process_events": "ProcessEvents", "process_reminders": "ProcessReminders"}
+# The webhook route's rejections (webhooks.verify reasons) plus malformed bodies: a spike means
+# a wrong secret after rotation, a clock problem, or someone probing the endpoint.
+WEBHOOK_REJECTIONS = ("Webhook_rejected_missing_headers", "Webhook_rejected_bad_timestamp",
+                      "Webhook_rejected_stale_timestamp", "Webhook_rejected_bad_signature",
+                      "Webhook_malformed")
+
+
+class SettingsError(ValueError):
+    """infra/functions.toml is inconsistent with the app (a route without a kind, a bad field)."""
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    memory_mb: int
+    timeout_s: int
+    reserved_concurrency: int
+    vpc: bool
+    secrets: tuple[str, ...]
+    queue: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Route:
+    view_name: str
+    method: str
+    path: str
+
+
+@dataclass(frozen=True)
+class FunctionSettings:
+    kinds: dict[str, Kind]
+    routes: dict[str, str]
+    handlers: dict[str, str]
+    path_defaults: dict[str, str] = field(default_factory=dict)
+    groups: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FunctionPlan:
+    name: str  # view function name (or group name): the Lambda's name suffix
+    logical_id: str
+    kind: Kind
+    routes: tuple[Route, ...] = ()
+
+
+def _kind(name: str, raw: Mapping[str, Any]) -> Kind:
+    unknown = set(raw) - {"memory_mb", "timeout_s", "reserved_concurrency", "vpc", "secrets", "queue"}
+    if unknown:
+        raise SettingsError(f"kind {name!r}: unknown field(s) {sorted(unknown)}")
+    secrets = tuple(raw.get("secrets", ()))
+    for secret in secrets:
+        if secret not in SECRET_PARAMETERS:
+            raise SettingsError(f"kind {name!r}: unknown secret {secret!r}")
+    queue = tuple(raw.get("queue", ()))
+    for access in queue:
+        if access not in QUEUE_ACTIONS:
+            raise SettingsError(f"kind {name!r}: unknown queue access {access!r}")
+    memory, timeout = int(raw.get("memory_mb", 512)), int(raw.get("timeout_s", 30))
+    if not 128 <= memory <= 10240 or not 1 <= timeout <= 900:
+        raise SettingsError(f"kind {name!r}: memory_mb 128-10240 and timeout_s 1-900")
+    return Kind(name=name, memory_mb=memory, timeout_s=timeout,
+                reserved_concurrency=int(raw.get("reserved_concurrency", 0)),
+                vpc=bool(raw.get("vpc", False)), secrets=secrets, queue=queue)
+
+
+def parse_settings(raw: Mapping[str, Any]) -> FunctionSettings:
+    kinds = {name: _kind(name, value) for name, value in raw.get("kinds", {}).items()}
+
+    def known(kind: str, where: str) -> str:
+        if kind not in kinds:
+            raise SettingsError(f"{where}: unknown kind {kind!r}")
+        return kind
+
+    groups = {}
+    for name, group in raw.get("groups", {}).items():
+        groups[name] = (known(group["kind"], f"group {name!r}"), tuple(group["routes"]))
+    return FunctionSettings(
+        kinds=kinds,
+        routes={view: known(kind, f"route {view!r}") for view, kind in raw.get("routes", {}).items()},
+        handlers={view: known(kind, f"handler {view!r}") for view, kind in raw.get("handlers", {}).items()},
+        path_defaults={prefix: known(kind, f"path default {prefix!r}")
+                       for prefix, kind in raw.get("path_defaults", {}).items()},
+        groups=groups)
+
+
+def load_settings(path: Path = SETTINGS_FILE) -> FunctionSettings:
+    with path.open("rb") as handle:
+        return parse_settings(tomllib.load(handle))
+
+
+def logical_id(name: str) -> str:
+    """``get_kpis`` -> ``GetKpis`` (CloudFormation logical ids are alphanumeric)."""
+    return "".join(part[:1].upper() + part[1:] for part in re.split(r"[^A-Za-z0-9]+", name) if part)
+
+
+def app_routes(app: Any) -> list[Route]:
+    """Every (view, method, path) of a Chalice app, from its route table."""
+    return [Route(view_name=entry.view_name, method=method.upper(), path=path)
+            for path, methods in app.routes.items() for method, entry in methods.items()]
+
+
+def plan_functions(routes: Iterable[Route], settings: FunctionSettings) -> list[FunctionPlan]:
+    """One function per route (or per group of routes); raise SettingsError for a route with no kind."""
+    grouped = {view: name for name, (_, views) in settings.groups.items() for view in views}
+    by_function: dict[str, list[Route]] = {}
+    kinds: dict[str, Kind] = {}
+    for route in sorted(routes, key=lambda r: (r.path, r.method)):
+        group = grouped.get(route.view_name)
+        if group is not None:
+            name, kind = group, settings.groups[group][0]
+        else:
+            name, kind = route.view_name, _route_kind(route, settings)
+        by_function.setdefault(name, []).append(route)
+        kinds[name] = settings.kinds[kind]
+    plans = [FunctionPlan(name=name, logical_id=logical_id(name), kind=kinds[name], routes=tuple(rs))
+             for name, rs in by_function.items()]
+    ids = [p.logical_id for p in plans] + list(HANDLER_IDS.values())
+    clashes = {i for i in ids if ids.count(i) > 1}
+    if clashes:
+        raise SettingsError(f"function names clash: {sorted(clashes)}")
+    return plans
+
+
+def _route_kind(route: Route, settings: FunctionSettings) -> str:
+    if route.view_name in settings.routes:
+        return settings.routes[route.view_name]
+    for prefix, kind in settings.path_defaults.items():
+        if route.path.startswith(prefix):
+            return kind
+    raise SettingsError(f"route {route.method} {route.path} ({route.view_name}) has no kind in "
+                        "infra/functions.toml: add it under [routes]")
+
+
+# --- IAM -----------------------------------------------------------------------------------------
+
+
+def _secret_ref(secret: str) -> Any:
+    ref = {"Ref": SECRET_PARAMETERS[secret]}
+    if secret in OPTIONAL_SECRETS:
+        return {"Fn::If": ["HasSchedulerSecret", ref, {"Ref": "AWS::NoValue"}]}
+    return ref
+
+
+def policy_statements(plan: FunctionPlan) -> list[dict[str, Any]]:
+    """Exactly what this function's kind uses: its log group, its secrets, its queue actions."""
+    statements: list[dict[str, Any]] = [{
+        "Effect": "Allow",
+        "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+        "Resource": {"Fn::Sub": "arn:${AWS::Partition}:logs:${AWS::Region}:${AWS::AccountId}"
+                                ":log-group:/aws/lambda/${AWS::StackName}-" + plan.name + ":*"},
+    }]
+    if plan.kind.secrets:
+        statements.append({"Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"],
+                           "Resource": [_secret_ref(s) for s in plan.kind.secrets]})
+    actions = sorted({a for access in plan.kind.queue for a in QUEUE_ACTIONS[access]})
+    if actions:
+        statements.append({"Effect": "Allow", "Action": actions,
+                           "Resource": {"Fn::GetAtt": ["EventsQueue", "Arn"]}})
+    if plan.kind.vpc:
+        statements.append({"Effect": "Allow", "Action": VPC_ACTIONS, "Resource": "*"})
+    return statements
+
+
+def role_resource(plan: FunctionPlan) -> dict[str, Any]:
+    return {
+        "Type": "AWS::IAM::Role",
+        "Properties": {
+            "AssumeRolePolicyDocument": {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
+                               "Action": "sts:AssumeRole"}],
+            },
+            "Policies": [{"PolicyName": f"rebound-{plan.name}",
+                          "PolicyDocument": {"Version": "2012-10-17",
+                                             "Statement": policy_statements(plan)}}],
+        },
+    }
+
+
+# --- functions -----------------------------------------------------------------------------------
+
+
+def _environment(kind: Kind) -> dict[str, Any]:
+    variables: dict[str, Any] = {
+        f"{secret}_SECRET_ARN": _secret_ref(secret) for secret in kind.secrets
+    }
+    required = [*PLAIN_REQUIRED, *(s for s in kind.secrets if s not in OPTIONAL_SECRETS)]
+    # chalicelib.config checks exactly these at cold start: a function without the database
+    # secret must not fail for lack of DATABASE_URL, and one with it must fail fast without it.
+    variables["REQUIRED_SETTINGS"] = ",".join(required)
+    return variables
+
+
+def _configure(function: dict[str, Any], plan: FunctionPlan) -> dict[str, Any]:
+    props = function["Properties"]
+    kind = plan.kind
+    props["FunctionName"] = {"Fn::Sub": "${AWS::StackName}-" + plan.name}
+    props["MemorySize"] = kind.memory_mb
+    props["Timeout"] = kind.timeout_s
+    props["Role"] = {"Fn::GetAtt": [f"{plan.logical_id}Role", "Arn"]}
+    env = props.setdefault("Environment", {}).setdefault("Variables", {})
+    env.update(_environment(kind))
+    if kind.reserved_concurrency:
+        props["ReservedConcurrentExecutions"] = kind.reserved_concurrency
+    else:
+        props.pop("ReservedConcurrentExecutions", None)
+    if kind.vpc:
+        props["VpcConfig"] = {"SubnetIds": {"Ref": "SubnetIds"},
+                              "SecurityGroupIds": {"Ref": "SecurityGroupIds"}}
+    else:
+        props.pop("VpcConfig", None)
+    return function
+
+
+def _log_group(plan: FunctionPlan) -> dict[str, Any]:
+    return {"Type": "AWS::Logs::LogGroup",
+            "Properties": {"LogGroupName": {"Fn::Sub": "/aws/lambda/${AWS::StackName}-" + plan.name},
+                           "RetentionInDays": {"Ref": "LogRetentionDays"}}}
+
+
+def _alarm_actions() -> dict[str, Any]:
+    return {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}
+
+
+def _lambda_alarm(plan: FunctionPlan, metric: str, what: str) -> dict[str, Any]:
+    return {"Type": "AWS::CloudWatch::Alarm",
+            "Properties": {
+                "AlarmDescription": f"{plan.name}: {what} (docs/runbook.md, '{metric}')",
+                "Namespace": "AWS/Lambda", "MetricName": metric,
+                "Dimensions": [{"Name": "FunctionName", "Value": {"Ref": plan.logical_id}}],
+                "Statistic": "Sum", "Period": 300, "EvaluationPeriods": 1, "Threshold": 0,
+                "ComparisonOperator": "GreaterThanThreshold", "TreatMissingData": "notBreaching",
+                "AlarmActions": _alarm_actions()}}
+
+
+def _integration_uri(function_id: str) -> dict[str, Any]:
+    return {"Fn::Sub": "arn:${AWS::Partition}:apigateway:${AWS::Region}:lambda:path/2015-03-31"
+                       "/functions/${" + function_id + ".Arn}/invocations"}
+
+
+def _permission(plan: FunctionPlan, route: Route) -> dict[str, Any]:
+    # API Gateway's source ARN has the path with each {parameter} as a wildcard.
+    path = re.sub(r"\{[^}]+\}", "*", route.path)
+    return {"Type": "AWS::Lambda::Permission",
+            "Properties": {
+                "FunctionName": {"Ref": plan.logical_id},
+                "Action": "lambda:InvokeFunction",
+                "Principal": "apigateway.amazonaws.com",
+                "SourceArn": {"Fn::Sub": ["arn:${AWS::Partition}:execute-api:${AWS::Region}"
+                                          ":${AWS::AccountId}:${RestAPIId}/*/" + route.method + path,
+                                          {"RestAPIId": {"Ref": "RestAPI"}}]}}}
+
+
+def split(template: Mapping[str, Any], routes: Iterable[Route],
+          settings: FunctionSettings) -> dict[str, Any]:
+    """The template with ``APIHandler`` and ``DefaultRole`` replaced by one function per route."""
+    out = copy.deepcopy(dict(template))
+    resources: dict[str, Any] = out["Resources"]
+    base = resources.pop("APIHandler")
+    resources.pop("APIHandlerInvokePermission", None)
+    resources.pop("DefaultRole", None)
+    for key in ("APIHandlerName", "APIHandlerArn"):
+        out.get("Outputs", {}).pop(key, None)
+    base["Properties"].pop("Role", None)
+    paths = resources["RestAPI"]["Properties"]["DefinitionBody"]["paths"]
+    plans = plan_functions(routes, settings)
+    taken = set(resources) | {"OperationsDashboard"}
+    clashes = sorted(p.logical_id for p in plans if p.logical_id in taken)
+    if clashes:
+        raise SettingsError(f"function names clash with template resources: {clashes}")
+    for plan in plans:
+        resources[plan.logical_id] = _configure(copy.deepcopy(base), plan)
+        for index, route in enumerate(plan.routes):
+            operation = paths[route.path][route.method.lower()]
+            operation["x-amazon-apigateway-integration"]["uri"] = _integration_uri(plan.logical_id)
+            suffix = "" if len(plan.routes) == 1 else str(index)
+            resources[f"{plan.logical_id}InvokePermission{suffix}"] = _permission(plan, route)
+    for view, handler_id in HANDLER_IDS.items():
+        if handler_id in resources:
+            kind = settings.kinds[settings.handlers[view]]
+            plans.append(FunctionPlan(name=view, logical_id=handler_id, kind=kind))
+            _configure(resources[handler_id], plans[-1])
+    for plan in plans:
+        resources[f"{plan.logical_id}Role"] = role_resource(plan)
+        resources[f"{plan.logical_id}LogGroup"] = _log_group(plan)
+        resources[f"{plan.logical_id}ErrorsAlarm"] = _lambda_alarm(
+            plan, "Errors", "the function raised (unhandled errors or timeouts)")
+        resources[f"{plan.logical_id}ThrottlesAlarm"] = _lambda_alarm(
+            plan, "Throttles", "invocations were throttled (concurrency limit)")
+    namespace = str(base["Properties"].get("Environment", {}).get("Variables", {})
+                    .get("POWERTOOLS_METRICS_NAMESPACE", "Rebound"))
+    resources.update(metric_alarms(settings, namespace, api_name(out), stage_name(out)))
+    resources["OperationsDashboard"] = dashboard(plans, namespace, api_name(out), stage_name(out))
+    return out
+
+
+def api_name(template: Mapping[str, Any]) -> str:
+    return str(template["Resources"]["RestAPI"]["Properties"]["DefinitionBody"]["info"]["title"])
+
+
+def stage_name(template: Mapping[str, Any]) -> str:
+    return str(template["Resources"]["RestAPI"]["Properties"]["StageName"])
+
+
+# --- alarms on the application's own metrics (Powertools EMF, dimension service only) -----------
+
+SERVICE_DIMENSION = [{"Name": "service", "Value": "rebound"}]
+
+
+def _metric_alarm(namespace: str, description: str, metric: str, statistic: str, threshold: float,
+                  periods: int, missing: str = "notBreaching",
+                  comparison: str = "GreaterThanThreshold") -> dict[str, Any]:
+    return {"Type": "AWS::CloudWatch::Alarm",
+            "Properties": {"AlarmDescription": description, "Namespace": namespace, "MetricName": metric,
+                           "Dimensions": SERVICE_DIMENSION, "Statistic": statistic, "Period": 300,
+                           "EvaluationPeriods": periods, "Threshold": threshold,
+                           "ComparisonOperator": comparison, "TreatMissingData": missing,
+                           "AlarmActions": _alarm_actions()}}
+
+
+def metric_alarms(settings: FunctionSettings, namespace: str, api: str, stage: str) -> dict[str, Any]:
+    tick_timeout_ms = settings.kinds[settings.handlers["process_reminders"]].timeout_s * 1000
+    rejected = [{"Id": f"m{i}", "ReturnData": False,
+                 "MetricStat": {"Metric": {"Namespace": namespace, "MetricName": name,
+                                           "Dimensions": SERVICE_DIMENSION},
+                                "Period": 300, "Stat": "Sum"}}
+                for i, name in enumerate(WEBHOOK_REJECTIONS)]
+    ids = ",".join(m["Id"] for m in rejected)
+    return {
+        "WebhookRejectedSpikeAlarm": {
+            "Type": "AWS::CloudWatch::Alarm",
+            "Properties": {
+                "AlarmDescription": "Over 20 webhooks refused (401/400) in 5 minutes: secret rotated on "
+                                    "one side only, clock skew, or probing (docs/runbook.md)",
+                "Metrics": [*rejected, {"Id": "rejected", "Expression": f"SUM([{ids}])",
+                                        "Label": "webhooks refused", "ReturnData": True}],
+                "EvaluationPeriods": 1, "Threshold": 20, "ComparisonOperator": "GreaterThanThreshold",
+                "TreatMissingData": "notBreaching", "AlarmActions": _alarm_actions()}},
+        "ApiServerErrorRateAlarm": {
+            "Type": "AWS::CloudWatch::Alarm",
+            "Properties": {
+                "AlarmDescription": "Over 5% of API requests answered 5xx for 10 minutes (docs/runbook.md)",
+                "Namespace": "AWS/ApiGateway", "MetricName": "5XXError",
+                "Dimensions": [{"Name": "ApiName", "Value": api}, {"Name": "Stage", "Value": stage}],
+                "Statistic": "Average", "Period": 300, "EvaluationPeriods": 2, "Threshold": 0.05,
+                "ComparisonOperator": "GreaterThanThreshold", "TreatMissingData": "notBreaching",
+                "AlarmActions": _alarm_actions()}},
+        "EffectsFailedAlarm": _metric_alarm(
+            namespace,
+            "Sends failed permanently (Whop refused them) in the last 5 minutes (docs/runbook.md)",
+            "EffectsFailed", "Sum", 0, 1),
+        "EffectsStuckRetryingAlarm": _metric_alarm(
+            namespace,
+            "Sends kept retrying for 30 minutes: Whop down, rate-limiting us, or our key refused "
+            "(docs/runbook.md)", "EffectsRetrying", "Sum", 0, 6),
+        "TickMissingAlarm": _metric_alarm(
+            namespace,
+            "No successful reminder tick for 15 minutes (docs/runbook.md)",
+            "TickCompleted", "SampleCount", 1, 3, missing="breaching",
+            comparison="LessThanThreshold"),
+        "TickDurationAlarm": _metric_alarm(
+            namespace,
+            "A reminder tick took over 80% of its timeout (docs/runbook.md)",
+            "TickDurationMs", "Maximum", round(tick_timeout_ms * 0.8), 1),
+        "WhopRateLimitedAlarm": _metric_alarm(
+            namespace,
+            "Whop answered 429 to over 10 sends in 5 minutes (docs/runbook.md)",
+            "WhopRateLimited", "Sum", 10, 1),
+    }
+
+
+def alarm_metric_names(template: Mapping[str, Any], namespace: str = "Rebound") -> dict[str, set[str]]:
+    """Alarm logical id -> the metric names in our namespace it watches (for tests and docs)."""
+    found: dict[str, set[str]] = {}
+    for name, resource in template["Resources"].items():
+        if resource.get("Type") != "AWS::CloudWatch::Alarm":
+            continue
+        props = resource["Properties"]
+        stats = [m["MetricStat"]["Metric"] for m in props.get("Metrics", []) if "MetricStat" in m]
+        if "MetricName" in props:
+            stats.append({"Namespace": props["Namespace"], "MetricName": props["MetricName"]})
+        found[name] = {m["MetricName"] for m in stats if m["Namespace"] == namespace}
+    return found
+
+
+# --- dashboard -----------------------------------------------------------------------------------
+
+
+def _custom(namespace: str, names: Iterable[str], stat: str = "Sum") -> list[list[Any]]:
+    return [[namespace, name, "service", "rebound", {"stat": stat}] for name in names]
+
+
+def _widget(title: str, metrics: list[list[Any]], x: int, y: int, period: int = 300) -> dict[str, Any]:
+    return {"type": "metric", "x": x, "y": y, "width": 12, "height": 6,
+            "properties": {"title": title, "region": "${AWS::Region}", "period": period,
+                           "view": "timeSeries", "stacked": False, "metrics": metrics}}
+
+
+def dashboard(plans: list[FunctionPlan], namespace: str, api: str, stage: str) -> dict[str, Any]:
+    webhook_outcomes = ["Webhook_queued", "Webhook_ignored", "Webhook_ignored_unusable",
+                        *WEBHOOK_REJECTIONS, "Webhook_too_large", "Webhook_queue_unavailable"]
+    queues = [["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", "${EventsQueue.QueueName}"],
+              ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName",
+               "${EventsDeadLetterQueue.QueueName}"],
+              ["AWS/SQS", "ApproximateAgeOfOldestMessage", "QueueName", "${EventsQueue.QueueName}",
+               {"yAxis": "right"}]]
+    durations = [["AWS/Lambda", "Duration", "FunctionName", "${" + p.logical_id + "}", {"stat": "p99"}]
+                 for p in plans]
+    errors = [["AWS/Lambda", "Errors", "FunctionName", "${" + p.logical_id + "}", {"stat": "Sum"}]
+              for p in plans]
+    widgets = [
+        _widget("Webhooks by outcome", _custom(namespace, webhook_outcomes), 0, 0),
+        _widget("Events queue: depth, DLQ, oldest message (s)", queues, 12, 0),
+        _widget("Processing: events by outcome", _custom(
+            namespace, ["EventsApplied", "EventsDuplicate", "EventsIgnored", "EventsPoisoned",
+             "EventRecordsFailed"]), 0, 6),
+        _widget("Processing latency (process_events, ms)", [
+            ["AWS/Lambda", "Duration", "FunctionName", "${ProcessEvents}", {"stat": "p50"}],
+            ["AWS/Lambda", "Duration", "FunctionName", "${ProcessEvents}", {"stat": "p99"}]], 12, 6),
+        _widget("Sends by outcome", _custom(
+            namespace, ["EffectsSent", "EffectsFailed", "EffectsRetrying", "EffectsDeferred",
+                        "EffectsSkipped", "WhopRateLimited", "WhopUnavailable", "WhopAuthRefused"]), 0, 12),
+        _widget("Reminders per tick",
+                _custom(namespace, ["RemindersDue", "RemindersOwed", "CasesExpired"]), 12, 12),
+        _widget("Cases opened, nudges, clicks", _custom(
+            namespace, ["CasesOpened", "ManualNudges", "LinkClick_redirect"]), 0, 18),
+        _widget("Tick duration (ms)", _custom(namespace, ["TickDurationMs"], "Maximum"), 12, 18),
+        _widget("API: 4xx, 5xx, latency", [
+            ["AWS/ApiGateway", "4XXError", "ApiName", api, "Stage", stage, {"stat": "Sum"}],
+            ["AWS/ApiGateway", "5XXError", "ApiName", api, "Stage", stage, {"stat": "Sum"}],
+            ["AWS/ApiGateway", "Latency", "ApiName", api, "Stage", stage,
+             {"stat": "p99", "yAxis": "right"}]], 0, 24),
+        _widget("Duration per function (p99, ms)", durations, 12, 24),
+        _widget("Errors per function", errors, 0, 30),
+    ]
+    body = json.dumps({"widgets": widgets}, separators=(",", ":"))
+    return {"Type": "AWS::CloudWatch::Dashboard",
+            "Properties": {"DashboardName": {"Fn::Sub": "${AWS::StackName}"},
+                           "DashboardBody": {"Fn::Sub": body}}}
