@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from chalicelib.db import Transaction
@@ -399,16 +399,25 @@ def _csv_expression(column: str) -> str:
     return f"rebound_csv_cell(x.{column}::text)"
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def keyset_time(at_us: int) -> datetime:
+    """The exact first_failure_at of an export row from its ``at_us``."""
+    return EPOCH + timedelta(microseconds=at_us)
+
+
 def export_csv_lines(tx: Transaction, columns: tuple[str, ...], *, now: datetime,
                      status: str | None = None, since: datetime | None = None,
                      after: tuple[datetime, str] | None = None,
                      limit: int = 1000) -> list[dict[str, Any]]:
     """One keyset page of the export as finished CSV lines (``line``, with CRLF), formatted by
-    Postgres (rebound_csv_cell/rebound_csv_time), and each row's keyset as text (``at_key``,
-    ``case_id``): Python parses no cell and no timestamp."""
+    Postgres (rebound_csv_cell/rebound_csv_time), and each row's keyset (``at_us``, microseconds since
+    the epoch, and ``case_id``): Python parses no cell and no timestamp."""
     line = " || ',' || ".join(_csv_expression(c) for c in columns)  # constant column names
     return tx.query(
-        "SELECT " + line + " || E'\\r\\n' AS line, rebound_csv_time(x.first_failure_at) AS at_key,"  # noqa: S608
+        "SELECT " + line + " || E'\\r\\n' AS line,"  # noqa: S608
+        " (extract(epoch FROM x.first_failure_at) * 1000000)::bigint AS at_us,"
         " x.case_id FROM (" + EXPORT_SELECT + _CASE_FILTERS
         + " ORDER BY first_failure_at DESC, id DESC LIMIT :limit) x",
         status=status, since=since, now=now, q=None, after_at=after[0] if after else None,

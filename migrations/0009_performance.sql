@@ -26,6 +26,9 @@ CREATE FUNCTION rebound_csv_cell(v text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE
         WHEN v IS NULL THEN ''
+        -- The common case first, without a regular expression: nothing to quote or neutralise.
+        WHEN strpos(v, ',') = 0 AND strpos(v, '"') = 0 AND strpos(v, E'\n') = 0
+             AND strpos(v, E'\r') = 0 AND left(v, 1) NOT IN ('=', '+', '-', '@', E'\t') THEN v
         WHEN v ~ '^[=+@\t\r-]' THEN
             CASE WHEN v ~ '[",\r\n]' THEN '"''' || replace(v, '"', '""') || '"' ELSE '''' || v END
         WHEN v ~ '[",\r\n]' THEN '"' || replace(v, '"', '""') || '"'

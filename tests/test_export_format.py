@@ -46,7 +46,7 @@ def test_postgres_cells_match_the_python_rules(database: Database, offset_us: in
     assert len(got) == len(expected) == len(TRICKY)
     assert "".join(r["line"] for r in got) == _python_csv(expected)
     for g, e in zip(got, expected, strict=True):
-        assert datetime.fromisoformat(g["at_key"]) == e["first_failure_at"] and g["case_id"] == e["case_id"]
+        assert store.keyset_time(g["at_us"]) == e["first_failure_at"] and g["case_id"] == e["case_id"]
 
 
 def test_a_page_that_does_not_fit_is_cut_between_rows_and_resumes(database: Database,

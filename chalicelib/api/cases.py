@@ -166,7 +166,7 @@ def _export_body(tx: Transaction, query: ExportQuery, now: datetime,
             size += page_size
             rows_out += len(page)
             if page:
-                after = (datetime.fromisoformat(page[-1]["at_key"]), page[-1]["case_id"])
+                after = (store.keyset_time(page[-1]["at_us"]), page[-1]["case_id"])
         else:
             for row in page:
                 line_size = _wire_size(row["line"])
@@ -175,7 +175,7 @@ def _export_body(tx: Transaction, query: ExportQuery, now: datetime,
                 parts.append(row["line"])
                 size += line_size
                 rows_out += 1
-                after = (datetime.fromisoformat(row["at_key"]), row["case_id"])
+                after = (store.keyset_time(row["at_us"]), row["case_id"])
         if len(page) < EXPORT_PAGE_ROWS:
             return "".join(parts), None
 
