@@ -407,21 +407,41 @@ def keyset_time(at_us: int) -> datetime:
     return EPOCH + timedelta(microseconds=at_us)
 
 
+def _export_lines_sql(columns: tuple[str, ...]) -> str:
+    line = " || ',' || ".join(_csv_expression(c) for c in columns)  # constant column names
+    return (
+        "SELECT " + line + " || E'\\r\\n' AS line,"  # noqa: S608
+        " (extract(epoch FROM x.first_failure_at) * 1000000)::bigint AS at_us,"
+        " x.case_id FROM (" + EXPORT_SELECT + _CASE_FILTERS
+        + " ORDER BY first_failure_at DESC, id DESC LIMIT :limit) x")
+
+
 def export_csv_lines(tx: Transaction, columns: tuple[str, ...], *, now: datetime,
                      status: str | None = None, since: datetime | None = None,
                      after: tuple[datetime, str] | None = None,
                      limit: int = 1000) -> list[dict[str, Any]]:
     """One keyset page of the export as finished CSV lines (``line``, with CRLF), formatted by
-    Postgres (rebound_csv_cell/rebound_csv_time), and each row's keyset (``at_us``, microseconds since
-    the epoch, and ``case_id``): Python parses no cell and no timestamp."""
-    line = " || ',' || ".join(_csv_expression(c) for c in columns)  # constant column names
+    Postgres (rebound_csv_cell/rebound_csv_time), and each row's keyset (``at_us``, microseconds
+    since the epoch, and ``case_id``): Python parses no cell and no timestamp."""
     return tx.query(
-        "SELECT " + line + " || E'\\r\\n' AS line,"  # noqa: S608
-        " (extract(epoch FROM x.first_failure_at) * 1000000)::bigint AS at_us,"
-        " x.case_id FROM (" + EXPORT_SELECT + _CASE_FILTERS
-        + " ORDER BY first_failure_at DESC, id DESC LIMIT :limit) x",
+        _export_lines_sql(columns), status=status, since=since, now=now, q=None,
+        after_at=after[0] if after else None, after_id=after[1] if after else None, limit=limit)
+
+
+def export_csv_page(tx: Transaction, columns: tuple[str, ...], *, now: datetime,
+                    status: str | None = None, since: datetime | None = None,
+                    after: tuple[datetime, str] | None = None, limit: int = 1000) -> dict[str, Any]:
+    """The same page as export_csv_lines, joined by Postgres into one ``text`` (one row to read,
+    not ``limit``), with its row count ``rows`` and its last row's keyset (``at_us``, ``case_id``)."""
+    row = tx.one(
+        "SELECT COALESCE(string_agg(y.line, '' ORDER BY y.n), '') AS text, count(*) AS rows,"  # noqa: S608
+        " (array_agg(y.at_us ORDER BY y.n DESC))[1] AS at_us,"
+        " (array_agg(y.case_id ORDER BY y.n DESC))[1] AS case_id"
+        " FROM (SELECT row_number() OVER () AS n, z.* FROM (" + _export_lines_sql(columns) + ") z) y",
         status=status, since=since, now=now, q=None, after_at=after[0] if after else None,
         after_id=after[1] if after else None, limit=limit)
+    assert row is not None
+    return row
 
 
 def case_view(tx: Transaction, case_id: str, *, lock: bool = False) -> dict[str, Any] | None:

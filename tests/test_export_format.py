@@ -43,8 +43,11 @@ def test_postgres_cells_match_the_python_rules(database: Database, offset_us: in
                 rec=at + timedelta(days=1) if i % 3 == 0 else None, cur="usd" if i % 3 == 0 else None)
         expected = store.export_cases(tx, now=NOW, limit=100)
         got = store.export_csv_lines(tx, EXPORT_COLUMNS, now=NOW, limit=100)
+        page = store.export_csv_page(tx, EXPORT_COLUMNS, now=NOW, limit=100)
     assert len(got) == len(expected) == len(TRICKY)
-    assert "".join(r["line"] for r in got) == _python_csv(expected)
+    assert "".join(r["line"] for r in got) == _python_csv(expected) == page["text"]
+    assert page["rows"] == len(TRICKY) and page["case_id"] == expected[-1]["case_id"]
+    assert store.keyset_time(page["at_us"]) == expected[-1]["first_failure_at"]
     for g, e in zip(got, expected, strict=True):
         assert store.keyset_time(g["at_us"]) == e["first_failure_at"] and g["case_id"] == e["case_id"]
 

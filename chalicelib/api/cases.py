@@ -150,25 +150,26 @@ def _export_body(tx: Transaction, query: ExportQuery, now: datetime,
                  after: tuple[datetime, str] | None) -> tuple[str, str | None]:
     """The CSV body (header first) and the cursor of the rest, if it did not fit.
 
-    Postgres formats the cells (store.export_csv_lines); a page that fits whole is appended as
-    one string, so Python holds the body plus one page, and touches a row only in the last page.
+    Postgres formats the cells and joins each page (store.export_csv_page); a page that fits is
+    appended whole, so Python holds the body plus one page and reads one row per page. Only the
+    page that does not fit is read line by line, to stop between two rows.
     """
     header = ",".join(EXPORT_COLUMNS) + "\r\n"
     parts, size, rows_out = [header], _wire_size(header), 0
-    since = _since(now, query.window_days)
+    filters: dict[str, Any] = {"now": now, "status": query.status, "since": _since(now, query.window_days),
+                               "limit": EXPORT_PAGE_ROWS}
     while True:
-        page = store.export_csv_lines(tx, EXPORT_COLUMNS, now=now, status=query.status, since=since,
-                                      after=after, limit=EXPORT_PAGE_ROWS)
-        text = "".join(row["line"] for row in page)
-        page_size = _wire_size(text)
+        page = store.export_csv_page(tx, EXPORT_COLUMNS, after=after, **filters)
+        rows = int(page["rows"])
+        page_size = _wire_size(page["text"])
         if size + page_size <= EXPORT_MAX_BYTES:
-            parts.append(text)
+            parts.append(page["text"])
             size += page_size
-            rows_out += len(page)
-            if page:
-                after = (store.keyset_time(page[-1]["at_us"]), page[-1]["case_id"])
+            rows_out += rows
+            if rows:
+                after = (store.keyset_time(page["at_us"]), page["case_id"])
         else:
-            for row in page:
+            for row in store.export_csv_lines(tx, EXPORT_COLUMNS, after=after, **filters):
                 line_size = _wire_size(row["line"])
                 if rows_out and size + line_size > EXPORT_MAX_BYTES:
                     return "".join(parts), encode_cursor(*after) if after else None
@@ -176,7 +177,7 @@ def _export_body(tx: Transaction, query: ExportQuery, now: datetime,
                 size += line_size
                 rows_out += 1
                 after = (store.keyset_time(row["at_us"]), row["case_id"])
-        if len(page) < EXPORT_PAGE_ROWS:
+        if rows < EXPORT_PAGE_ROWS:
             return "".join(parts), None
 
 
