@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | 
 
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install dev test lint migrate package bench chaos loadtest clean
+.PHONY: install dev test fuzz lint migrate package bench chaos loadtest clean
 
 install: $(STAMP)
 
@@ -25,6 +25,12 @@ lint: install
 
 test: lint
 	$(BIN)/python -m pytest
+
+# The security suite's schemathesis run with more examples and a fresh seed each time
+# (make test runs it seeded, 200 examples per operation). FUZZ_EXAMPLES=5000 make fuzz for more.
+FUZZ_EXAMPLES ?= 1000
+fuzz: install
+	REBOUND_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) REBOUND_FUZZ_SEED=random $(BIN)/python -m pytest tests/security/test_fuzz.py -q
 
 dev: install
 	$(BIN)/python scripts/dev.py

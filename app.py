@@ -12,9 +12,9 @@ from chalice.app import Chalice, CloudWatchEvent, ConvertToMiddleware, Rate, Res
 
 from chalicelib.config import get_config
 from chalicelib.db import get_database
-from chalicelib.errors import BadRequest, NotFound, Unauthorized
-from chalicelib.health import application_health, database_health, webhook_health
-from chalicelib.http import bearer_matches, handle_errors, json_response, link_page
+from chalicelib.errors import NotFound, Unauthorized
+from chalicelib.health import health_check
+from chalicelib.http import bearer_matches, handle_errors, json_response, link_page, without_token_query
 from chalicelib.ingest import accept_webhook
 from chalicelib.observability import count, logger, metrics
 from chalicelib.queue import EventQueue, get_queue
@@ -42,18 +42,15 @@ def query_params() -> dict[str, str]:
 @app.route("/api/health", methods=["GET"])
 @handle_errors
 def health() -> Response:
-    check = query_params().get("type", "application")
-    if check == "application":
-        return json_response(application_health(get_config()))
-    if check == "database":
-        result = database_health(get_database())
-        return json_response(result, status=200 if result.status == "ok" else 503)
-    if check == "webhook":
-        cfg = get_config()
-        hook = webhook_health(cfg, EventQueue(cfg.EVENTS_QUEUE_URL) if cfg.EVENTS_QUEUE_URL else None)
-        return json_response(hook, status=200 if hook.status == "ok" else 503)
-    raise BadRequest("unknown health check",
-                     fields={"type": "must be application, database or webhook"})
+    # issue 9: application is free liveness; database/webhook need the bearer secret, are cached.
+    request = app.current_request
+    assert request is not None
+    cfg = get_config()
+    answer, status = health_check(
+        query_params().get("type", "application"), cfg, request.headers.get("authorization"),
+        database=get_database,
+        queue=lambda: EventQueue(cfg.EVENTS_QUEUE_URL) if cfg.EVENTS_QUEUE_URL else None)
+    return json_response(answer, status=status)
 
 
 @app.route("/webhooks/whop", methods=["POST"], content_types=["application/json", "*/*"])
@@ -125,6 +122,10 @@ def scheduler_reminders() -> Response:
         raise NotFound("not found")
     request = app.current_request
     assert request is not None
+    # issue 9: every call counts (a tick hits the database and Whop), accepted or not.
+    from chalicelib.ratelimit import enforce_principal
+
+    enforce_principal("scheduler", "route", datetime.now(UTC), "too many scheduler requests")
     if not bearer_matches(request.headers.get("authorization"), secret):
         raise Unauthorized("missing or invalid bearer token")
     return json_response(run_tick(_deadline(HTTP_TICK_BUDGET_S)))
@@ -265,5 +266,9 @@ def dashboard(company_id: str) -> Response:
 
     if not valid_company_id(company_id):
         raise NotFound("not found")
+    # issue 9: ?token= (make dev's URL) is honoured only outside production.
+    stripped = without_token_query(company_id, query_params(), production=get_config().is_production)
+    if stripped is not None:
+        return stripped
     html, headers = page()
     return Response(body=html, status_code=200, headers=dict(headers))

@@ -18,6 +18,15 @@ else touches the database:
    cached per (user, company): ``ADMIN_TTL_S`` for admin, ``DENIED_TTL_S`` for anything else.
    Not admin → 403; Whop unreachable → 503 (never 403: an outage must not look like a revoked
    role). There is no bypass in any environment.
+4. Before asking Whop (a cache miss), the user's budget of access checks is spent
+   (``ratelimit.check_principal("whop_access", sub)``, shared by every instance): over it → 429,
+   and the denial is remembered in-process until the window ends, so one token cannot make
+   Rebound call Whop once per made-up company id and spend the app-wide Whop quota.
+5. Destructive actions (terminate, cancel-membership) ask Whop again, uncached (``fresh``): a
+   revoked admin cannot end a member's access on a cached answer.
+
+Token lifetime is bounded: ``exp - iat`` (or ``exp - now`` without ``iat``) beyond
+``MAX_TOKEN_LIFETIME_S`` is refused, whatever the signature says.
 
 Only after this does a request get a company context (``Creator.company_id``) for RLS.
 """
@@ -25,6 +34,7 @@ Only after this does a request get a company context (``Creator.company_id``) fo
 from __future__ import annotations
 
 import hmac
+import math
 import re
 import threading
 import time
@@ -37,7 +47,7 @@ import httpx
 import jwt
 
 from chalicelib.config import ConfigError, get_config
-from chalicelib.errors import Forbidden, ServiceUnavailable, Unauthorized
+from chalicelib.errors import Forbidden, ServiceUnavailable, TooManyRequests, Unauthorized
 from chalicelib.observability import count, logger
 from chalicelib.whop import AccessLevel, WhopError, WhopNotFound, WhopPort, WhopRetryableError, get_whop
 
@@ -49,6 +59,8 @@ MAX_TOKEN_LENGTH = 8192
 JWKS_TTL_S = 3600.0
 JWKS_MIN_REFRESH_S = 30.0
 JWKS_TIMEOUT_S = 5.0
+# Whop's iframe tokens live minutes; a day is generous. A longer one is a leaked or forged token.
+MAX_TOKEN_LIFETIME_S = 24 * 3600
 ADMIN_TTL_S = 60.0
 DENIED_TTL_S = 15.0
 ACCESS_CACHE_SIZE = 10_000
@@ -60,6 +72,8 @@ COMPANY_ID = re.compile(r"^biz_[A-Za-z0-9]{1,64}$")
 
 Clock = Callable[[], float]
 FetchJwks = Callable[[str], Any]
+# Spends one Whop access check of a user; raises TooManyRequests when the budget is gone.
+AccessBudget = Callable[[str], None]
 
 
 class JwksUnavailable(Exception):
@@ -139,7 +153,13 @@ class KeySet:
             # Keep serving the keys we have; the next refresh is allowed after the cooldown.
             logger.warning("jwks fetch failed", extra={"error": type(exc).__name__})
             return
-        self._keys = parse_jwks(document)
+        keys = parse_jwks(document)
+        if not keys and self._keys:
+            # A broken or empty answer must not replace keys that work: keep them until the TTL
+            # check asks again (after the cooldown).
+            logger.warning("jwks refresh returned no usable keys; keeping the previous ones")
+            return
+        self._keys = keys
         self._loaded_at = now
 
 
@@ -176,6 +196,7 @@ class TokenVerifier:
         if not candidates:
             raise _invalid("unknown_kid")
         claims = self._decode(token, candidates)
+        self._check_lifetime(claims)
         audience = claims.get("aud")
         if not isinstance(audience, str) or not hmac.compare_digest(audience.encode(), self.app_id.encode()):
             raise _invalid("audience")
@@ -183,6 +204,16 @@ class TokenVerifier:
         if not isinstance(subject, str) or not subject.strip():
             raise _invalid("subject")
         return subject
+
+    def _check_lifetime(self, claims: dict[str, Any]) -> None:
+        exp, iat = claims.get("exp"), claims.get("iat")
+        if not isinstance(exp, int | float) or isinstance(exp, bool):
+            raise _invalid("exp")
+        if iat is not None and (not isinstance(iat, int | float) or isinstance(iat, bool)):
+            raise _invalid("iat")
+        issued = iat if iat is not None else time.time()
+        if exp - issued > MAX_TOKEN_LIFETIME_S or exp - time.time() > MAX_TOKEN_LIFETIME_S + self.leeway_s:
+            raise _invalid("lifetime")
 
     def _decode(self, token: str, candidates: list[jwt.PyJWK]) -> dict[str, Any]:
         for key in candidates:
@@ -204,8 +235,10 @@ class AccessCache:
     """Whop's access level per (user, company), remembered briefly (bounded LRU)."""
 
     def __init__(self, whop: WhopPort, *, clock: Clock = time.monotonic, admin_ttl_s: float = ADMIN_TTL_S,
-                 denied_ttl_s: float = DENIED_TTL_S, max_entries: int = ACCESS_CACHE_SIZE) -> None:
+                 denied_ttl_s: float = DENIED_TTL_S, max_entries: int = ACCESS_CACHE_SIZE,
+                 budget: AccessBudget | None = None) -> None:
         self.whop = whop
+        self.budget = budget or WhopAccessBudget(clock=clock)
         self._clock = clock
         self.admin_ttl_s = admin_ttl_s
         self.denied_ttl_s = denied_ttl_s
@@ -213,13 +246,16 @@ class AccessCache:
         self._entries: OrderedDict[tuple[str, str], tuple[AccessLevel, float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def level(self, user_id: str, company_id: str) -> AccessLevel:
+    def level(self, user_id: str, company_id: str, *, fresh: bool = False) -> AccessLevel:
+        """Whop's word on ``user_id`` for ``company_id``; ``fresh`` skips the cache (and refreshes it)."""
         key = (user_id, company_id)
-        with self._lock:
-            cached = self._entries.get(key)
-            if cached is not None and cached[1] > self._clock():
-                self._entries.move_to_end(key)
-                return cached[0]
+        if not fresh:
+            with self._lock:
+                cached = self._entries.get(key)
+                if cached is not None and cached[1] > self._clock():
+                    self._entries.move_to_end(key)
+                    return cached[0]
+        self.budget(user_id)  # before Whop is asked: 429 when this user's checks are spent
         level = self._ask_whop(user_id, company_id)
         ttl = self.admin_ttl_s if level == "admin" else self.denied_ttl_s
         with self._lock:
@@ -246,6 +282,51 @@ class AccessCache:
             return "no_access"  # 400/403/422: Whop will not vouch for this user on this company
 
 
+class WhopAccessBudget:
+    """The per-user budget of Whop access checks: a shared Postgres counter (all instances), and
+    an in-process memory of users over it so a blocked token costs no database round trip."""
+
+    def __init__(self, *, clock: Clock = time.monotonic,
+                 check: Callable[[str], tuple[bool, float, dict[str, str]]] | None = None) -> None:
+        self._clock = clock
+        self._check = check or _shared_access_budget
+        self._blocked: dict[str, tuple[float, dict[str, str]]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, user_id: str) -> None:
+        now = self._clock()
+        with self._lock:
+            blocked = self._blocked.get(user_id)
+            if blocked is not None and blocked[0] > now:
+                # The stored headers are from the first refusal: Retry-After counts down from there.
+                raise self._refusal({**blocked[1], "Retry-After": str(max(1, math.ceil(blocked[0] - now)))})
+            self._blocked.pop(user_id, None)
+            if len(self._blocked) > ACCESS_CACHE_SIZE:
+                self._blocked.clear()
+        allowed, retry_after_s, headers = self._check(user_id)
+        if not allowed:
+            with self._lock:
+                self._blocked[user_id] = (now + retry_after_s, headers)
+            raise self._refusal(headers)
+
+    @staticmethod
+    def _refusal(headers: dict[str, str]) -> TooManyRequests:
+        count("CreatorAccessChecksLimited")
+        return TooManyRequests("too many access checks for this user; retry after Retry-After",
+                               headers=dict(headers))
+
+
+def _shared_access_budget(user_id: str) -> tuple[bool, float, dict[str, str]]:
+    from datetime import UTC, datetime
+
+    from chalicelib.ratelimit import check_principal
+
+    now = datetime.now(UTC)
+    decision = check_principal("whop_access", user_id, now)
+    # The X-RateLimit-* headers describe this budget (a 429 always carries them, and Retry-After).
+    return decision.allowed, float(decision.retry_after_s(now)), decision.headers(now)
+
+
 @dataclass(frozen=True)
 class Creator:
     """A verified admin of ``company_id``: the only source of a request's tenant context."""
@@ -259,9 +340,10 @@ class Authenticator:
         self.verifier = verifier
         self.access = access
 
-    def authenticate(self, token: str | None, company_id: str) -> Creator:
+    def authenticate(self, token: str | None, company_id: str, *, fresh: bool = False) -> Creator:
         user_id = self.verifier.verify(token)
-        if not COMPANY_ID.fullmatch(company_id) or self.access.level(user_id, company_id) != "admin":
+        if (not COMPANY_ID.fullmatch(company_id)
+                or self.access.level(user_id, company_id, fresh=fresh) != "admin"):
             count("CreatorAccessDenied")
             raise Forbidden("you are not an admin of this company")
         return Creator(user_id=user_id, company_id=company_id)
@@ -299,8 +381,10 @@ def set_authenticator(authenticator: Authenticator | None) -> None:
         _current = (cfg.WHOP_JWKS_URL, cfg.WHOP_APP_ID or "", authenticator.access.whop, authenticator)
 
 
-def authenticate(headers: Mapping[str, str], company_id: str) -> Creator:
+def authenticate(headers: Mapping[str, str], company_id: str, *, fresh: bool = False) -> Creator:
     """The verified admin behind a request to ``/api/companies/{company_id}/…``.
+
+    ``fresh`` asks Whop again whatever the cache holds (destructive actions).
 
     Raises
     ------
@@ -310,5 +394,7 @@ def authenticate(headers: Mapping[str, str], company_id: str) -> Creator:
         A valid token of a user who is not an admin of ``company_id`` (403).
     ServiceUnavailable
         Whop (keys or access check) unreachable (503).
+    TooManyRequests
+        The user's budget of Whop access checks is spent (429).
     """
-    return get_authenticator().authenticate(headers.get(TOKEN_HEADER), company_id)
+    return get_authenticator().authenticate(headers.get(TOKEN_HEADER), company_id, fresh=fresh)

@@ -11,6 +11,7 @@ value is fetched through Powertools Parameters (cached) and replaces ``<NAME>``.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Literal
@@ -67,6 +68,15 @@ class Settings(BaseModel):
     DB_STATEMENTS: Literal["prepared", "unnamed"] = "prepared"
     # Days event details and click rows are kept before the tick purges them (docs/privacy.md).
     RETENTION_DAYS: int = Field(default=180, ge=1, le=3650)
+    # Connections one process may hold (Lambda serves one request at a time and keeps one warm;
+    # ``make dev`` serves a thread per request and shares this many).
+    DB_POOL_SIZE: int = Field(default=4, ge=1, le=50)
+    # Hosts a tracked link may redirect a member to (https only): exact names, or ``*.suffix``.
+    REDIRECT_HOSTS: str = "whop.com,*.whop.com"
+    # Bearer secret for the deep health checks (``type=database|webhook``); SCHEDULER_SECRET works too.
+    HEALTH_SECRET: str | None = None
+    # ``true`` opens the deep health checks without a bearer (an operator's choice, e.g. behind a VPC).
+    HEALTH_PUBLIC: bool = False
 
     @field_validator("DATABASE_URL", "MIGRATIONS_DATABASE_URL")
     @classmethod
@@ -74,6 +84,18 @@ class Settings(BaseModel):
         if value is not None and not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("must be a postgresql:// URL")
         return value
+
+    @field_validator("REDIRECT_HOSTS")
+    @classmethod
+    def _hosts(cls, value: str) -> str:
+        hosts = [h.strip().lower() for h in value.split(",") if h.strip()]
+        if not hosts or any(not re.fullmatch(r"(\*\.)?[a-z0-9.-]+", h) for h in hosts):
+            raise ValueError("must be a comma-separated list of host names (or *.suffix)")
+        return ",".join(hosts)
+
+    @property
+    def redirect_hosts(self) -> tuple[str, ...]:
+        return tuple(self.REDIRECT_HOSTS.split(","))
 
     @field_validator("WHOP_API_BASE", "WHOP_JWKS_URL", "PUBLIC_BASE_URL")
     @classmethod
@@ -133,6 +155,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> Settings:
         missing = [name for name in required_settings(env) if not getattr(settings, name)]
         if missing:
             raise ConfigError("missing required setting(s): " + ", ".join(missing))
+    _check_database_url(settings)
     return settings
 
 
@@ -145,6 +168,19 @@ def required_settings(env: Mapping[str, str]) -> tuple[str, ...]:
     if unknown:
         raise ConfigError("REQUIRED_SETTINGS: unknown setting(s): " + ", ".join(unknown))
     return listed or REQUIRED_IN_PRODUCTION
+
+
+def _check_database_url(settings: Settings) -> None:
+    """Parse ``DATABASE_URL`` now (cold start), not on the first request: a malformed or refused URL
+    stops the start with a message naming the setting, never any part of its value."""
+    if not settings.DATABASE_URL:
+        return
+    from chalicelib.db import DatabaseUrlError, check_tls_policy, parse_database_url
+
+    try:
+        check_tls_policy(parse_database_url(settings.DATABASE_URL), production=settings.is_production)
+    except DatabaseUrlError as exc:
+        raise ConfigError(f"DATABASE_URL {exc}") from None
 
 
 @lru_cache(maxsize=1)

@@ -102,7 +102,7 @@ class ConnectParams:
     host: str | None = None
     port: int = 5432
     unix_sock: str | None = None
-    sslmode: str = "disable"
+    sslmode: str = "verify-full"
     sslrootcert: str | None = None
 
     def describe(self) -> str:
@@ -110,42 +110,99 @@ class ConnectParams:
         where = self.unix_sock or f"{self.host}:{self.port}"
         return f"{self.user}@{where}/{self.database}"
 
+    @property
+    def is_local(self) -> bool:
+        """A Unix socket or a loopback address: the traffic never leaves the machine."""
+        return self.unix_sock is not None or (self.host or "") in LOOPBACK_HOSTS
 
-_SSL_MODES = {"disable", "verify-ca", "verify-full"}
+    @property
+    def verifies_server(self) -> bool:
+        return self.sslmode in VERIFYING_SSL_MODES
+
+
+# libpq's modes. ``allow``/``prefer``/``require`` encrypt (or not) without checking who answers:
+# outside loopback they are accepted only outside production (see ``check_tls_policy``).
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+VERIFYING_SSL_MODES = ("verify-ca", "verify-full")
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+class DatabaseUrlError(ValueError):
+    """``DATABASE_URL`` is malformed or refused. The message never contains any part of the URL:
+    a password with an unencoded ``#`` or ``@`` would otherwise end up in a log line."""
 
 
 def parse_database_url(url: str) -> ConnectParams:
     """Parse ``postgresql://user:pass@host:port/db?sslmode=…`` or ``postgresql://user@/db?host=/dir``.
 
-    Only ``disable``, ``verify-ca`` and ``verify-full`` are accepted: ``require``/``prefer`` would
-    encrypt without checking who answers, which is not protection.
+    A TCP URL without ``sslmode`` means ``verify-full`` (a loopback host means ``disable``: the
+    bytes never leave the machine). Errors are ``DatabaseUrlError`` and name what is wrong, never
+    a value from the URL.
     """
+    try:
+        return _parse_database_url(url)
+    except DatabaseUrlError:
+        raise
+    except (ValueError, TypeError, UnicodeError):
+        # urllib's own messages quote pieces of the URL (e.g. "Port could not be cast to integer
+        # value as '<rest of the password>'"): never let them out.
+        raise DatabaseUrlError("is not a valid postgresql:// URL (percent-encode special characters "
+                               "such as # @ / : in the user name and password)") from None
+
+
+def _parse_database_url(url: str) -> ConnectParams:
     parts = urlsplit(url)
     if parts.scheme not in ("postgresql", "postgres"):
-        raise ValueError("DATABASE_URL must start with postgresql://")
+        raise DatabaseUrlError("must start with postgresql://")
+    if parts.fragment or "#" in url:
+        raise DatabaseUrlError("contains '#': percent-encode it (%23) in the password")
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     user = unquote(parts.username or "postgres")
     password = unquote(parts.password) if parts.password is not None else None
     database = unquote(parts.path.lstrip("/")) or user
-    port = int(query.get("port") or parts.port or 5432)
-    sslmode = query.get("sslmode", "disable")
-    if sslmode not in _SSL_MODES:
-        raise ValueError(f"sslmode={sslmode!r} is not supported; use verify-full (or disable locally)")
+    raw_port = query.get("port") or parts.port or 5432
+    if not str(raw_port).isdigit() or not 0 < int(raw_port) < 65536:
+        raise DatabaseUrlError("has an invalid port")
+    port = int(raw_port)
     socket_dir = query.get("host")
     if socket_dir and socket_dir.startswith("/"):
         return ConnectParams(user=user, password=password, database=database, port=port,
-                             unix_sock=f"{socket_dir.rstrip('/')}/.s.PGSQL.{port}")
+                             unix_sock=f"{socket_dir.rstrip('/')}/.s.PGSQL.{port}", sslmode="disable")
     host = parts.hostname or socket_dir
     if not host:
-        raise ValueError("DATABASE_URL names neither a host nor a socket directory (?host=/dir)")
+        raise DatabaseUrlError("names neither a host nor a socket directory (?host=/dir)")
+    sslmode = query.get("sslmode") or ("disable" if host in LOOPBACK_HOSTS else "verify-full")
+    if sslmode not in SSL_MODES:
+        raise DatabaseUrlError("has an unknown sslmode; use verify-full")
     return ConnectParams(user=user, password=password, database=database, host=host, port=port,
                          sslmode=sslmode, sslrootcert=query.get("sslrootcert"))
+
+
+def check_tls_policy(params: ConnectParams, *, production: bool) -> None:
+    """Refuse, in production, a TCP connection to another machine that does not verify the server.
+
+    ``disable`` sends the password and every row in clear text; ``require``/``prefer``/``allow``
+    encrypt but accept any certificate, so anyone on the path can answer. Only ``verify-full``
+    (or ``verify-ca``) is protection; loopback hosts and Unix sockets never leave the machine.
+    """
+    if production and not params.is_local and not params.verifies_server:
+        raise DatabaseUrlError("sslmode must be verify-full (or verify-ca) for a non-local host in "
+                               "production; disable, allow, prefer and require do not check the server")
 
 
 def make_ssl_context(params: ConnectParams) -> ssl.SSLContext | None:
     """A context that really verifies the server (never pg8000's unverified ``ssl_context=True``)."""
     if params.unix_sock or params.sslmode == "disable":
         return None
+    if params.sslmode in ("allow", "prefer") and params.is_local:
+        return None  # libpq would try TLS first; on loopback there is nothing to protect
+    if not params.verifies_server:
+        # require (and allow/prefer to another host), only ever outside production: encrypted,
+        # but any certificate is accepted, as libpq does.
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE
+        return insecure
     ctx = ssl.create_default_context(cafile=params.sslrootcert)
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.check_hostname = params.sslmode == "verify-full"
@@ -296,18 +353,45 @@ class Transaction:
         return self._run(sql, params)[2]
 
 
-class Database:
-    """Holds one connection per thread (one per Lambda process; chalice local serves threads)."""
+DEFAULT_POOL_SIZE = 4
+POOL_WAIT_S = 10.0
 
-    def __init__(self, url: str, timeout_s: float = 15.0, application_name: str = "rebound",
-                 statements: str = "prepared") -> None:
+
+class Database:
+    """A small bounded pool of connections, shared by every thread of the process.
+
+    A transaction borrows a connection and gives it back when it ends, so a connection belongs
+    to no thread: ``chalice local`` (a thread per request) reuses the same few connections instead
+    of opening one per request thread, and never holds more than ``pool_size``. A Lambda process
+    serves one request at a time and so keeps one warm connection. When every connection is busy a
+    transaction waits up to ``pool_wait_s`` for one, then fails as ``DatabaseUnavailable`` (503).
+    ``statements`` chooses how statements run (see STATEMENT_MODES above).
+    """
+
+    def __init__(self, url: str, timeout_s: float = 15.0, application_name: str = "rebound", *,
+                 pool_size: int = DEFAULT_POOL_SIZE, pool_wait_s: float = POOL_WAIT_S,
+                 production: bool = False, statements: str = "prepared") -> None:
+        if pool_size < 1:
+            raise ValueError("pool_size must be at least 1")
         if statements not in STATEMENT_MODES:
             raise ValueError(f"statements must be one of {', '.join(STATEMENT_MODES)}")
         self.statements = statements
         self.params = parse_database_url(url)
+        check_tls_policy(self.params, production=production)
         self.timeout_s = timeout_s
         self.application_name = application_name
-        self._local = threading.local()
+        self.pool_size = pool_size
+        self.pool_wait_s = pool_wait_s
+        self._cond = threading.Condition()
+        self._idle: list[pg8000.native.Connection] = []
+        self._open = 0  # idle + borrowed (+ being opened)
+        self._generation = 0  # close() bumps it: connections borrowed before are closed on return
+        self._born: dict[int, int] = {}
+
+    @property
+    def open_connections(self) -> int:
+        with self._cond:
+            return self._open
 
     def _connect(self) -> pg8000.native.Connection:
         conn = connect(self.params, self.timeout_s, self.application_name)
@@ -320,65 +404,104 @@ class Database:
             raise _translate(exc) from exc
         return conn
 
-    def _connection(self) -> pg8000.native.Connection:
-        conn: pg8000.native.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
+    def _acquire(self) -> pg8000.native.Connection:
+        deadline = time.monotonic() + self.pool_wait_s
+        with self._cond:
+            while not self._idle and self._open >= self.pool_size:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DatabaseUnavailable(f"all {self.pool_size} database connections are busy")
+                self._cond.wait(remaining)
+            if self._idle:
+                return self._idle.pop()  # the most recently used: the warmest
+            self._open += 1
+            generation = self._generation
+        try:
             conn = self._connect()
-            self._local.conn = conn
+        except BaseException:
+            with self._cond:
+                self._open -= 1
+                self._cond.notify()
+            raise
+        with self._cond:
+            self._born[id(conn)] = generation
         return conn
 
-    def _drop(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        self._local.conn = None
-        if conn is not None:
+    def _release(self, conn: pg8000.native.Connection, *, broken: bool = False) -> None:
+        with self._cond:
+            stale = self._born.get(id(conn)) != self._generation
+            if broken or stale:
+                self._born.pop(id(conn), None)
+                self._open -= 1
+            else:
+                self._idle.append(conn)
+            self._cond.notify()
+        if broken or stale:
             with contextlib.suppress(Exception):  # already broken: closing is best effort
                 conn.close()
 
     def close(self) -> None:
-        self._drop()
+        """Close the idle connections; borrowed ones are closed when their transaction ends."""
+        with self._cond:
+            idle, self._idle = self._idle, []
+            self._generation += 1
+            for conn in idle:
+                self._born.pop(id(conn), None)
+            self._open -= len(idle)
+            self._cond.notify_all()
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                conn.close()
 
     def _begin(self) -> pg8000.native.Connection:
         # A warm Lambda may hold a connection the server has since closed: re-open it once.
         for attempt in (1, 2):
-            conn = self._connection()
+            conn = self._acquire()
             try:
                 conn.run("START TRANSACTION")
                 return conn
             except (pg8000.exceptions.InterfaceError, OSError, ssl.SSLError) as exc:
-                self._drop()
+                self._release(conn, broken=True)
                 if attempt == 2:
                     raise DatabaseUnavailable(f"connection lost: {type(exc).__name__}") from exc
             except pg8000.exceptions.DatabaseError as exc:
-                self._drop()
+                self._release(conn, broken=True)
                 raise _translate(exc) from exc
+            except BaseException:
+                self._release(conn, broken=True)
+                raise
         raise AssertionError("unreachable")
 
     @contextmanager
     def transaction(self, company_id: str | None, lock: str | None = None) -> Iterator[Transaction]:
         conn = self._begin()
-        tx = Transaction(conn, self.statements)
+        broken = False
         try:
-            if company_id is not None and lock is not None:
-                # Tenant and lock in one round trip (the consumer's per-membership lock).
-                tx.query("SELECT set_config('app.company_id', :cid, true),"
-                         " pg_advisory_xact_lock(hashtextextended(:lock, 0))", cid=company_id, lock=lock)
-            elif company_id is not None:
-                tx.query("SELECT set_config('app.company_id', :cid, true)", cid=company_id)
-            yield tx
-        except BaseException as exc:
+            tx = Transaction(conn, self.statements)
             try:
-                conn.run("ROLLBACK")
-            except Exception:  # noqa: BLE001 - the connection is gone; drop it
-                self._drop()
-            if isinstance(exc, (pg8000.exceptions.Error, OSError)):
-                raise _translate(exc) from exc
-            raise
-        else:
-            try:
-                conn.run("COMMIT")
-            except Exception as exc:
-                self._drop()
-                raise _translate(exc) from exc
+                if company_id is not None and lock is not None:
+                    # Tenant and lock in one round trip (the consumer's per-membership lock).
+                    tx.query("SELECT set_config('app.company_id', :cid, true),"
+                             " pg_advisory_xact_lock(hashtextextended(:lock, 0))", cid=company_id, lock=lock)
+                elif company_id is not None:
+                    tx.query("SELECT set_config('app.company_id', :cid, true)", cid=company_id)
+                yield tx
+            except BaseException as exc:
+                try:
+                    conn.run("ROLLBACK")
+                except Exception:  # noqa: BLE001 - the connection is gone; drop it
+                    broken = True
+                if isinstance(exc, (pg8000.exceptions.Error, OSError)):
+                    raise _translate(exc) from exc
+                raise
+            else:
+                try:
+                    conn.run("COMMIT")
+                except Exception as exc:
+                    broken = True
+                    raise _translate(exc) from exc
+        finally:
+            self._release(conn, broken=broken)
 
 
 _database: Database | None = None
@@ -398,9 +521,11 @@ def get_database() -> Database:
                     raise ConfigError("missing required setting(s): DATABASE_URL")
                 try:
                     _database = Database(cfg.DATABASE_URL, timeout_s=cfg.DB_CONNECT_TIMEOUT_S * 3,
+                                         pool_size=cfg.DB_POOL_SIZE, production=cfg.is_production,
                                          statements=cfg.DB_STATEMENTS)
-                except ValueError as exc:
-                    raise ConfigError(f"DATABASE_URL: {exc}") from None
+                except DatabaseUrlError as exc:
+                    # The message names the setting and the problem, never a piece of the URL.
+                    raise ConfigError(f"DATABASE_URL {exc}") from None
     return _database
 
 

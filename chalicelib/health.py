@@ -1,24 +1,35 @@
-"""Health checks: what an on-call engineer or a load balancer asks. No secrets, no tenant data."""
+"""Health checks: what an on-call engineer or a load balancer asks. No secrets, no tenant data.
+
+- ``type=application`` is a free liveness answer: no auth, no I/O, and nothing an attacker could
+  use (no version, environment or schema detail).
+- ``type=database`` and ``type=webhook`` touch Postgres or SQS and say more (schema version, queue
+  depth), so they need ``Authorization: Bearer`` with ``HEALTH_SECRET`` or ``SCHEDULER_SECRET``
+  (or ``HEALTH_PUBLIC=true``, an operator's choice), else 401. Their answers are cached for
+  ``DEEP_CACHE_S`` per process, so even an authorised flood costs one check per few seconds.
+"""
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from typing import Literal
 
 from pydantic import BaseModel
 
 from chalicelib.config import Settings
 from chalicelib.db import Database, DatabaseError, ping
+from chalicelib.errors import BadRequest, Unauthorized
 from chalicelib.queue import EventQueue, QueueUnavailable
 
 _STARTED = time.monotonic()
+DEEP_CACHE_S = 5.0
+CHECKS = ("application", "database", "webhook")
 
 
 class ApplicationHealth(BaseModel):
     status: Literal["ok"]
     check: Literal["application"] = "application"
-    version: str
-    env: str
     uptime_s: float
 
 
@@ -56,8 +67,7 @@ def webhook_health(cfg: Settings, queue: EventQueue | None) -> WebhookHealth:
 
 
 def application_health(cfg: Settings) -> ApplicationHealth:
-    return ApplicationHealth(status="ok", version=cfg.APP_VERSION, env=cfg.APP_ENV,
-                             uptime_s=round(time.monotonic() - _STARTED, 3))
+    return ApplicationHealth(status="ok", uptime_s=round(time.monotonic() - _STARTED, 3))
 
 
 def database_health(db: Database | None) -> DatabaseHealth:
@@ -69,3 +79,71 @@ def database_health(db: Database | None) -> DatabaseHealth:
         return DatabaseHealth(status="error", reachable=False, error=type(exc).__name__)
     return DatabaseHealth(status="ok", reachable=True, latency_ms=round(latency_ms, 2),
                           schema_version=version)
+
+
+Deep = DatabaseHealth | WebhookHealth
+
+
+class DeepCheckCache:
+    """The last answer of each deep check, reused for ``ttl_s`` (one probe at a time per check)."""
+
+    def __init__(self, ttl_s: float = DEEP_CACHE_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._answers: dict[str, tuple[float, Deep]] = {}
+        self.probes = 0
+
+    def get(self, check: str, probe: Callable[[], Deep]) -> Deep:
+        with self._lock:  # held while probing: concurrent callers wait for the one answer
+            cached = self._answers.get(check)
+            if cached is not None and self._clock() - cached[0] < self.ttl_s:
+                return cached[1]
+            self.probes += 1
+            answer = probe()
+            self._answers[check] = (self._clock(), answer)
+            return answer
+
+    def clear(self) -> None:
+        with self._lock:
+            self._answers.clear()
+
+
+deep_cache = DeepCheckCache()
+
+
+def deep_check_allowed(cfg: Settings, authorization: str | None) -> bool:
+    """May this caller run a deep check: the operator opened them, or a configured bearer matches."""
+    from chalicelib.http import bearer_matches
+
+    if cfg.HEALTH_PUBLIC:
+        return True
+    secrets = [s for s in (cfg.HEALTH_SECRET, cfg.SCHEDULER_SECRET) if s]
+    # Every secret is compared (constant time each): which one matched is not observable.
+    return any([bearer_matches(authorization, secret) for secret in secrets])
+
+
+def health_check(check: str, cfg: Settings, authorization: str | None,
+                 database: Callable[[], Database | None],
+                 queue: Callable[[], EventQueue | None]) -> tuple[BaseModel, int]:
+    """The answer for ``?type=check`` and its status code.
+
+    Raises
+    ------
+    BadRequest
+        Unknown check (400).
+    Unauthorized
+        A deep check without the bearer secret (401); nothing is probed.
+    """
+    if check not in CHECKS:
+        raise BadRequest("unknown health check", fields={"type": "must be application, database or webhook"})
+    if check == "application":
+        return application_health(cfg), 200
+    if not deep_check_allowed(cfg, authorization):
+        raise Unauthorized("the database and webhook checks need Authorization: Bearer <health secret>")
+    answer: Deep
+    if check == "database":
+        answer = deep_cache.get("database", lambda: database_health(database()))
+    else:
+        answer = deep_cache.get("webhook", lambda: webhook_health(cfg, queue()))
+    return answer, 200 if answer.status == "ok" else 503

@@ -70,6 +70,9 @@ _LINK_PAGES = {
     "unknown": (404, "Link not found", "This link is not valid."),
     "unavailable": (503, "Please try again",
                     "We could not open your payment page just now. Please try again in a minute."),
+    "no_target": (200, "Update your payment in Whop",
+                  "Open Whop, go to your memberships, choose this membership and update your payment "
+                  "method there. Your access continues once the payment goes through."),
 }
 
 
@@ -81,3 +84,17 @@ def link_page(status: str) -> Response:
             f"<h1>{title}</h1><p>{text}</p></body></html>")
     return Response(body=body, status_code=code,
                     headers={"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"})
+
+
+def without_token_query(last_segment: str, query: dict[str, str], *, production: bool) -> Response | None:
+    """In production, a page URL carrying ``?token=`` is redirected to itself without the query.
+
+    A user token in a URL ends up in history, logs and Referer headers; only ``make dev`` hands
+    one out that way. Inside Whop's iframe the proxy sends the token as a header instead.
+    ``last_segment`` (already validated) makes a relative Location, right behind any stage prefix.
+    """
+    if not production or "token" not in query:
+        return None
+    return Response(body="", status_code=302,
+                    headers={"Location": f"./{last_segment}", "Cache-Control": "no-store",
+                             "Referrer-Policy": "no-referrer"})

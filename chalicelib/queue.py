@@ -81,6 +81,21 @@ def decode_message(body: str, attributes: dict[str, Any]) -> QueuedWebhook:
     return QueuedWebhook(webhook_id=webhook_id, received_at=received_at, body=raw)
 
 
+# issue 9: boto3's defaults (60 s connect and read, retried) outlast API Gateway's 29 s, so a hung
+# SQS made the webhook answer 504. Short timeouts and bounded retries give a 503 in seconds, which
+# Whop retries. Worst case: 2 attempts x (2 s connect + 3 s read) + backoff < 12 s.
+SQS_CONNECT_TIMEOUT_S = 2.0
+SQS_READ_TIMEOUT_S = 3.0
+SQS_MAX_ATTEMPTS = 2
+
+
+def sqs_client_config() -> Any:
+    from botocore.config import Config
+
+    return Config(connect_timeout=SQS_CONNECT_TIMEOUT_S, read_timeout=SQS_READ_TIMEOUT_S,
+                  retries={"total_max_attempts": SQS_MAX_ATTEMPTS, "mode": "standard"})
+
+
 class EventQueue:
     def __init__(self, queue_url: str, client: Any = None) -> None:
         self.queue_url = queue_url
@@ -92,7 +107,7 @@ class EventQueue:
             import boto3  # only the webhook route needs it: keep it off other paths' cold start
 
             # AWS_ENDPOINT_URL_SQS (set by make dev and tests) points boto3 at the local moto server.
-            self._client = boto3.client("sqs")
+            self._client = boto3.client("sqs", config=sqs_client_config())
         return self._client
 
     def depth(self) -> int:

@@ -21,10 +21,24 @@ naming it (the request answers 503 "service misconfigured", and the error is log
 
 Old windows are deleted opportunistically: about one check in a hundred also deletes the
 company's windows that ended more than a day ago.
+
+Some limits must hold before any company is known (``check_principal``): they count in
+``request_limits`` through the SECURITY DEFINER function ``count_request`` (migration 0006),
+keyed by a SHA-256 of the principal, so the table holds no user id or link token:
+
+| scope           | key                    | default | env variable                 |
+|-----------------|------------------------|---------|------------------------------|
+| ``whop_access`` | the token's ``sub``    | 20      | ``RATE_LIMIT_ACCESS_CHECKS`` |
+| ``link``        | the tracked-link token | 30      | ``RATE_LIMIT_LINK_CLICKS``   |
+| ``scheduler``   | the route (one key)    | 12      | ``RATE_LIMIT_SCHEDULER``     |
+
+``whop_access`` counts only the access checks that would call Whop (a cached answer is free):
+one token cannot make Rebound call Whop once per made-up company id.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import random
@@ -37,7 +51,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chalicelib.config import ConfigError
-from chalicelib.db import Database, Transaction, tenant_transaction
+from chalicelib.db import Database, Transaction, service_transaction, tenant_transaction
 
 RouteClass = Literal["reads", "settings_write", "actions", "export"]
 ROUTE_CLASSES: tuple[RouteClass, ...] = ("reads", "settings_write", "actions", "export")
@@ -45,8 +59,14 @@ ROUTE_CLASSES: tuple[RouteClass, ...] = ("reads", "settings_write", "actions", "
 PURGE_CHANCE = 0.01
 RETENTION = timedelta(days=1)
 
+PrincipalScope = Literal["whop_access", "link", "scheduler"]
+_PRINCIPAL_FIELDS: dict[str, str] = {"whop_access": "access_checks", "link": "link_clicks",
+                                     "scheduler": "scheduler"}
+
 _ENV = {"reads": "RATE_LIMIT_READS", "settings_write": "RATE_LIMIT_SETTINGS_WRITE",
-        "actions": "RATE_LIMIT_ACTIONS", "export": "RATE_LIMIT_EXPORT", "window_s": "RATE_LIMIT_WINDOW_S"}
+        "actions": "RATE_LIMIT_ACTIONS", "export": "RATE_LIMIT_EXPORT", "window_s": "RATE_LIMIT_WINDOW_S",
+        "access_checks": "RATE_LIMIT_ACCESS_CHECKS", "link_clicks": "RATE_LIMIT_LINK_CLICKS",
+        "scheduler": "RATE_LIMIT_SCHEDULER"}
 
 
 class RateLimits(BaseModel):
@@ -59,9 +79,16 @@ class RateLimits(BaseModel):
     actions: int = Field(default=60, ge=1, le=1_000_000)
     export: int = Field(default=10, ge=1, le=1_000_000)
     window_s: int = Field(default=60, ge=1, le=3600)
+    access_checks: int = Field(default=20, ge=1, le=1_000_000)
+    link_clicks: int = Field(default=30, ge=1, le=1_000_000)
+    scheduler: int = Field(default=12, ge=1, le=1_000_000)
 
     def limit(self, route_class: RouteClass) -> int:
         value: int = getattr(self, route_class)
+        return value
+
+    def principal_limit(self, scope: PrincipalScope) -> int:
+        value: int = getattr(self, _PRINCIPAL_FIELDS[scope])
         return value
 
 
@@ -146,3 +173,30 @@ def purge_old_windows(company_id: str, now: datetime, db: Database | None = None
 
 def _purge(tx: Transaction, now: datetime) -> int:
     return tx.execute("DELETE FROM rate_limits WHERE window_start < :before", before=now - RETENTION)
+
+
+def check_principal(scope: PrincipalScope, key: str, now: datetime, *, limits: RateLimits | None = None,
+                    db: Database | None = None) -> Decision:
+    """Count one request of ``key`` (a user id, a link token, …) in ``scope``; no tenant needed.
+
+    The key is hashed before it reaches the database: the table never holds a user id or token.
+    """
+    limits = limits or get_limits()
+    start = window_start(now, limits.window_s)
+    digest = hashlib.sha256(f"{scope}:{key}".encode("utf-8", "surrogatepass")).hexdigest()
+    with service_transaction(db) as tx:
+        count = int(tx.scalar("SELECT count_request(:scope, :key, :start)", scope=scope, key=digest,
+                              start=start))
+    limit = limits.principal_limit(scope)
+    return Decision(allowed=count <= limit, limit=limit, count=count,
+                    reset_at=start + timedelta(seconds=limits.window_s))
+
+
+def enforce_principal(scope: PrincipalScope, key: str, now: datetime, message: str) -> Decision:
+    """``check_principal``, raising 429 (with Retry-After) when over the limit."""
+    decision = check_principal(scope, key, now)
+    if not decision.allowed:
+        from chalicelib.errors import TooManyRequests
+
+        raise TooManyRequests(message, headers=decision.headers(now))
+    return decision

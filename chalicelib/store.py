@@ -460,11 +460,19 @@ def case_events(tx: Transaction, membership_id: str, start: datetime, end: datet
 
 
 def case_actions(tx: Transaction, case_id: str, limit: int = 500) -> list[dict[str, Any]]:
-    """A case's ledger rows, oldest first."""
+    """A case's ledger rows for its timeline, oldest first: the newest ``limit`` rows, plus every
+    row a creator made (actor not system/member) however old, so member clicks or system rows
+    can never push a creator's own action out of the timeline (issue 8)."""
+    columns = ("id::text AS id, kind, step, channel, status, actor, attempts, error_class, error_detail,"
+               " created_at, completed_at")
     return tx.query(
-        "SELECT id::text AS id, kind, step, channel, status, actor, attempts, error_class, error_detail,"
-        " created_at, completed_at FROM recovery_actions WHERE case_id = CAST(:id AS uuid)"
-        " ORDER BY created_at, id LIMIT :limit", id=case_id, limit=limit)
+        "SELECT * FROM ("  # noqa: S608 - constant column list
+        " (SELECT " + columns + " FROM recovery_actions WHERE case_id = CAST(:id AS uuid)"
+        "  ORDER BY created_at DESC, id DESC LIMIT :limit)"
+        " UNION"
+        " (SELECT " + columns + " FROM recovery_actions WHERE case_id = CAST(:id AS uuid)"
+        "  AND actor NOT IN ('system', 'member'))"
+        ") AS timeline ORDER BY created_at, id", id=case_id, limit=limit)
 
 
 def actions_by_keys(tx: Transaction, keys: list[str]) -> list[dict[str, Any]]:

@@ -179,6 +179,8 @@ class WhopPort(Protocol):
 
     def find_app_experience(self, company_id: str, app_id: str) -> str | None: ...
 
+    def experience_company(self, experience_id: str) -> str | None: ...  # issue 9: push_experience_id
+
     def retry_payment(self, payment_id: str, idempotency_key: str) -> WhopResult: ...
 
 
@@ -537,6 +539,19 @@ class WhopClient(WhopPort):
                 continue  # defensive: never push through another app's experience
             return str(item["id"])
         return None
+
+    # issue 9 (security): which company owns an experience, so a creator cannot save another
+    # company's experience as their push_experience_id.
+    def experience_company(self, experience_id: str) -> str | None:
+        """The id of the company that owns ``experience_id``; WhopNotFound if Whop knows none."""
+        def call(options: RequestOptions) -> tuple[int, Any]:
+            raw = self._sdk.experiences.with_raw_response.retrieve(experience_id, request_options=options)
+            return raw.status_code, _response_json(raw.response)
+
+        body = self._read("experience_company", call)
+        company = body.get("company") if isinstance(body, Mapping) else None
+        company_id = company.get("id") if isinstance(company, Mapping) else None
+        return company_id if isinstance(company_id, str) and company_id else None
 
     # ---- mutations ---------------------------------------------------------------------------
 

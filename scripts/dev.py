@@ -151,6 +151,8 @@ def main() -> int:
             "AWS_SECRET_ACCESS_KEY": env.get("AWS_SECRET_ACCESS_KEY", "local"),
             "AWS_ENDPOINT_URL_SQS": env.get("AWS_ENDPOINT_URL_SQS", f"http://127.0.0.1:{moto_port}"),
             "SCHEDULER_SECRET": env.get("SCHEDULER_SECRET", "dev-scheduler-secret"),
+            # chalice local serves a thread per request: they share this many connections (issue 9).
+            "DB_POOL_SIZE": env.get("DB_POOL_SIZE", "8"),
             "PYTHONUNBUFFERED": "1",
         })
         for name, value in DEV_DEFAULTS.items():
@@ -191,7 +193,8 @@ def main() -> int:
             marker.write_text(datetime.now(UTC).isoformat())
             print("rebound dev: demo data seeded (company biz_demo)")
 
-        print(f"rebound dev: API        {api}  (try {api}/api/health?type=database)")
+        print(f"rebound dev: API        {api}  (try curl -H 'Authorization: Bearer "
+              f"{env['SCHEDULER_SECRET']}' '{api}/api/health?type=database')")
         print(f"rebound dev: local SQS  {queues.queue_url} (DLQ {queues.dlq_url})")
         if own_whop:
             token = post_json(f"{fake}/_fake/token", {"user_id": DEMO_ADMIN,

@@ -9,7 +9,7 @@ Used by the tests (``tests/whop_fixtures.py``) and by ``make dev``. It serves, u
     POST /dm_channels                    {with_user_ids: [...], account_id? | company_id?}
     POST /messages                       {channel_id, content}
     GET  /users/{user_id}/access/{resource_id}
-    GET  /experiences?account_id=&app_id=
+    GET  /experiences?account_id=&app_id=  GET  /experiences/{id}
     GET  /payments/{id}                  POST /payments/{id}/retry
 
 plus ``GET /.well-known/jwks.json`` (its own ES256 P-256 key, generated at start).
@@ -352,6 +352,7 @@ class FakeWhop:
             ("POST", re.compile(r"/messages"), self._message),
             ("GET", re.compile(r"/users/(?P<user_id>[^/]+)/access/(?P<resource_id>[^/]+)"), self._access),
             ("GET", re.compile(r"/experiences"), self._experiences),
+            ("GET", re.compile(r"/experiences/(?P<experience_id>[^/]+)"), self._get_experience),
             ("GET", re.compile(r"/payments/(?P<payment_id>[^/]+)"), self._get_payment),
             ("POST", re.compile(r"/payments/(?P<payment_id>[^/]+)/retry"), self._retry_payment),
         ]
@@ -809,6 +810,15 @@ class FakeWhop:
                  if e["company_id"] == account_id and (app_id is None or e["app_id"] == app_id)]
         return _Response(200, {"data": found, "page_info": {
             "has_next_page": False, "has_previous_page": False, "start_cursor": None, "end_cursor": None}})
+
+    def _get_experience(self, req: _Request, experience_id: str) -> _Response:
+        # Like Whop: an id that is not an experience id is a 400, an unknown one a 404.
+        if not re.fullmatch(r"exp_[A-Za-z0-9_-]+", experience_id):
+            raise FakeError(400, "id must be an experience id (exp_...)", param="id")
+        found = next((e for e in self.experiences if e["id"] == experience_id), None)
+        if found is None:
+            raise FakeError(404, f"Experience {experience_id} not found", type_="not_found")
+        return _Response(200, {**self._experience_json(found), "products": [], "order": None, "image": None})
 
     def _payment_or_404(self, payment_id: str) -> FakePayment:
         payment = self.payments.get(payment_id)

@@ -30,8 +30,9 @@ pytest_plugins = ["tests.whop_fixtures"]
 
 ROOT = Path(__file__).resolve().parent.parent
 TENANT_TABLES = ("creator_settings", "events", "recovery_cases", "recovery_actions", "rate_limits")
-# Not tenant data (no company_id, no RLS), emptied after each test all the same.
-OPS_TABLES = ("poison_events",)
+# Not tenant data (no company_id, no RLS), emptied after each test all the same
+# (request_limits: the limits that hold before a tenant is known, issue 9).
+OPS_TABLES = ("poison_events", "request_limits")
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,7 @@ def test_put_upserts_and_returns_what_is_stored(api: Api) -> None:
               "reminder_offsets_days": [9, 1, 5],
               "timezone": "Europe/Berlin", "quiet_hours": {"start": "22:30", "end": "07:00"},
               "push_experience_id": "exp_custom1"}
+    api.whop.add_experience("biz_alpha", "app_other", "exp_custom1")  # Whop must vouch for it (issue 9)
     _, stored = api.call("PUT", S, body=wanted, status=200)
     assert stored["reminder_offsets_days"] == [1, 5, 9]  # stored sorted
     assert stored["updated_at"] is not None

@@ -207,7 +207,7 @@ def test_errors_raised_by_the_verifier_and_the_authenticator(fake_whop: FakeWhop
     with pytest.raises(Unauthorized):
         verifier.verify(jwt.encode({"sub": "u"}, "k" * 64, algorithm="HS512"))
     with WhopClient(api_key=fake_whop.api_key, base_url=fake_whop.base_url, sleep=lambda _: None) as client:
-        authenticator = Authenticator(verifier, AccessCache(client))
+        authenticator = Authenticator(verifier, AccessCache(client, budget=lambda _user: None))
         fake_whop.set_access("user_x", ALPHA, "admin")
         creator = authenticator.authenticate(fake_whop.mint_user_token("user_x"), ALPHA)
         assert (creator.user_id, creator.company_id) == ("user_x", ALPHA)

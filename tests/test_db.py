@@ -12,6 +12,7 @@ from chalicelib.db import (
     Transaction,
     UniqueViolation,
     _rewrite,
+    check_tls_policy,
     make_ssl_context,
     parse_database_url,
     service_transaction,
@@ -42,11 +43,18 @@ def test_parse_unix_socket_url() -> None:
     assert make_ssl_context(p) is None
 
 
-@pytest.mark.parametrize("url", ["postgresql://u@h/d?sslmode=require", "postgresql://u@h/d?sslmode=prefer",
-                                 "mysql://u@h/d", "postgresql:///d"])
-def test_unsafe_or_malformed_urls_are_refused(url: str) -> None:
+@pytest.mark.parametrize("url", ["mysql://u@h/d", "postgresql:///d"])
+def test_malformed_urls_are_refused(url: str) -> None:
     with pytest.raises(ValueError):
         parse_database_url(url)
+
+
+@pytest.mark.parametrize("url", ["postgresql://u@h/d?sslmode=require", "postgresql://u@h/d?sslmode=prefer",
+                                 "postgresql://u@h/d?sslmode=disable"])
+def test_unverified_tls_is_refused_in_production(url: str) -> None:
+    # Outside production they are allowed (tests/security/test_database_url.py has the matrix).
+    with pytest.raises(ValueError):
+        check_tls_policy(parse_database_url(url), production=True)
 
 
 def test_unique_violation_is_a_typed_error(database: Database) -> None:

@@ -8,28 +8,37 @@ from collections.abc import Iterator
 import pytest
 from chalice.test import Client
 
-from chalicelib import config, db
+from chalicelib import config, db, health
 from chalicelib.db import Database
 from tests.conftest import ROOT
 
+SECRET = "health-test-secret"
+AUTH = {"authorization": f"Bearer {SECRET}"}
+
 
 @pytest.fixture
-def client(database: Database) -> Iterator[Client]:
+def client(database: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Client]:
     from app import app
 
+    monkeypatch.setenv("HEALTH_SECRET", SECRET)
+    config.reset_config()
+    health.deep_cache.clear()
     with Client(app) as c:
         yield c
+    health.deep_cache.clear()
+    config.reset_config()
 
 
 def test_application_health(client: Client) -> None:
     resp = client.http.get("/api/health")
     body = json.loads(resp.body)
     assert resp.status_code == 200
-    assert body["status"] == "ok" and body["env"] == "test" and body["uptime_s"] >= 0
+    assert body == {"status": "ok", "check": "application", "uptime_s": body["uptime_s"]}
+    assert body["uptime_s"] >= 0
 
 
 def test_database_health_reports_latency_and_schema_version(client: Client) -> None:
-    resp = client.http.get("/api/health?type=database")
+    resp = client.http.get("/api/health?type=database", headers=AUTH)
     body = json.loads(resp.body)
     assert resp.status_code == 200, body
     latest = sorted((ROOT / "migrations").glob("*.sql"))[-1].name[:4]
@@ -44,7 +53,7 @@ def test_database_health_is_503_when_unreachable(client: Client, monkeypatch: py
     monkeypatch.setenv("DATABASE_URL", f"postgresql://nobody@/rebound?host={tmp_path}")
     config.reset_config()
     db.reset_database()
-    resp = client.http.get("/api/health?type=database")
+    resp = client.http.get("/api/health?type=database", headers=AUTH)
     body = json.loads(resp.body)
     assert resp.status_code == 503
     assert body["reachable"] is False and body["error"] == "DatabaseUnavailable"
@@ -66,12 +75,13 @@ def test_webhook_health_checks_the_queue(client: Client, monkeypatch: pytest.Mon
         url = sqs.create_queue(QueueName="rebound-events")["QueueUrl"]
         monkeypatch.setenv("EVENTS_QUEUE_URL", url)
         config.reset_config()
-        resp = client.http.get("/api/health?type=webhook")
+        resp = client.http.get("/api/health?type=webhook", headers=AUTH)
         body = json.loads(resp.body)
         assert resp.status_code == 200, body
         assert body["queue_reachable"] is True and body["queue_depth"] == 0
         assert body["secret_configured"] is True and "ws_" not in resp.body.decode()
         monkeypatch.setenv("EVENTS_QUEUE_URL", url + "-gone")
         config.reset_config()
-        resp = client.http.get("/api/health?type=webhook")
+        health.deep_cache.clear()  # answers are cached for a few seconds
+        resp = client.http.get("/api/health?type=webhook", headers=AUTH)
         assert resp.status_code == 503 and json.loads(resp.body)["queue_reachable"] is False

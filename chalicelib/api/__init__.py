@@ -2,7 +2,9 @@
 
 ``serve`` is the one door every creator route goes through, in this order:
 
-1. ``auth.authenticate`` (401 bad token, 403 not an admin of the path's company, 503 Whop down);
+1. ``auth.authenticate`` (401 bad token, 403 not an admin of the path's company, 429 the user's
+   Whop access checks are spent, 503 Whop down); handlers marked ``@destructive`` (terminate,
+   cancel-membership) have admin access re-checked with Whop, never from the cache;
 2. ``ratelimit.check`` for the route class, per verified company (429 over the limit);
 3. the resource function, called with a ``CreatorContext`` whose ``company_id`` is the verified
    path company: the only tenant context any of them ever opens a transaction with.
@@ -33,7 +35,7 @@ Q = TypeVar("Q", bound=BaseModel)
 
 
 class BadGateway(AppError):
-    """Whop refused an action for good (its answer is in the message)."""
+    """Whop refused an action for good. The message is ours: Whop's text goes to the logs only."""
 
     status = 502
     code = "whop_error"
@@ -73,6 +75,14 @@ class CreatorContext:
 
 
 Handler = Callable[..., BaseModel | Response]
+H = TypeVar("H", bound=Callable[..., Any])
+
+
+def destructive(handler: H) -> H:
+    """Mark a handler whose effect cannot be undone: ``serve`` re-checks admin access with Whop,
+    uncached, so an admin revoked a moment ago cannot still end a member's access."""
+    handler.__dict__["destructive"] = True
+    return handler
 
 
 def _raw_body(request: Request) -> bytes:
@@ -87,7 +97,7 @@ def serve(request: Request | None, company_id: str, route_class: RouteClass, han
           *args: Any) -> Response:
     """Authenticate, rate-limit, then ``handler(ctx, *args)``; a model becomes a 200 JSON body."""
     assert request is not None
-    creator = authenticate(request.headers, company_id)
+    creator = authenticate(request.headers, company_id, fresh=bool(getattr(handler, "destructive", False)))
     logger.append_keys(company_id=creator.company_id, route_class=route_class)
     now = datetime.now(UTC)
     decision = ratelimit.check(creator.company_id, route_class, now)

@@ -20,7 +20,7 @@ from datetime import timedelta
 from typing import Any
 
 from chalicelib import effects, store
-from chalicelib.api import BadGateway, CreatorContext
+from chalicelib.api import BadGateway, CreatorContext, destructive
 from chalicelib.api.cases import parse_case_id
 from chalicelib.api.schemas import ActionOutcome, CaseSummary, NudgeResult, TerminateRequest
 from chalicelib.attribution import window_passed
@@ -132,11 +132,13 @@ def _close(tx: Transaction, ctx: CreatorContext, case_id: str, reason: str, kind
 # --- membership cancellation at Whop ------------------------------------------------------------
 
 
+@destructive  # issue 9: admin access re-checked with Whop, uncached
 def cancel_membership(ctx: CreatorContext, case_id: str) -> CaseSummary:
     """Cancel the membership at the end of its period at Whop, then cancel the case."""
     return _end_membership(ctx, parse_case_id(case_id), at_period_end=True)
 
 
+@destructive  # issue 9: admin access re-checked with Whop, uncached
 def terminate(ctx: CreatorContext, case_id: str) -> CaseSummary:
     """End the member's access now at Whop (body must be ``{"confirm": true}``), then cancel the case."""
     cid = parse_case_id(case_id)
@@ -193,5 +195,8 @@ def _raise_for(result: WhopResult) -> None:
     if result.retryable:
         retry = max(1, round(result.retry_after_s)) if result.retry_after_s else 5
         raise ServiceUnavailable("Whop is unavailable, retry shortly", headers={"Retry-After": str(retry)})
-    message = result.data.get("error_message") or result.error_code or "refused"
-    raise BadGateway(f"Whop refused the cancellation: {message}")
+    # Whop's own text may name the member or echo input: it goes to the logs (code only), and the
+    # creator gets our message (issue 9).
+    logger.warning("whop refused a membership change",
+                   extra={"error_code": result.error_code, "status_code": result.status_code})
+    raise BadGateway("Whop refused to change this membership; check it in your Whop dashboard and retry")

@@ -7,16 +7,23 @@ what the code accepts and returns.
 Request bodies are strict (``"true"`` is not a boolean, ``5.0`` not an integer) and refuse
 unknown fields. Query strings arrive as text, so query models convert ``"30"`` to 30 but refuse
 anything that is not a whole number in range; unknown query parameters are ignored.
+
+Text parameters refuse control characters (NUL, C0, DEL, C1) and lone surrogates with a 400
+naming the field ("must not contain control characters"): a NUL would reach Postgres, which
+cannot store it, and none has a meaning in an id, a search or a cursor. Rejecting (rather than
+stripping) keeps "what was searched" equal to "what was typed".
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -34,6 +41,15 @@ __all__ = ["KpiFigures", "Kpis", "Money"]
 HHMM = r"^([01]\d|2[0-3]):[0-5]\d$"
 _TIMEZONE = re.compile(r"^[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+)*$")
 StatusFilter = Literal["open", "recovered", "cancelled", "expired"]
+
+
+def no_control_characters(value: str) -> str:
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+PlainText = Annotated[str, AfterValidator(no_control_characters)]
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -172,11 +188,11 @@ class CaseListQuery(BaseModel):
     status: StatusFilter | None = Field(default=None, description="Only cases in this status.")
     window_days: int | None = Field(default=None, ge=1, le=365,
                                     description="Only cases whose first failure lies in the last N days.")
-    q: str | None = Field(default=None, min_length=1, max_length=255,
+    q: PlainText | None = Field(default=None, min_length=1, max_length=255,
                           description="A membership id or user id, exact or a prefix of it.")
     limit: int = Field(default=25, ge=1, le=100, description="Page size (1–100).")
-    cursor: str | None = Field(default=None, max_length=200,
-                               description="next_cursor of the previous page (opaque).")
+    cursor: PlainText | None = Field(default=None, max_length=200,
+                                     description="next_cursor of the previous page (opaque).")
 
 
 class ExportQuery(BaseModel):
@@ -185,8 +201,8 @@ class ExportQuery(BaseModel):
     status: StatusFilter | None = Field(default=None, description="Only cases in this status.")
     window_days: int | None = Field(default=None, ge=1, le=365,
                                     description="Only cases whose first failure lies in the last N days.")
-    cursor: str | None = Field(default=None, max_length=200,
-                               description="The X-Export-Next-Cursor of the previous part (opaque).")
+    cursor: PlainText | None = Field(default=None, max_length=200,
+                                     description="The X-Export-Next-Cursor of the previous part (opaque).")
 
 
 class CaseSummary(BaseModel):
@@ -238,7 +254,8 @@ class TimelineItem(BaseModel):
 class CaseDetail(CaseSummary):
     timeline: list[TimelineItem] = Field(description=(
         "The membership's events dated from the first failure to the case's close (or now), and the "
-        "case's ledger rows, merged in time order (at most 500 of each)."))
+        "case's ledger rows, merged in time order: at most 500 events; of the ledger, the 500 newest "
+        "rows and always every action a creator took (nudges, cancels), however old."))
 
 
 # --- actions ------------------------------------------------------------------------------------

@@ -6,7 +6,12 @@ from chalicelib import store
 from chalicelib.api import CreatorContext
 from chalicelib.api.schemas import QuietHoursBody, Settings, SettingsUpdate
 from chalicelib.db import tenant_transaction
+from chalicelib.errors import BadRequest, ServiceUnavailable
 from chalicelib.models import CreatorSettings, QuietHours
+from chalicelib.observability import logger
+from chalicelib.whop import WhopError, WhopNotFound, WhopRetryableError, get_whop
+
+_NOT_YOURS = "must be an experience of this company"
 
 # Fields a PUT may change; ``updated_at`` (read-only) is accepted and ignored.
 _WRITABLE = ("enable_push", "enable_dm", "incentive_days", "reminder_offsets_days", "timezone",
@@ -50,10 +55,41 @@ def put_settings(ctx: CreatorContext) -> Settings:
     Raises
     ------
     BadRequest
-        Invalid JSON, unknown fields, wrong types or out-of-range values (one message per field).
+        Invalid JSON, unknown fields, wrong types or out-of-range values (one message per field);
+        a ``push_experience_id`` that Whop does not say belongs to this company.
+    ServiceUnavailable
+        Whop could not be asked about the experience (503).
     """
     update = ctx.parse_body(SettingsUpdate)
+    if update.push_experience_id is not None:
+        # Before any transaction: Whop may take seconds. Checked on every save that names one,
+        # so an experience moved to another company is caught the next time settings are saved.
+        verify_experience(ctx.company_id, update.push_experience_id)
     with tenant_transaction(ctx.company_id) as tx:
         store.lock_settings(tx, ctx.company_id)  # two concurrent PUTs must not lose a field
         current = store.get_settings(tx)
         return to_view(store.upsert_settings(tx, ctx.company_id, apply_update(current, update)))
+
+
+def verify_experience(company_id: str, experience_id: str) -> None:
+    """400 unless Whop says ``experience_id`` belongs to ``company_id``.
+
+    An unknown experience, one Whop will not show us, and another company's all get the same
+    answer: the creator learns nothing about other companies' experiences.
+    """
+    try:
+        owner = get_whop().experience_company(experience_id)
+    except WhopRetryableError:
+        raise ServiceUnavailable("cannot check the experience with Whop right now, retry shortly",
+                                 headers={"Retry-After": "5"}) from None
+    except WhopNotFound:
+        owner = None
+    except WhopError as exc:
+        if exc.status == 401:  # our API key was refused: our problem, not the creator's
+            logger.error("whop refused our api key on the experience check")
+            raise ServiceUnavailable("cannot check the experience with Whop right now",
+                                     headers={"Retry-After": "5"}) from None
+        owner = None  # 400/403: Whop will not vouch for it
+    if owner != company_id:
+        raise BadRequest("push_experience_id is not an experience of this company",
+                         fields={"push_experience_id": _NOT_YOURS})
