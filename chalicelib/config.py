@@ -63,6 +63,9 @@ class Settings(BaseModel):
     APP_VERSION: str = "dev"
     # Seconds a database connect may take before the request fails (health, handlers).
     DB_CONNECT_TIMEOUT_S: float = Field(default=5.0, gt=0, le=60)
+    # "prepared": statements prepared once per connection (one wait each; pins an RDS Proxy
+    # session). "unnamed": no session state, for RDS Proxy multiplexing (three waits each).
+    DB_STATEMENTS: Literal["prepared", "unnamed"] = "prepared"
     # Days event details and click rows are kept before the tick purges them (docs/privacy.md).
     RETENTION_DAYS: int = Field(default=180, ge=1, le=3650)
     # Connections one process may hold (Lambda serves one request at a time and keeps one warm;

@@ -230,14 +230,19 @@ def claim(company_id: str, now: datetime, db: Database | None = None, *, case_id
         settings = store.get_settings(tx)
         rows = tx.query(_OWED, now=now, case_id=case_id, limit=limit,
                         kinds=",".join(kinds) if kinds else None)
+        if not rows:
+            return claims
+        # Every case of the batch in one read, and every claim in one write (below).
+        cases = {str(r["id"]): r for r in tx.query(
+            "SELECT * FROM recovery_cases WHERE id = ANY(CAST(:ids AS uuid[]))",
+            ids=sorted({r["case_id"] for r in rows}))}
         batch_sends: set[tuple[str, str]] = set()
-        cases: dict[str, dict[str, Any]] = {}
+        unwritten: list[Claim] = []
         for row in rows:
-            if row["case_id"] not in cases:
-                case_row = tx.one("SELECT * FROM recovery_cases WHERE id = CAST(:id AS uuid)",
-                                  id=row["case_id"])
-                assert case_row is not None
-                cases[row["case_id"]] = case_row
+            if row["kind"] == "incentive":
+                # The incentive limit reads other claims from the table: make ours visible first.
+                _write_claims(tx, unwritten, now)
+                unwritten = []
             case_row = cases[row["case_id"]]
             case = store.case_from_row(case_row)
             verdict = _gate(tx, row, case, settings, now, batch_sends)
@@ -249,17 +254,25 @@ def claim(company_id: str, now: datetime, db: Database | None = None, *, case_id
                 _defer(tx, row["action_id"], verdict[1], "deferred")
                 stats.deferred += 1
                 continue
-            token = str(uuid.uuid4())
-            tx.execute("UPDATE recovery_actions SET status = 'claimed', claimed_until = :lease,"
-                       " claim_token = CAST(:token AS uuid), attempts = attempts + 1, updated_at = now()"
-                       " WHERE id = CAST(:id AS uuid)", lease=now + LEASE, token=token, id=row["action_id"])
-            claims.append(Claim(action_id=row["action_id"], kind=row["kind"], step=row["step"],
-                                channel=row["channel"], key=row["idempotency_key"],
-                                attempts=row["attempts"] + 1, case_id=row["case_id"], case=case,
-                                link_token=case_row["link_token"], settings=settings, token=token,
-                                owed_at=row["owed_at"], copy=row["copy"],
-                                variant=measurement.variant_copy(tx, case)))
+            c = Claim(action_id=row["action_id"], kind=row["kind"], step=row["step"],
+                      channel=row["channel"], key=row["idempotency_key"],
+                      attempts=row["attempts"] + 1, case_id=row["case_id"], case=case,
+                      link_token=case_row["link_token"], settings=settings, token=str(uuid.uuid4()),
+                      owed_at=row["owed_at"], copy=row["copy"], variant=measurement.variant_copy(tx, case))
+            unwritten.append(c)
+            claims.append(c)
+        _write_claims(tx, unwritten, now)
     return claims
+
+
+def _write_claims(tx: Transaction, claims: list[Claim], now: datetime) -> None:
+    if not claims:
+        return
+    tx.execute("UPDATE recovery_actions a SET status = 'claimed', claimed_until = :lease,"
+               " claim_token = u.token, attempts = a.attempts + 1, updated_at = now()"
+               " FROM unnest(CAST(:ids AS uuid[]), CAST(:tokens AS uuid[])) AS u(id, token)"
+               " WHERE a.id = u.id",
+               lease=now + LEASE, ids=[c.action_id for c in claims], tokens=[c.token for c in claims])
 
 
 # --- perform -------------------------------------------------------------------------------------
@@ -312,6 +325,29 @@ def pin_copy(ctx: Context, company_id: str, c: Claim, now: datetime, db: Databas
                    " || jsonb_build_object('copy', CAST(:copy AS jsonb))"
                    " WHERE id = CAST(:id AS uuid) AND claim_token = CAST(:token AS uuid)",
                    copy=json.dumps(c.copy), id=c.action_id, token=c.token)
+
+
+def _pin_copies(ctx: Context, company_id: str, batch: list[Claim], now: datetime,
+                db: Database | None) -> None:
+    """pin_copy for a whole claim batch in one transaction. Should it fail, nothing is marked
+    pinned and each row pins its own copy before its send (pin_copy), failing alone."""
+    todo = [c for c in batch if c.kind in MESSAGE_KINDS and c.copy is None]
+    if not todo:
+        return
+    try:
+        copies = [message_copy(ctx, c, now) for c in todo]
+        with tenant_transaction(company_id, db) as tx:
+            tx.execute("UPDATE recovery_actions a SET result = a.result || jsonb_build_object('copy', u.copy)"
+                       " FROM unnest(CAST(:ids AS uuid[]), CAST(:tokens AS uuid[]), CAST(:copies AS jsonb[]))"
+                       " AS u(id, token, copy) WHERE a.id = u.id AND a.claim_token = u.token",
+                       ids=[c.action_id for c in todo], tokens=[c.token for c in todo],
+                       copies=[json.dumps(copy) for copy in copies])
+    except Exception:  # noqa: BLE001 - each row pins (and fails) alone then
+        logger.warning("pinning a batch's copies failed; pinning row by row",
+                       extra={"company_id": company_id})
+        return
+    for c, copy in zip(todo, copies, strict=True):
+        c.copy = copy
 
 
 def perform(ctx: Context, c: Claim, now: datetime) -> WhopResult:
@@ -427,7 +463,9 @@ def execute_owed(ctx: Context, company_id: str, now: datetime, db: Database | No
                  limit: int = 50, out_of_time: Callable[[], bool] | None = None) -> Stats:
     """Claim, perform and record owed rows (of one case and/or some kinds, when given), a few at
     a time. Each row succeeds or fails alone. ``out_of_time`` is asked before every claim and
-    every send: once it says yes, unperformed claims are released at once for the next run."""
+    every send: once it says yes, unperformed claims are released at once for the next run.
+    A batch's outcomes are recorded together in one transaction (after its Whop calls: none is
+    ever open across one); should that fail, each is recorded alone."""
     stats = Stats()
     done = 0
     while done < limit and not (out_of_time and out_of_time()):
@@ -435,32 +473,60 @@ def execute_owed(ctx: Context, company_id: str, now: datetime, db: Database | No
                       limit=min(CLAIM_BATCH, limit - done), stats=stats)
         if not batch:
             break
+        _pin_copies(ctx, company_id, batch, now, db)
+        performed: list[tuple[Claim, WhopResult]] = []
         for index, c in enumerate(batch):
             if out_of_time and out_of_time():
+                _record_all(company_id, performed, now, db, stats)
                 for left in batch[index:]:
                     release(company_id, left, now, db, attempted=False)
                 return stats
-            _execute_one(ctx, company_id, c, now, db, stats)
+            try:
+                pin_copy(ctx, company_id, c, now, db)  # already pinned with the batch: no-op
+                performed.append((c, perform(ctx, c, now)))
+            except Exception as exc:  # noqa: BLE001 - one row's failure must not strand the others
+                _row_failed(company_id, c, now, db, stats, exc)
+        _record_all(company_id, performed, now, db, stats)
         done += len(batch)
     return stats
 
 
-def _execute_one(ctx: Context, company_id: str, c: Claim, now: datetime, db: Database | None,
+def _record_all(company_id: str, performed: list[tuple[Claim, WhopResult]], now: datetime,
+                db: Database | None, stats: Stats) -> None:
+    if not performed:
+        return
+    try:
+        with tenant_transaction(company_id, db) as tx:
+            outcomes = [_outcome(tx, c, result, now) for c, result in performed]
+    except Exception:  # noqa: BLE001 - one row's write took the batch with it: each alone, then
+        for c, result in performed:
+            _execute_one(company_id, c, result, now, db, stats)
+        return
+    for status, touched in outcomes:
+        outcome = status if touched else "lost"
+        setattr(stats, outcome, getattr(stats, outcome) + 1)
+
+
+def _row_failed(company_id: str, c: Claim, now: datetime, db: Database | None, stats: Stats,
+                exc: Exception) -> None:
+    stats.errors += 1
+    count("EffectRowFailed")
+    logger.warning("effect row failed; released for a later try",
+                   extra={"company_id": company_id, "action_id": c.action_id,
+                          "error_class": type(exc).__name__})
+    try:
+        release(company_id, c, now, db, attempted=True, error=type(exc).__name__)
+    except Exception:  # noqa: BLE001 - the lease still ends: the row is re-claimed then
+        logger.warning("release failed; the lease will free the row",
+                       extra={"company_id": company_id, "action_id": c.action_id})
+
+
+def _execute_one(company_id: str, c: Claim, result: WhopResult, now: datetime, db: Database | None,
                  stats: Stats) -> None:
     try:
-        pin_copy(ctx, company_id, c, now, db)
-        outcome = record(company_id, c, perform(ctx, c, now), now, db)
+        outcome = record(company_id, c, result, now, db)
     except Exception as exc:  # noqa: BLE001 - one row's failure must not strand the others
-        stats.errors += 1
-        count("EffectRowFailed")
-        logger.warning("effect row failed; released for a later try",
-                       extra={"company_id": company_id, "action_id": c.action_id,
-                              "error_class": type(exc).__name__})
-        try:
-            release(company_id, c, now, db, attempted=True, error=type(exc).__name__)
-        except Exception:  # noqa: BLE001 - the lease still ends: the row is re-claimed then
-            logger.warning("release failed; the lease will free the row",
-                           extra={"company_id": company_id, "action_id": c.action_id})
+        _row_failed(company_id, c, now, db, stats, exc)
         return
     setattr(stats, outcome, getattr(stats, outcome) + 1)
 

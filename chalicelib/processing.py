@@ -21,6 +21,8 @@ a deadlock) raises, so SQS redelivers the record.
 from __future__ import annotations
 
 import secrets
+import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -100,11 +102,13 @@ def process_webhook(msg: QueuedWebhook, now: datetime, db: Database | None = Non
 
 def _apply(event: WhopEvent, now: datetime, db: Database | None) -> Outcome:
     assert event.membership_id is not None
-    with tenant_transaction(event.company_id, db) as tx:
-        store.lock_membership(tx, event.company_id, event.membership_id)
-        if not store.insert_event(tx, event, minimal_payload(event)):
+    # Tenant and per-membership lock in one round trip; the insert reads the history back.
+    with tenant_transaction(event.company_id, db,
+                            lock=f"{event.company_id}/{event.membership_id}") as tx:
+        history = store.insert_event(tx, event, minimal_payload(event))
+        if not history:
             return Outcome(status="duplicate", company_id=event.company_id)
-        opened, owed = refold_membership(tx, event.company_id, event.membership_id, now)
+        opened, owed = refold_membership(tx, event.company_id, event.membership_id, now, history)
     return Outcome(status="applied", company_id=event.company_id, opened_case_ids=opened,
                    owed_actions=owed)
 
@@ -117,11 +121,33 @@ def _poison(msg: QueuedWebhook, reason: str, error_class: str, db: Database | No
     return Outcome(status="poisoned", reason=reason)
 
 
-def _stored_events(tx: Transaction, membership_id: str) -> list[WhopEvent]:
+# Validated events of recently folded payloads, by webhook id: a membership with a long history
+# re-folds the same stored payloads on every new event, and validating them was most of a
+# re-fold's own time. A hit needs an equal payload, so a purged or changed one is validated anew.
+_EVENT_CACHE_SIZE = 4096
+_event_cache: OrderedDict[str, tuple[dict[str, Any], WhopEvent]] = OrderedDict()
+
+
+def _cached_event(payload: dict[str, Any]) -> WhopEvent:
+    key = payload.get("webhook_id")
+    if isinstance(key, str):
+        hit = _event_cache.get(key)
+        if hit is not None and hit[0] == payload:
+            _event_cache.move_to_end(key)
+            return hit[1]
+    event = event_from_payload(payload)
+    if isinstance(key, str):
+        _event_cache[key] = (payload, event)
+        if len(_event_cache) > _EVENT_CACHE_SIZE:
+            _event_cache.popitem(last=False)
+    return event
+
+
+def _stored_events(payloads: list[dict[str, Any]]) -> list[WhopEvent]:
     events = []
-    for payload in store.membership_event_payloads(tx, membership_id):
+    for payload in payloads:
         try:
-            events.append(event_from_payload(payload))
+            events.append(_cached_event(payload))
         except ValidationError:
             # A payload purged by retention (or from a future version) cannot fold; the episodes
             # it belonged to keep their stored rows (unmatched rows are never touched).
@@ -129,25 +155,30 @@ def _stored_events(tx: Transaction, membership_id: str) -> list[WhopEvent]:
     return events
 
 
-def refold_membership(tx: Transaction, company_id: str, membership_id: str,
-                      now: datetime) -> tuple[list[str], int]:
-    """Recompute a membership's cases from its stored events; return (opened case ids, owed rows)."""
-    folded = fold(company_id, membership_id, _stored_events(tx, membership_id), now)
-    rows = store.membership_cases(tx, membership_id)
-    settings = store.get_settings(tx)
+def refold_membership(tx: Transaction, company_id: str, membership_id: str, now: datetime,
+                      history: store.History | None = None) -> tuple[list[str], int]:
+    """Recompute a membership's cases from its stored events; return (opened case ids, owed rows).
+    Only cases the fold changed are written; a new case and what it owes go in one statement."""
+    if history is None:
+        history = store.History(payloads=store.membership_event_payloads(tx, membership_id),
+                                settings=store.get_settings(tx))
+    settings = history.settings
+    folded = fold(company_id, membership_id, _stored_events(history.payloads), now)
+    rows = history.cases if history.cases is not None else store.membership_cases(tx, membership_id)
     matched = _match(folded, rows)
     opened: list[str] = []
     owed = 0
     for index, case in enumerate(folded):
         own = matched.get(index, [])
         if not own:
+            case_id = str(uuid.uuid4())
             covered = covered_offset(case, settings, now)
-            created = store.insert_case(tx, case, next_action_at(case, settings, covered),
-                                        new_link_token(), last_reminder_offset=covered)
-            case_id = str(created["id"])
+            effects = [(e.kind, e.step, e.channel, e.due_at, e.idempotency_key(case_id))
+                       for e in initial_effects(case, settings, now)]
+            owed += store.open_case(tx, case, next_action_at(case, settings, covered), new_link_token(),
+                                    case_id, effects, last_reminder_offset=covered)
             opened.append(case_id)
             measurement.assign_new_case(tx, case_id, settings)  # holdout / experiment variant (issue 10)
-            owed += _record_initial_effects(tx, case_id, case, settings, now)
             continue
         primary, *duplicates = own
         _update_existing(tx, primary, case, settings)
@@ -182,21 +213,13 @@ def _update_existing(tx: Transaction, row: dict[str, Any], case: Case, settings:
         case = case.model_copy(update={"status": CaseStatus.CANCELLED, "closed_at": row["closed_at"],
                                        "close_reason": row["close_reason"]})
     episode = case.failure_ids[0] if row["episode_webhook_id"] is None and case.failure_ids else None
-    store.update_case(tx, str(row["id"]), case,
-                      next_action_at(case, settings, row["last_reminder_offset"]), episode=episode)
+    next_at = next_action_at(case, settings, row["last_reminder_offset"])
+    if store.case_unchanged(row, case, next_at, episode):
+        return  # the fold left it as stored (a past episode, a repeated fact): no write
+    settle = None
     if case.status is not CaseStatus.OPEN:
-        store.settle_pending(tx, str(row["id"]),
-                             "window_passed" if case.status is CaseStatus.EXPIRED else "case_closed")
-
-
-def _record_initial_effects(tx: Transaction, case_id: str, case: Case, settings: CreatorSettings,
-                            now: datetime) -> int:
-    owed = 0
-    for effect in initial_effects(case, settings, now):
-        owed += store.add_action(tx, case_id=case_id, company_id=case.company_id, kind=effect.kind,
-                                 step=effect.step, channel=effect.channel, due_at=effect.due_at,
-                                 idempotency_key=effect.idempotency_key(case_id))
-    return owed
+        settle = "window_passed" if case.status is CaseStatus.EXPIRED else "case_closed"
+    store.update_case(tx, str(row["id"]), case, next_at, episode=episode, settle=settle)
 
 
 def send_opening_nudges(company_id: str, case_ids: list[str], now: datetime) -> None:

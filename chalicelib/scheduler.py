@@ -69,29 +69,31 @@ def expire_cases(company_id: str, now: datetime, db: Database | None = None) -> 
 
 def owe_reminders(company_id: str, now: datetime, db: Database | None = None,
                   limit: int = 200) -> tuple[int, int]:
-    """Record the reminders due now as pending ledger rows; return (cases due, rows owed)."""
-    owed = 0
+    """Record the reminders due now as pending ledger rows; return (cases due, rows owed).
+    Three statements whatever the number of due cases: read them, insert every owed row, and
+    advance every case."""
     with tenant_transaction(company_id, db) as tx:
         settings = store.get_settings(tx)
-        rows = tx.query("SELECT * FROM recovery_cases WHERE status = 'open' AND next_action_at <= :now"
+        rows = tx.query("SELECT " + store.DUE_CASE_COLUMNS + " FROM recovery_cases"  # noqa: S608 - constant
+                        " WHERE status = 'open' AND next_action_at <= :now"
                         " ORDER BY next_action_at LIMIT :limit FOR UPDATE SKIP LOCKED",
                         now=now, limit=limit)
+        owed: list[tuple[str, str, str, str | None, datetime, str]] = []
+        advanced: list[tuple[str, int | None, datetime | None]] = []
         for row in rows:
             case = store.case_from_row(row)
+            case_id = str(row["id"])
             last = row["last_reminder_offset"]
             offset = due_reminder(case, settings, last, now)
             if offset is not None:
-                case_id = str(row["id"])
-                for effect in reminder_effects(case, settings, offset, now):
-                    owed += store.add_action(tx, case_id=case_id, company_id=company_id,
-                                             kind=effect.kind, step=effect.step, channel=effect.channel,
-                                             due_at=effect.due_at,
-                                             idempotency_key=effect.idempotency_key(case_id))
+                owed += [(case_id, effect.kind, effect.step, effect.channel, effect.due_at,
+                          effect.idempotency_key(case_id))
+                         for effect in reminder_effects(case, settings, offset, now)]
                 last = offset
-            tx.execute("UPDATE recovery_cases SET last_reminder_offset = :last, next_action_at = :next,"
-                       " updated_at = now() WHERE id = CAST(:id AS uuid)",
-                       last=last, next=next_action_at(case, settings, last), id=str(row["id"]))
-    return len(rows), owed
+            advanced.append((case_id, last, next_action_at(case, settings, last)))
+        added = store.add_pending_actions(tx, company_id, owed)
+        store.advance_cases(tx, advanced)
+    return len(rows), added
 
 
 def tick(ctx: Context, now: datetime, db: Database | None = None, max_companies: int = 1000,

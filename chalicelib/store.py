@@ -5,7 +5,8 @@ RLS already scopes it to one company, and ``company_id`` parameters only fill th
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from chalicelib.db import Transaction
@@ -21,19 +22,53 @@ def lock_membership(tx: Transaction, company_id: str, membership_id: str) -> Non
              key=f"{company_id}/{membership_id}")
 
 
-def insert_event(tx: Transaction, event: WhopEvent, payload: dict[str, Any]) -> bool:
-    """Store one webhook; False when this webhook id was stored before (a redelivery)."""
+@dataclass(frozen=True)
+class History:
+    """What re-folding a membership needs, read in the statement that stored its new event."""
+
+    payloads: list[dict[str, Any]]  # every stored payload of the membership, the new one included
+    settings: CreatorSettings
+    cases: list[dict[str, Any]] | None = None  # as membership_cases returns them
+
+
+def insert_event(tx: Transaction, event: WhopEvent, payload: dict[str, Any]) -> History | None:
+    """Store one webhook and return the membership's history; None when this webhook id was
+    stored before (a redelivery). One round trip: the statement that inserts also reads the
+    membership's other payloads and the company's settings (it cannot see its own insert, so
+    the new payload is added here)."""
     row = tx.one(
-        "INSERT INTO events (webhook_id, company_id, type, membership_id, user_id, payment_id,"
-        " occurred_at, occurred_at_inferred, received_at, payload)"
+        "WITH ins AS (INSERT INTO events (webhook_id, company_id, type, membership_id, user_id,"  # noqa: S608
+        " payment_id, occurred_at, occurred_at_inferred, received_at, payload)"
         " VALUES (:webhook_id, :company_id, :type, :membership_id, :user_id, :payment_id,"
         " :occurred_at, :inferred, :received_at, CAST(:payload AS jsonb))"
-        " ON CONFLICT (webhook_id) DO NOTHING RETURNING id",
+        " ON CONFLICT (webhook_id) DO NOTHING RETURNING id)"
+        " SELECT EXISTS (SELECT 1 FROM ins) AS inserted,"
+        " (SELECT COALESCE(jsonb_agg(e.payload ORDER BY e.occurred_at, e.id), '[]'::jsonb) FROM events e"
+        "   WHERE e.membership_id = :membership_id AND EXISTS (SELECT 1 FROM ins)) AS payloads,"
+        " (SELECT to_jsonb(s) FROM creator_settings s WHERE EXISTS (SELECT 1 FROM ins)) AS settings,"
+        " (SELECT COALESCE(jsonb_agg(to_jsonb(c) - 'created_at' - 'row_id' ORDER BY c.created_at, c.row_id),"
+        "   '[]'::jsonb) FROM (SELECT created_at, recovery_cases.id AS row_id, " + _STORED_CASE
+        + " FROM recovery_cases"
+        "         WHERE membership_id = :membership_id) c WHERE EXISTS (SELECT 1 FROM ins)) AS cases",
         webhook_id=event.webhook_id, company_id=event.company_id, type=event.type.value,
         membership_id=event.membership_id, user_id=event.user_id, payment_id=event.payment_id,
         occurred_at=event.occurred_at, inferred=event.occurred_at_inferred,
         received_at=event.received_at, payload=json.dumps(payload))
-    return row is not None
+    if row is None or not row["inserted"]:
+        return None
+    return History(payloads=[*row["payloads"], payload], settings=settings_from_row(row["settings"]),
+                   cases=[_case_from_json(c) for c in row["cases"]])
+
+
+_CASE_TIMES = ("first_failure_at", "last_failure_at", "recovered_at", "closed_at", "next_action_at")
+
+
+def _case_from_json(value: dict[str, Any]) -> dict[str, Any]:
+    # to_jsonb writes times as ISO 8601 text; everything else already has its Python type.
+    for name in _CASE_TIMES:
+        if value[name] is not None:
+            value[name] = datetime.fromisoformat(value[name])
+    return value
 
 
 def insert_poison(tx: Transaction, webhook_id: str, reason: str, error_class: str,
@@ -60,10 +95,64 @@ _CASE_COLUMNS = (
 )
 
 
+# What the consumer reads of a stored case: its identity, what a creator decided, and every
+# column a fold writes (to tell an unchanged case from a changed one).
+_STORED_CASE = ("id::text AS id, seq, episode_webhook_id, cancelled_by, last_reminder_offset, manage_url,"
+                " next_action_at, " + ", ".join(_CASE_COLUMNS))
+
+
 def membership_cases(tx: Transaction, membership_id: str) -> list[dict[str, Any]]:
     """A membership's stored cases, oldest row first."""
-    return tx.query("SELECT * FROM recovery_cases WHERE membership_id = :m ORDER BY created_at, id",
-                    m=membership_id)
+    return tx.query("SELECT " + _STORED_CASE + " FROM recovery_cases"  # noqa: S608 - constants
+                    " WHERE membership_id = :m ORDER BY created_at, id", m=membership_id)
+
+
+def case_values(case: Case) -> dict[str, Any]:
+    """The stored form of the columns a fold writes."""
+    values = {c: getattr(case, c) for c in _CASE_COLUMNS}
+    values["status"] = case.status.value
+    return values
+
+
+def case_unchanged(row: dict[str, Any], case: Case, next_action_at: datetime | None,
+                   episode: str | None) -> bool:
+    """True when writing ``case`` over ``row`` would change nothing (so it is not written)."""
+    if episode is not None or row["seq"] != case.seq or row["next_action_at"] != next_action_at:
+        return False
+    if case.manage_url is not None and case.manage_url != row["manage_url"]:
+        return False
+    return all(row[c] == v for c, v in case_values(case).items())
+
+
+def open_case(tx: Transaction, case: Case, next_action_at: datetime | None, link_token: str,
+              case_id: str, effects: list[tuple[str, str, str | None, datetime, str]],
+              last_reminder_offset: int | None = None) -> int:
+    """Insert a newly opened case and the effects it owes, ``(kind, step, channel, due_at, key)``,
+    as pending ledger rows, in one statement; return how many rows were owed. The id comes from
+    the caller so the rows' idempotency keys are known up front."""
+    values = case_values(case)
+    # Column names come from the _CASE_COLUMNS constant; every value is a bound parameter.
+    row = tx.one(
+        "WITH c AS (INSERT INTO recovery_cases (id, company_id, membership_id, seq, episode_webhook_id,"  # noqa: S608
+        " next_action_at, last_reminder_offset, link_token, manage_url, " + ", ".join(_CASE_COLUMNS)
+        + ") VALUES (CAST(:id AS uuid), :company_id, :membership_id, :seq, :episode, :next_action_at,"
+        " :last_offset, :link_token, :manage_url, " + ", ".join(f":{c}" for c in _CASE_COLUMNS)
+        + ") RETURNING id, company_id),"
+        " a AS (INSERT INTO recovery_actions (case_id, company_id, kind, step, channel, status,"
+        "   idempotency_key, due_at, owed_at)"
+        "   SELECT c.id, c.company_id, e.kind, e.step, e.channel, 'pending', e.key, e.due_at, e.due_at"
+        "   FROM c, unnest(CAST(:kinds AS text[]), CAST(:steps AS text[]), CAST(:channels AS text[]),"
+        "     CAST(:dues AS timestamptz[]), CAST(:keys AS text[])) AS e(kind, step, channel, due_at, key)"
+        "   ON CONFLICT (idempotency_key) DO NOTHING RETURNING 1)"
+        " SELECT (SELECT count(*) FROM a) AS owed",
+        id=case_id, company_id=case.company_id, membership_id=case.membership_id, seq=case.seq,
+        episode=case.failure_ids[0] if case.failure_ids else None, next_action_at=next_action_at,
+        link_token=link_token, last_offset=last_reminder_offset, manage_url=case.manage_url,
+        kinds=[e[0] for e in effects],
+        steps=[e[1] for e in effects], channels=[e[2] for e in effects], dues=[e[3] for e in effects],
+        keys=[e[4] for e in effects], **values)
+    assert row is not None
+    return int(row["owed"])
 
 
 def insert_case(tx: Transaction, case: Case, next_action_at: datetime | None,
@@ -85,28 +174,34 @@ def insert_case(tx: Transaction, case: Case, next_action_at: datetime | None,
 
 
 def update_case(tx: Transaction, case_id: str, case: Case, next_action_at: datetime | None,
-                episode: str | None = None) -> None:
-    """Rewrite a stored case from its episode's fold (``episode`` fills a legacy row's identity)."""
-    values = {c: getattr(case, c) for c in _CASE_COLUMNS}
-    values["status"] = case.status.value
+                episode: str | None = None, settle: str | None = None) -> None:
+    """Rewrite a stored case from its episode's fold (``episode`` fills a legacy row's identity);
+    with ``settle``, its pending rows are skipped with that reason in the same statement."""
     assignments = ", ".join(f"{c} = :{c}" for c in _CASE_COLUMNS)  # constant names, bound values
-    tx.execute(
+    update = (
         "UPDATE recovery_cases SET " + assignments  # noqa: S608
         + ", seq = :seq, episode_webhook_id = COALESCE(episode_webhook_id, :episode),"
         " manage_url = COALESCE(:manage_url, manage_url), next_action_at = :next_action_at,"
-        " updated_at = now() WHERE id = CAST(:id AS uuid)",
-        id=case_id, seq=case.seq, episode=episode, next_action_at=next_action_at,
-        manage_url=case.manage_url, **values)
+        " updated_at = now() WHERE id = CAST(:id AS uuid)")
+    params = dict(id=case_id, seq=case.seq, episode=episode, next_action_at=next_action_at,
+                  manage_url=case.manage_url, **case_values(case))
+    if settle is None:
+        tx.execute(update, **params)
+        return
+    tx.execute("WITH u AS (" + update + " RETURNING id) " + _SETTLE + " AND case_id IN (SELECT id FROM u)",  # noqa: S608
+               reason=settle, **params)
+
+
+# Pending rows of a closed case (claimed rows, a send in flight, are left to their executor).
+_SETTLE = ("UPDATE recovery_actions SET status = 'skipped', error_class = 'skipped', error_detail = :reason,"
+           " claimed_until = NULL, completed_at = now(), updated_at = now() WHERE status = 'pending'")
 
 
 def settle_pending(tx: Transaction, case_id: str, reason: str) -> int:
     """A closed case owes nothing: its pending rows become ``skipped`` with the reason, at once,
     so the timeline never shows sends "pending" for a recovered case. Claimed rows (a send in
     flight) are left to their executor, which records what Whop answered."""
-    return tx.execute(
-        "UPDATE recovery_actions SET status = 'skipped', error_class = 'skipped', error_detail = :reason,"
-        " claimed_until = NULL, completed_at = now(), updated_at = now()"
-        " WHERE case_id = CAST(:id AS uuid) AND status = 'pending'", id=case_id, reason=reason)
+    return tx.execute(_SETTLE + " AND case_id = CAST(:id AS uuid)", id=case_id, reason=reason)
 
 
 def merge_duplicate_case(tx: Transaction, case_id: str, into: str) -> None:
@@ -144,17 +239,60 @@ def add_action(tx: Transaction, *, case_id: str, company_id: str, kind: str, ste
     return row is not None
 
 
+def add_pending_actions(tx: Transaction, company_id: str,
+                        rows: list[tuple[str, str, str, str | None, datetime, str]]) -> int:
+    """Owe many effects at once, ``(case_id, kind, step, channel, due_at, key)`` each, as pending
+    ledger rows in one statement; return how many were new (a known key is already owed)."""
+    if not rows:
+        return 0
+    return tx.execute(
+        "INSERT INTO recovery_actions (case_id, company_id, kind, step, channel, status, idempotency_key,"
+        " due_at, owed_at) SELECT e.case_id, :company_id, e.kind, e.step, e.channel, 'pending', e.key,"
+        " e.due_at, e.due_at"
+        " FROM unnest(CAST(:case_ids AS uuid[]), CAST(:kinds AS text[]), CAST(:steps AS text[]),"
+        "   CAST(:channels AS text[]), CAST(:dues AS timestamptz[]), CAST(:keys AS text[]))"
+        "   AS e(case_id, kind, step, channel, due_at, key)"
+        " ON CONFLICT (idempotency_key) DO NOTHING",
+        company_id=company_id, case_ids=[r[0] for r in rows], kinds=[r[1] for r in rows],
+        steps=[r[2] for r in rows], channels=[r[3] for r in rows], dues=[r[4] for r in rows],
+        keys=[r[5] for r in rows])
+
+
+# What the tick reads of a due case: what case_from_row needs, and its reminder progress.
+DUE_CASE_COLUMNS = ("id, company_id, membership_id, seq, last_reminder_offset, manage_url, "
+                    + ", ".join(_CASE_COLUMNS))
+
+
+def advance_cases(tx: Transaction, rows: list[tuple[str, int | None, datetime | None]]) -> None:
+    """Record each case's latest owed reminder offset and next due time, ``(id, offset, next)``."""
+    if not rows:
+        return
+    tx.execute(
+        "UPDATE recovery_cases c SET last_reminder_offset = u.last, next_action_at = u.next,"
+        " updated_at = now() FROM unnest(CAST(:ids AS uuid[]), CAST(:lasts AS integer[]),"
+        "   CAST(:nexts AS timestamptz[])) AS u(id, last, next) WHERE c.id = u.id",
+        ids=[r[0] for r in rows], lasts=[r[1] for r in rows], nexts=[r[2] for r in rows])
+
+
 # --- settings ------------------------------------------------------------------------------------
 
 
 def get_settings(tx: Transaction) -> CreatorSettings:
-    row = tx.one("SELECT * FROM creator_settings")
+    return settings_from_row(tx.one("SELECT * FROM creator_settings"))
+
+
+def _hh_mm(value: Any) -> str:
+    # A time column (time) or the same column inside to_jsonb(...) ("HH:MM:SS").
+    return value.strftime("%H:%M") if hasattr(value, "strftime") else str(value)[:5]
+
+
+def settings_from_row(row: dict[str, Any] | None) -> CreatorSettings:
+    """A company's settings from its creator_settings row (or that row as JSON); defaults if none."""
     if row is None:
         return CreatorSettings()
     quiet = None
     if row["quiet_hours_start"] is not None:
-        quiet = QuietHours(start=row["quiet_hours_start"].strftime("%H:%M"),
-                           end=row["quiet_hours_end"].strftime("%H:%M"))
+        quiet = QuietHours(start=_hh_mm(row["quiet_hours_start"]), end=_hh_mm(row["quiet_hours_end"]))
     return CreatorSettings(
         enable_push=row["enable_push"], enable_dm=row["enable_dm"],
         incentive_days=row["incentive_days"],
@@ -199,12 +337,16 @@ CASE_VIEW_COLUMNS = (
 )
 
 # Optional filters as bound parameters (NULL = no filter); the keyset is (first_failure_at, id).
+# Statements are prepared once and may run on a generic plan (no parameter values known), so
+# the window start and the keyset are written as bounds that always apply (-infinity/infinity
+# when absent): an index range scan serves every page, never a scan from the newest case.
 _CASE_FILTERS = (
     " WHERE (CAST(:status AS text) IS NULL OR status = :status)"
-    " AND (CAST(:since AS timestamptz) IS NULL OR (first_failure_at >= :since AND first_failure_at <= :now))"
+    " AND first_failure_at >= COALESCE(CAST(:since AS timestamptz), '-infinity')"
+    " AND (CAST(:since AS timestamptz) IS NULL OR first_failure_at <= :now)"
     " AND (CAST(:q AS text) IS NULL OR membership_id LIKE :q OR user_id LIKE :q)"
-    " AND (CAST(:after_at AS timestamptz) IS NULL"
-    "      OR (first_failure_at, id) < (CAST(:after_at AS timestamptz), CAST(:after_id AS uuid)))"
+    " AND (first_failure_at, id) < (COALESCE(CAST(:after_at AS timestamptz), 'infinity'),"
+    "      COALESCE(CAST(:after_id AS uuid), 'ffffffff-ffff-ffff-ffff-ffffffffffff'))"
 )
 
 
@@ -224,21 +366,88 @@ def list_cases(tx: Transaction, *, now: datetime, status: str | None = None, sin
         after_at=after[0] if after else None, after_id=after[1] if after else None, limit=limit)
 
 
+# The export's rows (its contract columns by name); keyset pages of it are read below.
+EXPORT_SELECT = (
+    "SELECT id::text AS case_id, membership_id, user_id, status, first_failure_at, last_failure_at,"
+    " recovered_at, amount_minor, COALESCE(currency, recovered_currency) AS currency,"
+    " recovered_amount_minor, failure_count, decline_code, failure_reason,"
+    " (SELECT count(*) FROM recovery_actions a WHERE a.case_id = recovery_cases.id"
+    "   AND a.kind IN ('nudge', 'reminder', 'manual_nudge') AND a.status = 'sent') AS nudges_sent,"
+    " incentive_days, holdout, experiment_id::text AS experiment_id, variant, decline_class,"
+    " link_clicks AS clicks FROM recovery_cases"
+)
+
+
 def export_cases(tx: Transaction, *, now: datetime, status: str | None = None,
                  since: datetime | None = None, after: tuple[datetime, str] | None = None,
                  limit: int = 1000) -> list[dict[str, Any]]:
     """One keyset page of the CSV export, with each case's count of sent messages."""
     return tx.query(
-        "SELECT id::text AS case_id, membership_id, user_id, status, first_failure_at, last_failure_at,"  # noqa: S608
-        " recovered_at, amount_minor, COALESCE(currency, recovered_currency) AS currency,"
-        " recovered_amount_minor, failure_count, decline_code, failure_reason,"
-        " (SELECT count(*) FROM recovery_actions a WHERE a.case_id = recovery_cases.id"
-        "   AND a.kind IN ('nudge', 'reminder', 'manual_nudge') AND a.status = 'sent') AS nudges_sent,"
-        " incentive_days, holdout, experiment_id::text AS experiment_id, variant, decline_class,"
-        " link_clicks AS clicks FROM recovery_cases" + _CASE_FILTERS  # constant fragments only
+        EXPORT_SELECT + _CASE_FILTERS  # constant fragments only
         + " ORDER BY first_failure_at DESC, id DESC LIMIT :limit",
         status=status, since=since, now=now, q=None, after_at=after[0] if after else None,
         after_id=after[1] if after else None, limit=limit)
+
+
+# Export columns whose values can never need quoting or neutralising (uuids, enums, lower-case
+# currency codes, counts and amounts that are never negative): written as plain text.
+_CSV_PLAIN = frozenset({"case_id", "status", "currency", "amount_minor", "recovered_amount_minor",
+                        "failure_count", "nudges_sent", "incentive_days"})
+
+
+def _csv_expression(column: str) -> str:
+    # Every exported ``…_at`` column is a timestamptz; any other column not known to be plain
+    # (a new one included) goes through the full cell rules.
+    if column.endswith("_at"):
+        return f"rebound_csv_time(x.{column})"
+    if column in _CSV_PLAIN:
+        return f"COALESCE(x.{column}::text, '')"
+    return f"rebound_csv_cell(x.{column}::text)"
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def keyset_time(at_us: int) -> datetime:
+    """The exact first_failure_at of an export row from its ``at_us``."""
+    return EPOCH + timedelta(microseconds=at_us)
+
+
+def _export_lines_sql(columns: tuple[str, ...]) -> str:
+    line = " || ',' || ".join(_csv_expression(c) for c in columns)  # constant column names
+    return (
+        "SELECT " + line + " || E'\\r\\n' AS line,"  # noqa: S608
+        " (extract(epoch FROM x.first_failure_at) * 1000000)::bigint AS at_us,"
+        " x.case_id FROM (" + EXPORT_SELECT + _CASE_FILTERS
+        + " ORDER BY first_failure_at DESC, id DESC LIMIT :limit) x")
+
+
+def export_csv_lines(tx: Transaction, columns: tuple[str, ...], *, now: datetime,
+                     status: str | None = None, since: datetime | None = None,
+                     after: tuple[datetime, str] | None = None,
+                     limit: int = 1000) -> list[dict[str, Any]]:
+    """One keyset page of the export as finished CSV lines (``line``, with CRLF), formatted by
+    Postgres (rebound_csv_cell/rebound_csv_time), and each row's keyset (``at_us``, microseconds
+    since the epoch, and ``case_id``): Python parses no cell and no timestamp."""
+    return tx.query(
+        _export_lines_sql(columns), status=status, since=since, now=now, q=None,
+        after_at=after[0] if after else None, after_id=after[1] if after else None, limit=limit)
+
+
+def export_csv_page(tx: Transaction, columns: tuple[str, ...], *, now: datetime,
+                    status: str | None = None, since: datetime | None = None,
+                    after: tuple[datetime, str] | None = None, limit: int = 1000) -> dict[str, Any]:
+    """The same page as export_csv_lines, joined by Postgres into one ``text`` (one row to read,
+    not ``limit``), with its row count ``rows`` and its last row's keyset (``at_us``, ``case_id``)."""
+    row = tx.one(
+        "SELECT COALESCE(string_agg(y.line, '' ORDER BY y.n), '') AS text, count(*) AS rows,"  # noqa: S608
+        " (array_agg(y.at_us ORDER BY y.n DESC))[1] AS at_us,"
+        " (array_agg(y.case_id ORDER BY y.n DESC))[1] AS case_id"
+        " FROM (SELECT row_number() OVER () AS n, z.* FROM (" + _export_lines_sql(columns) + ") z) y",
+        status=status, since=since, now=now, q=None, after_at=after[0] if after else None,
+        after_id=after[1] if after else None, limit=limit)
+    assert row is not None
+    return row
 
 
 def case_view(tx: Transaction, case_id: str, *, lock: bool = False) -> dict[str, Any] | None:

@@ -295,7 +295,10 @@ def _t0_of_open_cases(owner: Any) -> dict[str, set[tuple[str, str]]]:
     # that closes sooner (the send is then skipped, with the reason).
     rows = owner.run("SELECT c.id::text, a.channel, a.status FROM recovery_cases c JOIN recovery_actions a"
                      " ON a.case_id = c.id WHERE c.status = 'open' AND a.step = 't0'"
-                     " AND c.first_failure_at + interval '14 days' > now() + interval '7 hours'")
+                     " AND c.first_failure_at + interval '14 days' > now() + interval '7 hours'"
+                     # A member's second episode may rightly wait out the 20 h frequency cap.
+                     " AND NOT EXISTS (SELECT 1 FROM recovery_cases o WHERE o.company_id = c.company_id"
+                     "   AND o.user_id = c.user_id AND o.id <> c.id)")
     found: dict[str, set[tuple[str, str]]] = defaultdict(set)
     for case_id, channel, status in rows:
         found[case_id].add((channel, status))

@@ -8,13 +8,17 @@ import pytest
 
 from chalicelib.db import (
     Database,
+    DatabaseError,
+    Transaction,
     UniqueViolation,
+    _rewrite,
     check_tls_policy,
     make_ssl_context,
     parse_database_url,
     service_transaction,
     tenant_transaction,
 )
+from scripts.localdb import LocalDatabase
 from tests.conftest import Owner
 
 
@@ -78,3 +82,96 @@ def test_a_connection_killed_between_invocations_is_reopened_once(database: Data
     owner.run("SELECT pg_terminate_backend(:pid)", pid=pid)
     with service_transaction(database) as tx:
         assert tx.scalar("SELECT pg_backend_pid()") != pid
+
+
+# --- statement modes (issue 13): prepared once per connection, or no session state at all --------
+
+_PREPARED_HERE = "SELECT count(*) FROM pg_prepared_statements WHERE statement = :s"
+
+
+def _prepared_count(tx: Transaction, sql: str) -> int:
+    return int(tx.scalar(_PREPARED_HERE, s=_rewrite(sql)[0]))
+
+
+def test_a_statement_is_prepared_once_per_connection_and_reused(database: Database) -> None:
+    sql = "SELECT company_id FROM creator_settings WHERE company_id = :c"
+    for _ in range(3):
+        with tenant_transaction("biz_a", database) as tx:
+            assert tx.query(sql, c="biz_a") == []
+            assert _prepared_count(tx, sql) == 1
+    with tenant_transaction("biz_a", database) as tx:
+        tx.execute("INSERT INTO creator_settings (company_id) VALUES (:c)", c="biz_a")
+        assert tx.query(sql, c="biz_a") == [{"company_id": "biz_a"}]
+
+
+def test_a_new_connection_prepares_afresh(database: Database, owner: Owner) -> None:
+    sql = "SELECT count(*) AS n FROM creator_settings WHERE company_id = :c"
+    with tenant_transaction("biz_a", database) as tx:
+        assert tx.scalar(sql, c="biz_a") == 0
+        pid = tx.scalar("SELECT pg_backend_pid()")
+    owner.run("SELECT pg_terminate_backend(:pid)", pid=pid)
+    with tenant_transaction("biz_a", database) as tx:
+        assert tx.scalar(sql, c="biz_a") == 0  # the dead session's statement is not assumed
+        assert _prepared_count(tx, sql) == 1
+
+
+def test_a_failed_transaction_leaves_prepared_statements_usable(database: Database) -> None:
+    sql = "INSERT INTO creator_settings (company_id) VALUES (:c)"
+    with tenant_transaction("biz_a", database) as tx:
+        tx.execute(sql, c="biz_a")
+    with pytest.raises(UniqueViolation), tenant_transaction("biz_a", database) as tx:
+        tx.execute(sql, c="biz_a")
+    with tenant_transaction("biz_b", database) as tx:
+        assert tx.execute(sql, c="biz_b") == 1
+
+
+def test_a_plan_whose_result_changed_is_prepared_again(database: Database, owner: Owner) -> None:
+    sql = "SELECT * FROM creator_settings WHERE company_id = :c"
+    with tenant_transaction("biz_a", database) as tx:
+        tx.query(sql, c="biz_a")
+    owner.run("ALTER TABLE creator_settings ADD COLUMN bench_probe integer")
+    try:
+        with pytest.raises(DatabaseError), tenant_transaction("biz_a", database) as tx:
+            tx.query(sql, c="biz_a")
+        with tenant_transaction("biz_a", database) as tx:  # forgotten, prepared anew: works
+            assert tx.query(sql, c="biz_a") == []
+    finally:
+        owner.run("ALTER TABLE creator_settings DROP COLUMN bench_probe")
+
+
+def test_unnamed_mode_keeps_no_session_state(local_database: LocalDatabase) -> None:
+    unnamed = Database(local_database.runtime_url, statements="unnamed")
+    try:
+        sql = "SELECT company_id FROM creator_settings WHERE company_id = :c"
+        with tenant_transaction("biz_a", unnamed) as tx:
+            assert tx.query(sql, c="biz_a") == []
+            tx.execute("INSERT INTO creator_settings (company_id) VALUES (:c)", c="biz_a")
+            assert tx.query(sql, c="biz_a") == [{"company_id": "biz_a"}]
+            assert tx.scalar("SELECT count(*) FROM pg_prepared_statements") == 0
+        with pytest.raises(UniqueViolation), tenant_transaction("biz_a", unnamed) as tx:
+            tx.execute("INSERT INTO creator_settings (company_id) VALUES (:c)", c="biz_a")
+    finally:
+        with tenant_transaction("biz_a", unnamed) as tx:
+            tx.execute("DELETE FROM creator_settings")
+        unnamed.close()
+
+
+def test_an_unknown_statement_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="statements"):
+        Database("postgresql://u@h/db", statements="cached")
+
+
+def test_tenant_and_lock_in_one_round_trip_hold_the_lock_until_the_end(
+        database: Database, local_database: LocalDatabase) -> None:
+    other = Database(local_database.runtime_url)
+    probe = "SELECT pg_try_advisory_xact_lock(hashtextextended(:k, 0)) AS got"
+    try:
+        with tenant_transaction("biz_a", database, lock="biz_a/mem_1") as tx:
+            assert tx.scalar("SELECT current_setting('app.company_id')") == "biz_a"
+            with service_transaction(other) as probe_tx:
+                assert probe_tx.scalar(probe, k="biz_a/mem_1") is False
+                assert probe_tx.scalar(probe, k="biz_a/mem_2") is True
+        with service_transaction(other) as probe_tx:
+            assert probe_tx.scalar(probe, k="biz_a/mem_1") is True
+    finally:
+        other.close()

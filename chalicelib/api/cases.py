@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import csv
 import json
 import re
 from datetime import UTC, datetime, timedelta
@@ -137,7 +136,9 @@ def _action_item(action: dict[str, Any]) -> TimelineItem:
 
 
 def csv_cell(value: Any) -> str:
-    """One CSV cell: ISO 8601 UTC for times, and text that a spreadsheet could run as a formula
+    """The export's cell rules in Python (Postgres applies the same ones, see migration 0009's
+    rebound_csv_cell; tests hold the two to each other). One CSV cell: ISO 8601 UTC for times,
+    and text that a spreadsheet could run as a formula
     (starting with = + - @, tab or CR) prefixed with a single quote."""
     if value is None:
         return ""
@@ -149,19 +150,44 @@ def csv_cell(value: Any) -> str:
     return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
-class _Line:
-    """A file for csv.writer that keeps only the line just written."""
-
-    text = ""
-
-    def write(self, text: str) -> int:
-        self.text = text
-        return len(text)
-
-
 def _wire_size(text: str) -> int:
     # The Lambda response carries the body inside JSON: count the escaped size, not the raw one.
     return len(json.dumps(text)) - 2
+
+
+def _export_body(tx: Transaction, query: ExportQuery, now: datetime,
+                 after: tuple[datetime, str] | None) -> tuple[str, str | None]:
+    """The CSV body (header first) and the cursor of the rest, if it did not fit.
+
+    Postgres formats the cells and joins each page (store.export_csv_page); a page that fits is
+    appended whole, so Python holds the body plus one page and reads one row per page. Only the
+    page that does not fit is read line by line, to stop between two rows.
+    """
+    header = ",".join(EXPORT_COLUMNS) + "\r\n"
+    parts, size, rows_out = [header], _wire_size(header), 0
+    filters: dict[str, Any] = {"now": now, "status": query.status, "since": _since(now, query.window_days),
+                               "limit": EXPORT_PAGE_ROWS}
+    while True:
+        page = store.export_csv_page(tx, EXPORT_COLUMNS, after=after, **filters)
+        rows = int(page["rows"])
+        page_size = _wire_size(page["text"])
+        if size + page_size <= EXPORT_MAX_BYTES:
+            parts.append(page["text"])
+            size += page_size
+            rows_out += rows
+            if rows:
+                after = (store.keyset_time(page["at_us"]), page["case_id"])
+        else:
+            for row in store.export_csv_lines(tx, EXPORT_COLUMNS, after=after, **filters):
+                line_size = _wire_size(row["line"])
+                if rows_out and size + line_size > EXPORT_MAX_BYTES:
+                    return "".join(parts), encode_cursor(*after) if after else None
+                parts.append(row["line"])
+                size += line_size
+                rows_out += 1
+                after = (store.keyset_time(row["at_us"]), row["case_id"])
+        if rows < EXPORT_PAGE_ROWS:
+            return "".join(parts), None
 
 
 def export_csv(ctx: CreatorContext) -> Response:
@@ -172,31 +198,12 @@ def export_csv(ctx: CreatorContext) -> Response:
     """
     query = ctx.parse_query(ExportQuery)
     after = decode_cursor(query.cursor) if query.cursor else None
-    line = _Line()
-    writer = csv.writer(line, lineterminator="\r\n")
-    writer.writerow(EXPORT_COLUMNS)
-    parts, size, rows_out = [line.text], _wire_size(line.text), 0
-    next_cursor: str | None = None
     with tenant_transaction(ctx.company_id) as tx:
-        while next_cursor is None:
-            page = store.export_cases(tx, now=ctx.now, status=query.status,
-                                      since=_since(ctx.now, query.window_days), after=after,
-                                      limit=EXPORT_PAGE_ROWS)
-            for row in page:
-                writer.writerow([csv_cell(row[c]) for c in EXPORT_COLUMNS])
-                if rows_out and size + _wire_size(line.text) > EXPORT_MAX_BYTES:
-                    next_cursor = encode_cursor(*after) if after else None
-                    break
-                parts.append(line.text)
-                size += _wire_size(line.text)
-                rows_out += 1
-                after = (row["first_failure_at"], row["case_id"])
-            if len(page) < EXPORT_PAGE_ROWS:
-                break
+        body, next_cursor = _export_body(tx, query, ctx.now, after)
     filename = f"rebound-cases-{ctx.company_id}-{ctx.now:%Y%m%d}.csv"
     headers: dict[str, str | list[str]] = {"Content-Type": "text/csv; charset=utf-8",
                                            "Cache-Control": "no-store",
                                            "Content-Disposition": f'attachment; filename="{filename}"'}
     if next_cursor:
         headers[EXPORT_NEXT_CURSOR_HEADER] = next_cursor
-    return Response(body="".join(parts), status_code=200, headers=headers)
+    return Response(body=body, status_code=200, headers=headers)
