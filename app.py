@@ -247,3 +247,12 @@ def dashboard(company_id: str) -> Response:
         raise NotFound("not found")
     html, headers = page()
     return Response(body=html, status_code=200, headers=dict(headers))
+
+
+@app.route("/favicon.ico", methods=["GET"])
+@handle_errors
+def favicon() -> Response:
+    from chalicelib.dashboard import favicon as icon
+
+    body, headers = icon()
+    return Response(body=body, status_code=200, headers=dict(headers))

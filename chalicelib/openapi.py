@@ -282,6 +282,8 @@ OPERATIONS: tuple[Op, ...] = (
        description="Served by chalicelib.dashboard; the page calls the creator routes above.",
        responses={200: Resp("HTML page.", media="text/html", schema={"type": "string"}),
                   404: Resp("Not a company id.", ErrorResponse)}),
+    Op("get", "/favicon.ico", "favicon", "The dashboard's icon (SVG)", "dashboard",
+       responses={200: Resp("SVG image.", media="image/svg+xml", schema={"type": "string"})}),
 )
 
 
