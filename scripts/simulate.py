@@ -96,7 +96,7 @@ def open_case_of(base: str, fake: str | None, admin: str | None, company: str,
 def tick(base: str, secret: str | None) -> None:
     if not secret:
         print("tick: no SCHEDULER_SECRET (start `make dev` first, or set it); the scheduler loop "
-              "runs the tick on its own every minute")
+              "runs the tick on its own every SCHEDULER_EVERY_S (30 s)")
         return
     status, text = _post(f"{base}/api/scheduler/reminders", b"",
                          {"authorization": f"Bearer {secret}", "content-type": "application/json"})
