@@ -166,6 +166,47 @@ def get_kpis(company_id: str) -> Response:
     return serve(app.current_request, company_id, "reads", kpis.get_kpis)
 
 
+@app.route(f"{COMPANY}/kpis/cohorts", methods=["GET"])
+@handle_errors
+def get_kpi_cohorts(company_id: str) -> Response:
+    from chalicelib.api import kpis, serve
+
+    return serve(app.current_request, company_id, "reads", kpis.get_cohorts)
+
+
+@app.route(f"{COMPANY}/experiments", methods=["GET"])
+@handle_errors
+def list_experiments(company_id: str) -> Response:
+    from chalicelib.api import experiments, serve
+
+    return serve(app.current_request, company_id, "reads", experiments.list_experiments)
+
+
+@app.route(f"{COMPANY}/experiments", methods=["POST"], content_types=ANY_BODY)
+@handle_errors
+def create_experiment(company_id: str) -> Response:
+    from chalicelib.api import experiments, serve
+
+    return serve(app.current_request, company_id, "settings_write", experiments.create_experiment)
+
+
+@app.route(f"{COMPANY}/experiments/{{experiment_id}}", methods=["GET"])
+@handle_errors
+def get_experiment(company_id: str, experiment_id: str) -> Response:
+    from chalicelib.api import experiments, serve
+
+    return serve(app.current_request, company_id, "reads", experiments.get_experiment, experiment_id)
+
+
+@app.route(f"{COMPANY}/experiments/{{experiment_id}}/stop", methods=["POST"], content_types=ANY_BODY)
+@handle_errors
+def stop_experiment(company_id: str, experiment_id: str) -> Response:
+    from chalicelib.api import experiments, serve
+
+    return serve(app.current_request, company_id, "settings_write", experiments.stop_experiment,
+                 experiment_id)
+
+
 @app.route(f"{COMPANY}/cases", methods=["GET"])
 @handle_errors
 def list_cases(company_id: str) -> Response:

@@ -33,6 +33,7 @@ from datetime import datetime
 from typing import Final
 
 from chalicelib import attribution
+from chalicelib.messages import case_decline_class
 from chalicelib.models import Case, CaseStatus, EventType, WhopEvent, window_end
 
 __all__ = ["fold", "order_key"]
@@ -65,7 +66,7 @@ def fold(company_id: str, membership_id: str, events: Iterable[WhopEvent],
         _RULES[event.type](state, event)
     if now is not None:
         state.expire_if_passed(now)
-    return state.cases
+    return [c.model_copy(update={"decline_class": case_decline_class(c)}) for c in state.cases]
 
 
 def _dedupe(events: Iterable[WhopEvent], company_id: str, membership_id: str) -> list[WhopEvent]:
@@ -129,6 +130,7 @@ def _on_failure(state: _State, event: WhopEvent) -> None:
         decline_code=event.decline_code or case.decline_code,
         failure_reason=event.failure_message or case.failure_reason,
         recovery_url=event.recovery_url or case.recovery_url,
+        failure_type=event.type,
     )
 
 
@@ -149,6 +151,7 @@ def _open(state: _State, event: WhopEvent, seq: int) -> Case:
         failure_reason=event.failure_message,
         recovery_url=event.recovery_url,
         manage_url=state.manage_url,
+        failure_type=event.type,
     )
 
 

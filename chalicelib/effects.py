@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from chalicelib import store
+from chalicelib import measurement, store
 from chalicelib.attribution import window_passed
 from chalicelib.db import Database, Transaction, tenant_transaction
-from chalicelib.messages import render
+from chalicelib.messages import VariantCopy
 from chalicelib.models import Case, CaseStatus, CreatorSettings
 from chalicelib.reminders import FREQUENCY_CAP, MAX_ATTEMPTS, quiet_until, retry_delay
 from chalicelib.whop import WhopError, WhopPermanentError, WhopPort, WhopResult
@@ -61,6 +61,7 @@ class Claim:
     link_token: str
     settings: CreatorSettings
     extra: dict[str, Any] = field(default_factory=dict)
+    variant: VariantCopy | None = None  # the case's experiment copy, if any
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,8 @@ def _gate(tx: Transaction, row: dict[str, Any], case: Case, settings: CreatorSet
           batch_sends: set[tuple[str, str]]) -> tuple[str, Any] | None:
     """Why this row must not be claimed now: ("skip", reason) or ("defer", until); None = go."""
     kind, channel = row["kind"], row["channel"]
+    if case.holdout and kind in ("nudge", "reminder", "incentive"):
+        return ("skip", "holdout")  # measured, never messaged automatically (manual nudges still go)
     if case.status is not CaseStatus.OPEN:
         return ("skip", "case_closed")
     if window_passed(case.first_failure_at, now):
@@ -181,7 +184,8 @@ def claim(company_id: str, now: datetime, db: Database | None = None, *, case_id
             claims.append(Claim(action_id=row["action_id"], kind=row["kind"], step=row["step"],
                                 channel=row["channel"], key=row["idempotency_key"],
                                 attempts=row["attempts"] + 1, case_id=row["case_id"], case=case,
-                                link_token=case_row["link_token"], settings=settings))
+                                link_token=case_row["link_token"], settings=settings,
+                                variant=measurement.variant_copy(tx, case)))
     return claims
 
 
@@ -220,14 +224,13 @@ def perform(ctx: Context, c: Claim, now: datetime) -> WhopResult:
         if c.kind == "incentive":
             return _extend(ctx, c)
         link = f"{ctx.public_base_url}/r/{c.link_token}"
-        copy = render(_template(c.kind), c.case, link, now)
+        copy = measurement.message_copy(ctx.whop, _template(c.kind), c.case, link, now, c.variant)
         assert c.case.user_id is not None
         if c.channel == "push":
             experience = push_experience(ctx, c.case.company_id, c.settings)
             if experience is None:
                 return WhopResult(ok=False, error_class="permanent", error_code="no_push_experience")
-            return ctx.whop.send_push(experience, c.case.user_id, copy.title, f"{copy.push} {link}",
-                                      c.key)
+            return ctx.whop.send_push(experience, c.case.user_id, copy.title, copy.push, c.key)
         return ctx.whop.send_dm(c.case.user_id, c.case.company_id, copy.dm, c.key)
     except WhopError as exc:
         # The adapter already classified the failure: reuse its verdict rather than re-deriving it.

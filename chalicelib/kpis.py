@@ -11,15 +11,25 @@ same window):
 - ``recovery_rate`` = ``recoveries / total_cases`` (0 when there are no cases): open, expired
   and cancelled cases are all in the denominator;
 - ``recovered_revenue``: the sum of ``recovered_amount_minor`` of recovered cases, per case
-  currency (the CSV's ``currency`` column), in minor units, sorted by currency.
+  currency (the CSV's ``currency`` column), in minor units, sorted by currency;
+- ``incentive_cost``: the stored cost of the free days granted to the window's cases, per case
+  currency;
+- ``by_decline_class``: cases, recoveries and recovery rate per decline class (same definitions);
+- ``lift``: treated versus holdout over the window's matured cases (``chalicelib.lift``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from typing import Literal
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from chalicelib import lift as lift_math
+from chalicelib.models import DECLINE_CLASSES, RECOVERY_WINDOW
 
 
 class Money(BaseModel):
@@ -27,6 +37,52 @@ class Money(BaseModel):
 
     currency: str = Field(pattern=r"^[a-z]{3}$", examples=["usd"])
     amount_minor: int = Field(ge=0, description="Amount in the currency's minor unit (cents for usd).")
+
+
+class SignedMoney(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    currency: str = Field(pattern=r"^[a-z]{3}$", examples=["usd"])
+    amount_minor: int = Field(description="Minor units; negative when the holdout did better.")
+
+
+class LiftFigures(BaseModel):
+    """Treated versus holdout over the window's matured cases (≥ 14 days old, or closed)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: Literal["ok", "insufficient_data"] = Field(description=(
+        "insufficient_data until each arm has 30 matured cases: then only the counts are given."))
+    treated_cases: int = Field(ge=0, description="Matured cases that were not held out.")
+    holdout_cases: int = Field(ge=0, description="Matured cases in the holdout (no automatic message).")
+    treated_rate: float | None = Field(ge=0, le=1, description="Recovered / matured, treated arm.")
+    holdout_rate: float | None = Field(ge=0, le=1, description="Recovered / matured, holdout arm.")
+    incremental_rate: float | None = Field(ge=-1, le=1, description="treated_rate − holdout_rate.")
+    interval: list[float] | None = Field(min_length=2, max_length=2, description=(
+        "95% interval [low, high] of incremental_rate: Newcombe's hybrid score method (Wilson "
+        "score intervals of each arm, no continuity correction)."))
+    incremental_revenue: list[SignedMoney] = Field(description=(
+        "Per currency: treated recovered revenue − holdout recovered revenue × treated/holdout "
+        "matured cases."))
+    net_incremental_revenue: list[SignedMoney] = Field(description=(
+        "incremental_revenue − the incentive cost of the treated matured cases, per currency."))
+
+
+class ClassFigures(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    cases: int = Field(ge=0)
+    recoveries: int = Field(ge=0)
+    recovery_rate: float = Field(ge=0, le=1, description="recoveries / cases; 0 when there are none.")
+
+
+class ByDeclineClass(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    card_hard: ClassFigures
+    card_soft: ClassFigures
+    authentication: ClassFigures
+    unknown: ClassFigures
 
 
 class KpiFigures(BaseModel):
@@ -40,11 +96,19 @@ class KpiFigures(BaseModel):
         "all count in the denominator."))
     recovered_revenue: list[Money] = Field(description=(
         "Sum of recovered_amount_minor of the recovered cases, per case currency, sorted by currency."))
+    incentive_cost: list[Money] = Field(description=(
+        "Cost of the free days granted to these cases (days × renewal price / billing period), per "
+        "case currency."))
+    by_decline_class: ByDeclineClass = Field(description="The same counts per decline class.")
+    lift: LiftFigures
 
 
-class Kpis(KpiFigures):
+class KpiWindow(KpiFigures):
     window_days: int = Field(ge=1, le=365)
-    previous: KpiFigures = Field(description="The same figures for the window before this one.")
+
+
+class Kpis(KpiWindow):
+    previous: KpiWindow = Field(description="The same fields for the window before this one.")
 
 
 @dataclass(frozen=True)
@@ -55,26 +119,166 @@ class StatusCount:
     currency: str | None
     cases: int
     recovered_minor: int = 0
+    decline_class: str = "unknown"
+    holdout: bool = False
+    matured: bool = False
+    incentive_cost_minor: int = 0
+
+
+def _money(pairs: Iterable[tuple[str, int]]) -> list[Money]:
+    return [Money(currency=c, amount_minor=a) for c, a in pairs]
+
+
+def _signed(pairs: Iterable[tuple[str, int]]) -> list[SignedMoney]:
+    return [SignedMoney(currency=c, amount_minor=a) for c, a in pairs]
+
+
+def _arm(rows: list[StatusCount]) -> lift_math.Arm:
+    return lift_math.Arm(
+        matured=sum(r.cases for r in rows),
+        recovered=sum(r.cases for r in rows if r.status == "recovered"),
+        revenue=tuple(lift_math.sum_by_currency(
+            [(r.currency, r.recovered_minor) for r in rows if r.status == "recovered"])),
+        incentive_cost=tuple(lift_math.sum_by_currency([(r.currency, r.incentive_cost_minor) for r in rows])))
+
+
+def lift_figures(rows: Iterable[StatusCount]) -> LiftFigures:
+    matured = [r for r in rows if r.matured]
+    result = lift_math.lift(_arm([r for r in matured if not r.holdout]),
+                            _arm([r for r in matured if r.holdout]))
+    return LiftFigures(
+        status="ok" if result.status == "ok" else "insufficient_data", treated_cases=result.treated_cases,
+        holdout_cases=result.holdout_cases, treated_rate=result.treated_rate,
+        holdout_rate=result.holdout_rate, incremental_rate=result.incremental_rate,
+        interval=list(result.interval) if result.interval else None,
+        incremental_revenue=_signed(result.incremental_revenue),
+        net_incremental_revenue=_signed(result.net_incremental_revenue))
 
 
 def figures(rows: Iterable[StatusCount]) -> KpiFigures:
     """Fold aggregate rows of one window into its figures."""
+    rows = list(rows)
     total = active = recoveries = 0
     revenue: dict[str, int] = {}
+    classes: dict[str, list[int]] = {name: [0, 0] for name in DECLINE_CLASSES}
     for row in rows:
         total += row.cases
+        counts = classes.setdefault(row.decline_class, [0, 0])
+        counts[0] += row.cases
         if row.status == "open":
             active += row.cases
         elif row.status == "recovered":
             recoveries += row.cases
+            counts[1] += row.cases
             if row.currency is not None:
                 revenue[row.currency] = revenue.get(row.currency, 0) + row.recovered_minor
+    by_class = ByDeclineClass.model_validate({
+        name: ClassFigures(cases=n, recoveries=r, recovery_rate=lift_math.rate(r, n))
+        for name, (n, r) in classes.items() if name in DECLINE_CLASSES})
     return KpiFigures(
         total_cases=total, active_cases=active, recoveries=recoveries,
         recovery_rate=recoveries / total if total else 0.0,
-        recovered_revenue=[Money(currency=c, amount_minor=revenue[c]) for c in sorted(revenue)])
+        recovered_revenue=[Money(currency=c, amount_minor=revenue[c]) for c in sorted(revenue)],
+        incentive_cost=_money(lift_math.sum_by_currency(
+            [(r.currency, r.incentive_cost_minor) for r in rows])),
+        by_decline_class=by_class, lift=lift_figures(rows))
 
 
 def report(window_days: int, current: Iterable[StatusCount], previous: Iterable[StatusCount]) -> Kpis:
     """The KPI response for a window of ``window_days`` and the window before it."""
-    return Kpis(window_days=window_days, previous=figures(previous), **figures(current).model_dump())
+    before = KpiWindow(window_days=window_days, **dict(figures(previous)))
+    return Kpis(window_days=window_days, previous=before, **dict(figures(current)))
+
+
+# --- cohorts and time to recovery ------------------------------------------------------------------
+
+
+class CurvePoint(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    day: int = Field(ge=0, le=14)
+    recovered_share: float = Field(ge=0, le=1, description="Kaplan–Meier share recovered within `day` days.")
+
+
+class Cohort(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    week: str = Field(pattern=r"^\d{4}-W\d{2}$", examples=["2026-W48"],
+                      description="ISO week of the first failure, in the company's time zone.")
+    week_start: date = Field(description="The Monday that starts the week.")
+    cases: int = Field(ge=0)
+    recovered: int = Field(ge=0)
+    expired: int = Field(ge=0)
+    cancelled: int = Field(ge=0)
+    open: int = Field(ge=0)
+    recovery_rate: float = Field(ge=0, le=1, description="recovered / cases (0 when there are none).")
+    recovered_revenue: list[Money]
+    by_decline_class: ByDeclineClass
+    maturing: bool = Field(description="Its newest case is younger than 14 days: figures still move.")
+
+
+class Cohorts(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    weeks: int = Field(ge=1, le=52)
+    timezone: str
+    cohorts: list[Cohort] = Field(description="One per ISO week, oldest first, empty weeks included.")
+    time_to_recovery: list[CurvePoint] = Field(description=(
+        "Days 0…14 after the first failure: Kaplan–Meier share recovered, over the cases of these "
+        "cohorts; open cases are censored at their age, expired and cancelled ones count as not "
+        "recovered within the window."))
+    curve_cases: int = Field(ge=0, description="Cases the curve is computed from.")
+
+
+@dataclass(frozen=True)
+class CaseTimes:
+    """One case, as much as cohorts and the curve need."""
+
+    first_failure_at: datetime
+    status: str
+    recovered_at: datetime | None = None
+    currency: str | None = None
+    recovered_minor: int = 0
+    decline_class: str = "unknown"
+
+
+def cohort_start(now: datetime, tz: ZoneInfo, weeks: int) -> datetime:
+    """The first instant of the oldest week shown (its Monday, 00:00 company time)."""
+    local = now.astimezone(tz).date()
+    monday = local - timedelta(days=local.weekday()) - timedelta(weeks=weeks - 1)
+    return datetime.combine(monday, time(0), tzinfo=tz)
+
+
+def cohorts(rows: Iterable[CaseTimes], now: datetime, tz: ZoneInfo, weeks: int) -> Cohorts:
+    start = cohort_start(now, tz, weeks)
+    buckets: dict[date, list[CaseTimes]] = {
+        (start + timedelta(weeks=i)).date(): [] for i in range(weeks)}
+    observations: list[lift_math.Observation] = []
+    for row in rows:
+        local = row.first_failure_at.astimezone(tz).date()
+        monday = local - timedelta(days=local.weekday())
+        if monday not in buckets:
+            continue
+        buckets[monday].append(row)
+        recovered_after = ((row.recovered_at - row.first_failure_at).total_seconds() / 86400
+                           if row.recovered_at is not None else None)
+        age = (now - row.first_failure_at).total_seconds() / 86400
+        observations.append(lift_math.observation(age, row.status, recovered_after))
+    out = []
+    for monday, members in buckets.items():
+        window = figures(StatusCount(status=m.status, currency=m.currency, cases=1,
+                                     recovered_minor=m.recovered_minor, decline_class=m.decline_class)
+                         for m in members)
+        newest = max((m.first_failure_at for m in members), default=None)
+        iso = monday.isocalendar()
+        out.append(Cohort(
+            week=f"{iso.year}-W{iso.week:02d}", week_start=monday, cases=len(members),
+            recovered=sum(m.status == "recovered" for m in members),
+            expired=sum(m.status == "expired" for m in members),
+            cancelled=sum(m.status == "cancelled" for m in members),
+            open=sum(m.status == "open" for m in members), recovery_rate=window.recovery_rate,
+            recovered_revenue=window.recovered_revenue, by_decline_class=window.by_decline_class,
+            maturing=newest is not None and now - newest < RECOVERY_WINDOW))
+    curve = lift_math.kaplan_meier(observations)
+    return Cohorts(weeks=weeks, timezone=str(tz), cohorts=out, curve_cases=len(observations),
+                   time_to_recovery=[CurvePoint(day=d, recovered_share=v) for d, v in enumerate(curve)])

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 RECOVERY_WINDOW = timedelta(days=14)
 
@@ -45,6 +45,10 @@ SUCCESS_TYPES = frozenset({EventType.PAYMENT_SUCCEEDED, EventType.MEMBERSHIP_ACT
 # Why a membership went invalid, as far as the payload tells: only a member's own cancellation
 # closes a case; a deactivation caused by the failed payment leaves it open (they can still fix it).
 DeactivationCause = Literal["member_cancelled", "payment_failed", "unknown"]
+
+# Why a payment failed, as far as Rebound acts on it (``messages.decline_class``).
+DeclineClass = Literal["card_hard", "card_soft", "authentication", "unknown"]
+DECLINE_CLASSES: tuple[DeclineClass, ...] = ("card_hard", "card_soft", "authentication", "unknown")
 
 
 class WhopEvent(BaseModel):
@@ -115,10 +119,23 @@ class Case(BaseModel):
     recovered_currency: str | None = None
     closed_at: AwareDatetime | None = None  # when it stopped being open (recovered/cancelled/expired)
     close_reason: str | None = None  # e.g. "payment_succeeded", "member_cancelled", "window_passed"
+    # Measurement (issue 10). The fold sets ``failure_type`` (the latest failure's event type, for
+    # the decline class); the others are assigned once when the case row is inserted and only
+    # ever read back from it (``store.case_from_row``).
+    failure_type: EventType | None = None
+    decline_class: DeclineClass = "unknown"
+    holdout: bool = False
+    experiment_id: str | None = None
+    variant: str | None = None
 
     @property
     def window_ends_at(self) -> datetime:
         return window_end(self.first_failure_at)
+
+    @field_validator("experiment_id", mode="before")
+    @classmethod
+    def _uuid_text(cls, value: object) -> object:
+        return str(value) if value is not None else None  # the row holds a uuid
 
 
 class QuietHours(BaseModel):
@@ -140,4 +157,5 @@ class CreatorSettings(BaseModel):
     timezone: str = "UTC"
     quiet_hours: QuietHours | None = None
     push_experience_id: str | None = None
+    holdout_percent: int = Field(default=0, ge=0, le=50)
     updated_at: datetime | None = None

@@ -23,7 +23,11 @@ from chalicelib.api.schemas import (
     CaseList,
     CaseListQuery,
     CaseSummary,
+    CohortQuery,
     ErrorResponse,
+    Experiment,
+    ExperimentCreate,
+    ExperimentList,
     ExportQuery,
     KpiQuery,
     ManageUrl,
@@ -35,7 +39,7 @@ from chalicelib.api.schemas import (
 )
 from chalicelib.auth import COMPANY_ID, TOKEN_HEADER
 from chalicelib.health import ApplicationHealth, DatabaseHealth, WebhookHealth
-from chalicelib.kpis import Kpis
+from chalicelib.kpis import Cohorts, Kpis
 from chalicelib.ratelimit import RateLimits
 
 REF = "#/components/schemas/{model}"
@@ -96,6 +100,8 @@ _PATH_PARAMS: dict[str, dict[str, Any]] = {
     "membership_id": {"description": "Whop membership id (mem_…). Another company's → 404.",
                       "schema": {"type": "string"}},
     "token": {"description": "Tracked-link token.", "schema": {"type": "string"}},
+    "experiment_id": {"description": "Experiment id (UUID). Not a UUID → 400; unknown or another "
+                                     "company's → 404.", "schema": {"type": "string", "format": "uuid"}},
 }
 
 _RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
@@ -144,7 +150,40 @@ of the window whatever its status; `active_cases` those still open; `recoveries`
 cancelled cases all count in the denominator**. `recovered_revenue` sums `recovered_amount_minor` \
 of the recovered cases per case currency (minor units, sorted by currency). Every figure can be \
 recomputed from `GET …/cases/export.csv?window_days=N` (rows by `status`, sums of \
-`recovered_amount_minor` by `currency`)."""
+`recovered_amount_minor` by `currency`).
+
+**Measurement.** `incentive_cost` sums the stored cost of the free days granted to the window's \
+cases per currency. `by_decline_class` repeats cases / recoveries / recovery_rate per decline class \
+(CSV column `decline_class`). `lift` compares the window's **matured** cases (first failure ≥ 14 \
+days ago, or closed) that were not held out (treated) with those in the holdout (CSV `holdout`): \
+recovery rates, their difference with a 95% **Newcombe hybrid score** interval (from Wilson score \
+intervals, no continuity correction), incremental recovered revenue (treated revenue − holdout \
+revenue × treated/holdout matured cases) and that minus the treated cases' incentive cost. Until \
+each arm has 30 matured cases the figures are withheld (`status: insufficient_data`, counts \
+only). `previous` holds the same fields for the window before."""
+
+_COHORTS_DESCRIPTION = """\
+Cases grouped by the ISO week of their first failure, in the company's time zone (settings), the \
+last `weeks` weeks up to the current one, oldest first, empty weeks included. A cohort whose \
+newest case is younger than 14 days is `maturing`: its figures still move. `time_to_recovery` is \
+a Kaplan–Meier curve over the same cases: the share recovered within d days of the first failure, \
+d = 0…14; open cases are censored at their age, expired and cancelled cases did not recover."""
+
+_EXPERIMENT_DESCRIPTION = """\
+A copy experiment: 2–4 variants with integer weights (sum > 0). A variant's `push_title`, \
+`push_body` and `dm_body` replace the default copy (omitted parts keep it, so a variant without \
+copy is the control). Placeholders: `{amount}`, `{days_left}`, `{link}` (required in `push_body` \
+and `dm_body`), `{product}`; anything else, unbalanced braces or copy over the length limits → 400 \
+naming the field. Copy is plain text: in a DM markdown characters are shown as typed.
+
+Each case opened while the experiment runs (and not held out) gets a variant from a stable hash \
+of (experiment id, case id), proportional to the weights; every message of the case (first \
+nudge, reminders, manual nudges) uses it. One experiment runs at a time: creating a second → \
+409. Results per variant: cases, sends, clicks (cases that clicked), ctr (clicks / cases sent a \
+message), matured cases (≥ 14 days or closed), recoveries, recovery rate, and the Bayesian \
+beta-binomial `prob_best` / `expected_loss` (uniform priors, Monte Carlo with a fixed seed). \
+`winner` is named only at ≥ 95% with ≥ 50 matured cases per variant; `winner_reason` says why \
+(not)."""
 
 _EXPORT_DESCRIPTION = f"""\
 The company's cases as CSV (RFC 4180, UTF-8, header row first), newest first, filtered like the \
@@ -176,7 +215,8 @@ def _errors(*codes: int) -> dict[int, Resp]:
             401: "Missing or invalid user token.",
             403: "The user is not an admin of this company.",
             404: "Not found (or belongs to another company).",
-            409: "The case does not allow this action now.",
+            409: "Conflict: the case does not allow this action now, or an experiment is already "
+                 "running.",
             413: f"Body larger than {MAX_BODY_BYTES} bytes.",
             429: "Rate limit (or, for a nudge, the per-case cooldown) reached; see Retry-After.",
             502: "Whop refused the request.",
@@ -212,6 +252,23 @@ OPERATIONS: tuple[Op, ...] = (
                          "boolean) and out-of-range values → 400 with a message per field."),
     _creator("get", f"{_C}/kpis", "getKpis", "Recovery KPIs for a window and the one before", "kpis", "reads",
              Resp("The figures.", Kpis), query=KpiQuery, description=_KPI_DESCRIPTION),
+    _creator("get", f"{_C}/kpis/cohorts", "getKpiCohorts", "Weekly cohorts and time to recovery", "kpis",
+             "reads", Resp("The cohorts and the curve.", Cohorts), query=CohortQuery,
+             description=_COHORTS_DESCRIPTION),
+    _creator("get", f"{_C}/experiments", "listExperiments", "List copy experiments, newest first",
+             "experiments", "reads", Resp("The experiments with their results.", ExperimentList)),
+    _creator("post", f"{_C}/experiments", "createExperiment", "Start a copy experiment", "experiments",
+             "settings_write", Resp("The new experiment.", Experiment), ok_status=201, errors=(409, 413),
+             body=ExperimentCreate, description=_EXPERIMENT_DESCRIPTION),
+    _creator("get", f"{_C}/experiments/{{experiment_id}}", "getExperiment",
+             "One experiment with per-variant results", "experiments", "reads",
+             Resp("The experiment.", Experiment), errors=(404,), description=_EXPERIMENT_DESCRIPTION),
+    _creator("post", f"{_C}/experiments/{{experiment_id}}/stop", "stopExperiment", "Stop an experiment",
+             "experiments", "settings_write", Resp("The stopped experiment (history kept).", Experiment),
+             errors=(404,),
+             description="Stops assigning new cases; cases already in a variant keep its copy. A stopped "
+                         "experiment cannot be edited or restarted (create a new one); stopping it "
+                         "again returns it unchanged."),
     _creator("get", f"{_C}/cases", "listCases", "List cases, newest first", "cases", "reads",
              Resp("One page of cases.", CaseList), query=CaseListQuery,
              description="Sorted by `first_failure_at` descending (ties: id). Keyset pagination: pass "

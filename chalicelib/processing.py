@@ -23,7 +23,7 @@ from aws_lambda_powertools.utilities.batch import (
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from chalicelib import store
+from chalicelib import measurement, store
 from chalicelib.cases import fold
 from chalicelib.db import Database, Transaction, tenant_transaction
 from chalicelib.effects import default_context, execute_owed
@@ -76,6 +76,7 @@ def refold_membership(tx: Transaction, company_id: str, membership_id: str,
                                         new_link_token())
             case_id = str(created["id"])
             opened.append(case_id)
+            measurement.assign_new_case(tx, case_id, settings)  # holdout / experiment variant (issue 10)
             owed += _record_initial_effects(tx, case_id, case, settings, now)
         else:
             _update_existing(tx, row, case, settings)

@@ -16,7 +16,10 @@ from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from chalicelib.attribution import window_passed
+from chalicelib.messages import SOFT_FIRST_REMINDER_DELAY_DAYS
 from chalicelib.models import Case, CaseStatus, CreatorSettings
+
+DEFAULT_OFFSETS = CreatorSettings().reminder_offsets_days
 
 
 @dataclass(frozen=True)
@@ -44,13 +47,23 @@ def initial_effects(case: Case, settings: CreatorSettings, now: datetime) -> lis
     return owed
 
 
+def reminder_offsets(case: Case, settings: CreatorSettings) -> tuple[int, ...]:
+    """The case's reminder days. Soft declines often clear on their own, so with the default
+    offsets their first reminder comes a day later; offsets a creator chose are kept as they are."""
+    offsets = settings.reminder_offsets_days
+    if case.decline_class == "card_soft" and offsets == DEFAULT_OFFSETS:
+        first = offsets[0] + SOFT_FIRST_REMINDER_DELAY_DAYS
+        return (first, *(d for d in offsets[1:] if d > first))
+    return offsets
+
+
 def due_reminder(case: Case, settings: CreatorSettings, last_offset: int | None,
                  now: datetime) -> int | None:
     """The reminder offset owed now, if any. Missed offsets collapse into the latest due one,
     so a case is never sent two reminders in one tick."""
     if case.status is not CaseStatus.OPEN or window_passed(case.first_failure_at, now):
         return None
-    due = [d for d in settings.reminder_offsets_days
+    due = [d for d in reminder_offsets(case, settings)
            if case.first_failure_at + timedelta(days=d) <= now and (last_offset is None or d > last_offset)]
     return max(due) if due else None
 
@@ -64,7 +77,7 @@ def next_action_at(case: Case, settings: CreatorSettings, last_offset: int | Non
     """When the scheduler next owes this case something: its next reminder, else its expiry."""
     if case.status is not CaseStatus.OPEN:
         return None
-    pending = [case.first_failure_at + timedelta(days=d) for d in settings.reminder_offsets_days
+    pending = [case.first_failure_at + timedelta(days=d) for d in reminder_offsets(case, settings)
                if last_offset is None or d > last_offset]
     return min([*pending, case.window_ends_at])
 

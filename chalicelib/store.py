@@ -47,7 +47,7 @@ def membership_event_payloads(tx: Transaction, membership_id: str) -> list[dict[
 _CASE_COLUMNS = (
     "user_id", "status", "first_failure_at", "last_failure_at", "failure_count", "payment_id",
     "amount_minor", "currency", "decline_code", "failure_reason", "recovery_url", "recovered_at",
-    "recovered_amount_minor", "recovered_currency", "closed_at", "close_reason",
+    "recovered_amount_minor", "recovered_currency", "closed_at", "close_reason", "decline_class",
 )
 
 
@@ -126,7 +126,7 @@ def get_settings(tx: Transaction) -> CreatorSettings:
         incentive_days=row["incentive_days"],
         reminder_offsets_days=tuple(row["reminder_offsets_days"]), timezone=row["timezone"],
         quiet_hours=quiet, push_experience_id=row["push_experience_id"],
-        updated_at=row["updated_at"])
+        holdout_percent=row["holdout_percent"], updated_at=row["updated_at"])
 
 
 def upsert_settings(tx: Transaction, company_id: str, settings: CreatorSettings) -> CreatorSettings:
@@ -134,18 +134,22 @@ def upsert_settings(tx: Transaction, company_id: str, settings: CreatorSettings)
     quiet = settings.quiet_hours
     tx.execute(
         "INSERT INTO creator_settings (company_id, enable_push, enable_dm, incentive_days,"
-        " reminder_offsets_days, timezone, quiet_hours_start, quiet_hours_end, push_experience_id)"
+        " reminder_offsets_days, timezone, quiet_hours_start, quiet_hours_end, push_experience_id,"
+        " holdout_percent)"
         " VALUES (:company_id, :enable_push, :enable_dm, :incentive_days, CAST(:offsets AS integer[]),"
-        " :timezone, CAST(:quiet_start AS time), CAST(:quiet_end AS time), :push_experience_id)"
+        " :timezone, CAST(:quiet_start AS time), CAST(:quiet_end AS time), :push_experience_id,"
+        " :holdout_percent)"
         " ON CONFLICT (company_id) DO UPDATE SET enable_push = EXCLUDED.enable_push,"
         " enable_dm = EXCLUDED.enable_dm, incentive_days = EXCLUDED.incentive_days,"
         " reminder_offsets_days = EXCLUDED.reminder_offsets_days, timezone = EXCLUDED.timezone,"
         " quiet_hours_start = EXCLUDED.quiet_hours_start, quiet_hours_end = EXCLUDED.quiet_hours_end,"
-        " push_experience_id = EXCLUDED.push_experience_id, updated_at = now()",
+        " push_experience_id = EXCLUDED.push_experience_id,"
+        " holdout_percent = EXCLUDED.holdout_percent, updated_at = now()",
         company_id=company_id, enable_push=settings.enable_push, enable_dm=settings.enable_dm,
         incentive_days=settings.incentive_days, offsets=list(settings.reminder_offsets_days),
         timezone=settings.timezone, quiet_start=quiet.start if quiet else None,
-        quiet_end=quiet.end if quiet else None, push_experience_id=settings.push_experience_id)
+        quiet_end=quiet.end if quiet else None, push_experience_id=settings.push_experience_id,
+        holdout_percent=settings.holdout_percent)
     return get_settings(tx)
 
 
@@ -156,7 +160,8 @@ CASE_VIEW_COLUMNS = (
     "id::text AS id, membership_id, user_id, status, first_failure_at, last_failure_at, failure_count,"
     " amount_minor, currency, decline_code, failure_reason, recovered_at, recovered_amount_minor,"
     " recovered_currency, closed_at, close_reason, cancelled_by, incentive_days, link_clicks,"
-    " last_clicked_at, next_action_at, created_at, updated_at"
+    " last_clicked_at, next_action_at, created_at, updated_at,"
+    " holdout, experiment_id::text AS experiment_id, variant, decline_class"
 )
 
 # Optional filters as bound parameters (NULL = no filter); the keyset is (first_failure_at, id).
@@ -195,7 +200,8 @@ def export_cases(tx: Transaction, *, now: datetime, status: str | None = None,
         " recovered_amount_minor, failure_count, decline_code, failure_reason,"
         " (SELECT count(*) FROM recovery_actions a WHERE a.case_id = recovery_cases.id"
         "   AND a.kind IN ('nudge', 'reminder', 'manual_nudge') AND a.status = 'sent') AS nudges_sent,"
-        " incentive_days FROM recovery_cases" + _CASE_FILTERS  # constant fragments only
+        " incentive_days, holdout, experiment_id::text AS experiment_id, variant, decline_class,"
+        " link_clicks AS clicks FROM recovery_cases" + _CASE_FILTERS  # constant fragments only
         + " ORDER BY first_failure_at DESC, id DESC LIMIT :limit",
         status=status, since=since, now=now, q=None, after_at=after[0] if after else None,
         after_id=after[1] if after else None, limit=limit)

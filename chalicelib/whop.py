@@ -83,6 +83,7 @@ class Membership(BaseModel):
     renewal_amount_minor: int | None = None
     renewal_currency: str | None = None
     billing_period_days: int | None = None
+    product_title: str | None = None  # for {product} in nudge copy
 
 
 class WhopResult(BaseModel):
@@ -274,7 +275,16 @@ def membership_from_json(body: Mapping[str, Any]) -> Membership:
         renewal_amount_minor=amount,
         renewal_currency=currency,
         billing_period_days=billing if isinstance(billing, int) and not isinstance(billing, bool) else None,
+        product_title=_product_title(body.get("product")),
     )
+
+
+def _product_title(product: Any) -> str | None:
+    if isinstance(product, Mapping):
+        title = product.get("title") or product.get("name")
+        if isinstance(title, str) and title.strip():
+            return title.strip()
+    return None
 
 
 def _response_json(response: httpx.Response) -> Any:

@@ -29,7 +29,8 @@ from scripts import localdb  # noqa: E402
 pytest_plugins = ["tests.whop_fixtures"]
 
 ROOT = Path(__file__).resolve().parent.parent
-TENANT_TABLES = ("creator_settings", "events", "recovery_cases", "recovery_actions", "rate_limits")
+TENANT_TABLES = ("creator_settings", "events", "recovery_cases", "recovery_actions", "rate_limits",
+                 "experiments")
 
 
 @pytest.fixture(scope="session")

@@ -187,10 +187,13 @@ def test_export_has_the_contract_columns_iso_times_and_nudge_counts(api: Api) ->
     assert "X-Export-Next-Cursor" not in resp.headers
     assert text.splitlines()[0] == ("case_id,membership_id,user_id,status,first_failure_at,last_failure_at,"
                                     "recovered_at,amount_minor,currency,recovered_amount_minor,failure_count,"
-                                    "decline_code,failure_reason,nudges_sent,incentive_days")
+                                    "decline_code,failure_reason,nudges_sent,incentive_days,"
+                                    "holdout,experiment_id,variant,decline_class,clicks")
     (row,) = parse_csv(text)
     assert row["case_id"] == case_id and row["status"] == "open" and row["amount_minor"] == "1999"
     assert row["nudges_sent"] == "3"  # dm nudge, reminder, manual nudge sent; not failed/pending/incentive
+    assert (row["holdout"], row["experiment_id"], row["variant"]) == ("false", "", "")
+    assert (row["decline_class"], row["clicks"]) == ("card_soft", "0")  # insufficient funds
     assert row["first_failure_at"].endswith("Z")
     parsed = datetime.fromisoformat(row["first_failure_at"].replace("Z", "+00:00"))
     assert abs(parsed - (NOW - 2 * DAY)) < timedelta(milliseconds=1) and parsed.tzinfo == UTC
@@ -285,11 +288,11 @@ def test_kpis_reconcile_with_the_csv_export_of_the_same_window(api: Api) -> None
     current_ids = {r["case_id"] for r in current}
     previous = [r for r in parse_csv(both_csv) if r["case_id"] not in current_ids]
 
-    figures_now = {k: kpis[k] for k in ("total_cases", "active_cases", "recoveries", "recovery_rate",
-                                         "recovered_revenue")}
-    assert figures_now == _recompute(current)
-    assert kpis["previous"] == _recompute(previous)
-    assert kpis["window_days"] == 30
+    names = ("total_cases", "active_cases", "recoveries", "recovery_rate", "recovered_revenue")
+    assert {k: kpis[k] for k in names} == _recompute(current)
+    assert {k: kpis["previous"][k] for k in names} == _recompute(previous)
+    assert kpis["window_days"] == 30 and kpis["previous"]["window_days"] == 30
+    assert set(kpis["previous"]) == set(kpis) - {"previous"}  # the same fields as the current window
     # And the numbers themselves, so a reconciliation of two wrong figures cannot pass.
     assert (kpis["total_cases"], kpis["active_cases"], kpis["recoveries"]) == (6, 2, 2)
     assert kpis["recovery_rate"] == pytest.approx(2 / 6)

@@ -11,7 +11,8 @@ from tests.test_api_support import ADMIN_B, BRAVO, Api, api_fixture  # noqa: F40
 
 S = "/api/companies/{company_id}/settings"
 DEFAULTS = {"enable_push": True, "enable_dm": True, "incentive_days": 0, "reminder_offsets_days": [2, 4],
-            "timezone": "UTC", "quiet_hours": None, "push_experience_id": None, "updated_at": None}
+            "timezone": "UTC", "quiet_hours": None, "push_experience_id": None, "holdout_percent": 0,
+            "updated_at": None}
 
 
 def test_a_company_never_seen_gets_the_defaults(api: Api) -> None:
@@ -24,7 +25,7 @@ def test_put_upserts_and_returns_what_is_stored(api: Api) -> None:
     wanted = {"enable_push": False, "enable_dm": True, "incentive_days": 7,
               "reminder_offsets_days": [9, 1, 5],
               "timezone": "Europe/Berlin", "quiet_hours": {"start": "22:30", "end": "07:00"},
-              "push_experience_id": "exp_custom1"}
+              "push_experience_id": "exp_custom1", "holdout_percent": 20}
     _, stored = api.call("PUT", S, body=wanted, status=200)
     assert stored["reminder_offsets_days"] == [1, 5, 9]  # stored sorted
     assert stored["updated_at"] is not None
@@ -54,6 +55,10 @@ def test_the_get_object_can_be_put_back_unchanged(api: Api) -> None:
 
 BAD: list[tuple[str, dict[str, Any], str]] = [
     ("unknown field", {"enable_sms": True}, "enable_sms"),
+    ("holdout above 50", {"holdout_percent": 51}, "holdout_percent"),
+    ("negative holdout", {"holdout_percent": -1}, "holdout_percent"),
+    ("null holdout", {"holdout_percent": None}, "holdout_percent"),
+    ("string holdout", {"holdout_percent": "10"}, "holdout_percent"),
     ("string for a boolean", {"enable_push": "true"}, "enable_push"),
     ("number for a boolean", {"enable_dm": 1}, "enable_dm"),
     ("null for a boolean", {"enable_dm": None}, "enable_dm"),

@@ -116,6 +116,16 @@ class Api:
                                         membership=membership, at=at, cancel_at_period_end=True)
         assert self.deliver(msg_id, body, at).status == "applied"
 
+    def add_experiment(self, *, company: str = ALPHA, status: str = "running", name: str = "copy test",
+                       variants: list[dict[str, Any]] | None = None) -> str:
+        """An experiment row written directly (as the tenant, RLS on)."""
+        variants = variants or [{"name": "a", "weight": 1}, {"name": "b", "weight": 1}]
+        rows = self.rows(company, "INSERT INTO experiments (company_id, name, variants, status, stopped_at)"
+                                  " VALUES (:c, :n, CAST(:v AS jsonb), :s,"
+                                  " CASE WHEN :s = 'stopped' THEN now() END) RETURNING id::text AS id",
+                         c=company, n=name, v=json.dumps(variants), s=status)
+        return str(rows[0]["id"])
+
     def rows(self, company: str, sql: str, **params: Any) -> list[dict[str, Any]]:
         with tenant_transaction(company, self.db) as tx:
             return tx.query(sql, **params)

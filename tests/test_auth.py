@@ -32,6 +32,13 @@ ROUTES: list[tuple[str, str, Any]] = [
     ("POST", f"{C}/cases/{{case_id}}/terminate", {"confirm": True}),
     ("GET", f"{C}/memberships/{{membership_id}}", None),
     ("GET", f"{C}/memberships/{{membership_id}}/manage-url", None),
+    ("GET", f"{C}/kpis/cohorts", None),
+    ("GET", f"{C}/experiments", None),
+    ("POST", f"{C}/experiments", {"name": "first copy test",
+                                  "variants": [{"name": "control", "weight": 1},
+                                               {"name": "short", "weight": 1, "dm_body": "Fix it: {link}"}]}),
+    ("GET", f"{C}/experiments/{{experiment_id}}", None),
+    ("POST", f"{C}/experiments/{{experiment_id}}/stop", None),
 ]
 
 
@@ -71,7 +78,8 @@ def test_the_matrix_covers_every_creator_route_in_the_document() -> None:
 def test_auth_matrix(api: Api, method: str, template: str, body: Any) -> None:
     case_id = api.open_case()
     api.whop.add_membership("mem_1", company_id=ALPHA, user_id="user_1")
-    params = {"case_id": case_id, "membership_id": "mem_1"}
+    experiment_id = api.add_experiment(status="stopped")
+    params = {"case_id": case_id, "membership_id": "mem_1", "experiment_id": experiment_id}
 
     # GIVEN a token that fails verification THEN 401, and Whop is never asked about access
     for name, make in BAD_TOKENS.items():
@@ -93,7 +101,8 @@ def test_auth_matrix(api: Api, method: str, template: str, body: Any) -> None:
     assert len(api.whop.calls_to("GET", r"/users/.*/access/.*")) == asked
 
     # GIVEN the company's admin THEN 2xx (with the rate-limit headers)
-    resp, _ = api.call(method, template, params=params, body=body, user=ADMIN_A, status=200)
+    ok = 201 if (method, template) == ("POST", f"{C}/experiments") else 200
+    resp, _ = api.call(method, template, params=params, body=body, user=ADMIN_A, status=ok)
     assert resp.headers["X-RateLimit-Limit"].isdigit()
 
 

@@ -40,6 +40,11 @@ CONTRACT_ROUTES = {
     ("GET", "/api/companies/{company_id}/memberships/{membership_id}/manage-url"),
     ("POST", "/api/scheduler/reminders"), ("GET", "/r/{token}"), ("GET", "/dashboard/{company_id}"),
     ("GET", "/favicon.ico"),
+    # measurement (issue 10)
+    ("GET", "/api/companies/{company_id}/experiments"), ("POST", "/api/companies/{company_id}/experiments"),
+    ("GET", "/api/companies/{company_id}/experiments/{experiment_id}"),
+    ("POST", "/api/companies/{company_id}/experiments/{experiment_id}/stop"),
+    ("GET", "/api/companies/{company_id}/kpis/cohorts"),
 }
 
 
@@ -129,6 +134,7 @@ class ChaliceWSGI:
 
 
 CASE_ID = "3f6b2c1e-8d4a-4b7e-9c2d-5a1e0f9b7c11"
+EXPERIMENT_ID = "7d1e4f2a-0b3c-4d5e-8f60-718293a4b5c6"
 
 
 def _fuzz_document() -> dict[str, Any]:
@@ -142,6 +148,9 @@ def _fuzz_document() -> dict[str, Any]:
                                          "unknown": {"value": str(uuid.UUID(int=7))}}
                 elif param["name"] == "membership_id":
                     param["examples"] = {"known": {"value": "mem_1"}}
+                elif param["name"] == "experiment_id":
+                    param["examples"] = {"known": {"value": EXPERIMENT_ID},
+                                         "unknown": {"value": str(uuid.UUID(int=9))}}
     return doc
 
 
@@ -171,6 +180,11 @@ def fuzz_env(api: Api, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Chalic
         monkeypatch.setenv(name, "100000")
     ratelimit.reset_limits()
     insert_case(api, membership="mem_1", id=CASE_ID)
+    api.rows(ALPHA, "INSERT INTO experiments (id, company_id, name, variants, status, stopped_at)"
+                    " VALUES (CAST(:id AS uuid), :c, 'fuzz', CAST(:v AS jsonb), 'stopped', now())"
+                    " RETURNING id",
+             id=EXPERIMENT_ID, c=ALPHA, v='[{"name": "a", "weight": 1}, {"name": "b", "weight": 1,'
+                                          ' "dm_body": "Fix it: {link}"}]')
     api.whop.add_membership("mem_1", company_id=ALPHA, user_id="user_1")
     from app import app
     from chalicelib import config, queue

@@ -37,6 +37,10 @@ INSERTS: dict[str, Inserter] = {
         "INSERT INTO recovery_actions (case_id, company_id, kind, step, idempotency_key)"
         " VALUES (:case_id, :c, 'nudge', 't0', :k)",
         {"case_id": _case_id(c, o), "c": c, "k": uuid.uuid4().hex}),
+    "experiments": lambda c, o: (
+        "INSERT INTO experiments (company_id, name, variants, status, stopped_at)"
+        " VALUES (:c, 'copy test', CAST(:v AS jsonb), 'stopped', now())",
+        {"c": c, "v": '[{"name": "a", "weight": 1}, {"name": "b", "weight": 1}]'}),
     "rate_limits": lambda c, o: (
         "INSERT INTO rate_limits (company_id, bucket, window_start, count) VALUES (:c, 'reads', now(), 1)",
         {"c": c}),

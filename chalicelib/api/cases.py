@@ -30,7 +30,9 @@ _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4
 # CSV export (contract: columns and their order are fixed).
 EXPORT_COLUMNS = ("case_id", "membership_id", "user_id", "status", "first_failure_at", "last_failure_at",
                   "recovered_at", "amount_minor", "currency", "recovered_amount_minor", "failure_count",
-                  "decline_code", "failure_reason", "nudges_sent", "incentive_days")
+                  "decline_code", "failure_reason", "nudges_sent", "incentive_days",
+                  # measurement (issue 10): appended, never reordered
+                  "holdout", "experiment_id", "variant", "decline_class", "clicks")
 # Lambda answers at most 6 MB (the body travels JSON-escaped): stop well before and hand a cursor.
 EXPORT_MAX_BYTES = 5_500_000
 EXPORT_PAGE_ROWS = 1000
@@ -45,9 +47,14 @@ _EVENT_DETAIL = ("webhook_id", "payment_id", "amount_minor", "currency", "declin
 
 def parse_case_id(case_id: str) -> str:
     """The canonical lower-case UUID, or 400 for anything that is not one."""
-    if not _UUID.fullmatch(case_id):
-        raise BadRequest("case id must be a UUID", fields={"case_id": "must be a UUID"})
-    return case_id.lower()
+    return parse_uuid(case_id, "case_id")
+
+
+def parse_uuid(value: str, name: str) -> str:
+    """The canonical lower-case UUID, or 400 naming the path parameter."""
+    if not _UUID.fullmatch(value):
+        raise BadRequest(f"{name.replace('_', ' ')} must be a UUID", fields={name: "must be a UUID"})
+    return value.lower()
 
 
 def encode_cursor(first_failure_at: datetime, case_id: str) -> str:
@@ -134,6 +141,8 @@ def csv_cell(value: Any) -> str:
     (starting with = + - @, tab or CR) prefixed with a single quote."""
     if value is None:
         return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, datetime):
         return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
     text = str(value)

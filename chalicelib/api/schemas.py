@@ -21,13 +21,15 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
 
 from chalicelib.kpis import KpiFigures, Kpis, Money
-from chalicelib.models import CaseStatus
+from chalicelib.messages import MAX_DM_BODY, MAX_PUSH_BODY, MAX_PUSH_TITLE, check_copy
+from chalicelib.models import CaseStatus, DeclineClass
 
 __all__ = ["KpiFigures", "Kpis", "Money"]
 
@@ -107,10 +109,16 @@ class SettingsUpdate(BaseModel):
     push_experience_id: str | None = Field(
         default=None, pattern=r"^exp_[A-Za-z0-9_-]{1,64}$",
         description="Experience pushes go through; null = the company's experience of this app.")
+    holdout_percent: Annotated[int | None,
+                               _not_nullable({"type": "integer", "minimum": 0, "maximum": 50})] = (
+        Field(default=None, ge=0, le=50, description=(
+            "Share of new cases (0–50 %) held out of every automatic message, reminder and "
+            "incentive, to measure lift. 0 = no holdout.")))
     updated_at: Any = Field(default=None, json_schema_extra={"readOnly": True},
                             description="Read-only: accepted and ignored.")
 
-    @field_validator("enable_push", "enable_dm", "incentive_days", "reminder_offsets_days", "timezone")
+    @field_validator("enable_push", "enable_dm", "incentive_days", "reminder_offsets_days", "timezone",
+                     "holdout_percent")
     @classmethod
     def _not_null(cls, value: Any) -> Any:
         if value is None:
@@ -150,6 +158,7 @@ class Settings(BaseModel):
     timezone: str
     quiet_hours: QuietHoursBody | None
     push_experience_id: str | None
+    holdout_percent: int = Field(ge=0, le=50, description="Share of new cases held out (0 = none).")
     updated_at: AwareDatetime | None = Field(
         json_schema_extra={"readOnly": True}, description="Last save; null until the first PUT.")
 
@@ -217,6 +226,12 @@ class CaseSummary(BaseModel):
     next_action_at: AwareDatetime | None
     created_at: AwareDatetime
     updated_at: AwareDatetime
+    holdout: bool = Field(description="In the holdout: no automatic message, reminder or incentive.")
+    experiment_id: str | None = Field(description="The copy experiment running when the case opened.")
+    variant: str | None = Field(description="Its variant for this case (null without an experiment).")
+    decline_class: DeclineClass = Field(description=(
+        "card_hard (the card cannot work again), card_soft (may work on retry), authentication "
+        "(the bank asks the member to confirm) or unknown."))
 
 
 class CaseList(BaseModel):
@@ -293,3 +308,110 @@ class ManageUrl(BaseModel):
     membership_id: str
     manage_url: str | None = Field(description="Whop's page where the member manages the membership; "
                                                "null when Whop gives none.")
+
+
+# --- measurement: copy experiments and cohorts (issue 10) -----------------------------------------
+
+_VARIANT_NAME = r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,39}$"
+# field → (max characters, must contain {link}, one line only)
+_COPY_RULES = {"push_title": (MAX_PUSH_TITLE, False, True), "push_body": (MAX_PUSH_BODY, True, False),
+               "dm_body": (MAX_DM_BODY, True, False)}
+
+
+class VariantBody(BaseModel):
+    """One variant. Copy it leaves out is the default copy (so a variant without copy is control)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", title="Variant")
+
+    name: str = Field(pattern=_VARIANT_NAME, examples=["control"],
+                      description="1–40 letters, digits, space, _ . -; unique in the experiment.")
+    weight: int = Field(ge=0, le=1000, description="Relative share of new cases (integers; sum > 0).")
+    push_title: str | None = Field(default=None, description=(
+        f"Push title, one line, at most {MAX_PUSH_TITLE} characters; placeholders allowed."))
+    push_body: str | None = Field(default=None, description=(
+        f"Push text, at most {MAX_PUSH_BODY} characters; must contain {{link}}."))
+    dm_body: str | None = Field(default=None, description=(
+        f"DM text (plain text: markdown characters are shown as typed), at most {MAX_DM_BODY} "
+        "characters; must contain {link}."))
+
+    @field_validator("push_title", "push_body", "dm_body")
+    @classmethod
+    def _copy(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        limit, needs_link, one_line = _COPY_RULES[str(info.field_name)]
+        problem = check_copy(value, field=str(info.field_name), max_chars=limit, requires_link=needs_link,
+                             single_line=one_line)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
+class ExperimentCreate(BaseModel):
+    """``POST …/experiments`` body. Placeholders: {amount}, {days_left}, {link}, {product}."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", title="ExperimentCreate")
+
+    name: str = Field(min_length=1, max_length=100, description="What the creator calls it.")
+    variants: list[VariantBody] = Field(min_length=2, max_length=4)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not value.strip() or any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+            raise ValueError("must be visible text without control characters")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _variants(self) -> ExperimentCreate:
+        names = [v.name for v in self.variants]
+        if len({n.lower() for n in names}) != len(names):
+            raise ValueError("variant names must be unique")
+        if sum(v.weight for v in self.variants) <= 0:
+            raise ValueError("variant weights must sum to more than 0")
+        return self
+
+
+class VariantResult(BaseModel):
+    name: str
+    cases: int = Field(ge=0, description="Cases assigned to the variant.")
+    sends: int = Field(ge=0, description="Messages sent to them (nudges, reminders, manual nudges).")
+    clicks: int = Field(ge=0, description="Cases whose tracked link was clicked at least once.")
+    ctr: float | None = Field(ge=0, le=1, description="clicks / cases sent at least one message.")
+    matured_cases: int = Field(ge=0, description="Cases ≥ 14 days past their first failure, or closed.")
+    recoveries: int = Field(ge=0, description="Recovered within 14 days.")
+    recovery_rate: float | None = Field(ge=0, le=1, description="recoveries / matured_cases.")
+    prob_best: float | None = Field(ge=0, le=1, description=(
+        "Posterior probability that this variant has the best recovery rate (Beta-binomial, "
+        "uniform priors; Monte Carlo with a fixed seed)."))
+    expected_loss: float | None = Field(ge=0, le=1, description=(
+        "Expected recovery-rate shortfall from the best variant if this one is chosen."))
+
+
+class ExperimentResults(BaseModel):
+    variants: list[VariantResult]
+    winner: str | None = Field(description="Named only at ≥ 95% prob_best with ≥ 50 matured cases per "
+                                           "variant.")
+    winner_reason: str = Field(description="Why there is (or is not yet) a winner, in plain words.")
+
+
+class Experiment(BaseModel):
+    model_config = ConfigDict(title="Experiment")
+
+    id: str
+    name: str
+    status: Literal["running", "stopped"]
+    variants: list[VariantBody]
+    created_at: AwareDatetime
+    stopped_at: AwareDatetime | None
+    results: ExperimentResults
+
+
+class ExperimentList(BaseModel):
+    items: list[Experiment] = Field(description="Newest first (at most 50).")
+
+
+class CohortQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    weeks: int = Field(default=12, ge=1, le=52, description="How many ISO weeks, up to this one (1–52).")

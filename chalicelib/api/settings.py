@@ -10,7 +10,7 @@ from chalicelib.models import CreatorSettings, QuietHours
 
 # Fields a PUT may change; ``updated_at`` (read-only) is accepted and ignored.
 _WRITABLE = ("enable_push", "enable_dm", "incentive_days", "reminder_offsets_days", "timezone",
-             "quiet_hours", "push_experience_id")
+             "quiet_hours", "push_experience_id", "holdout_percent")
 
 
 def to_view(settings: CreatorSettings) -> Settings:
@@ -20,7 +20,8 @@ def to_view(settings: CreatorSettings) -> Settings:
         incentive_days=settings.incentive_days,
         reminder_offsets_days=list(settings.reminder_offsets_days), timezone=settings.timezone,
         quiet_hours=QuietHoursBody(start=quiet.start, end=quiet.end) if quiet else None,
-        push_experience_id=settings.push_experience_id, updated_at=settings.updated_at)
+        push_experience_id=settings.push_experience_id, holdout_percent=settings.holdout_percent,
+        updated_at=settings.updated_at)
 
 
 def get_settings(ctx: CreatorContext) -> Settings:
