@@ -46,7 +46,7 @@ def test_favicon_is_served_instead_of_403() -> None:
 
 
 def test_the_experiment_preview_uses_the_real_default_copy() -> None:
-    """The page's live preview falls back to the copy members really get for a first nudge."""
+    """The page's live preview falls back to the neutral copy members get for a first nudge."""
     import json
 
     from chalicelib.dashboard import page
