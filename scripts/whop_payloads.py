@@ -34,13 +34,14 @@ def sign(body: bytes, msg_id: str, secret: str = SECRET, at: datetime | None = N
 def payment_event(kind: str, *, company: str = "biz_alpha", membership: str = "mem_1",
                   user: str = "user_1", at: datetime, msg_id: str | None = None,
                   amount: float = 19.99, currency: str = "usd", payment: str = "pay_1",
-                  recovery_url: str | None = None) -> tuple[str, bytes]:
+                  recovery_url: str | None = None, decline_code: str | None = "insufficient_funds",
+                  failure_message: str | None = "Your card has insufficient funds.") -> tuple[str, bytes]:
     msg_id = msg_id or f"msg_{uuid.uuid4().hex[:24]}"
     data: dict[str, Any] = {
         "id": payment, "status": "paid" if kind == "payment.succeeded" else "open",
         "currency": currency, "total": amount, "subtotal": amount, "payments_failed": 1,
-        "failure_message": "Your card has insufficient funds." if kind != "payment.succeeded" else None,
-        "decline_code": "insufficient_funds" if kind != "payment.succeeded" else None,
+        "failure_message": failure_message if kind != "payment.succeeded" else None,
+        "decline_code": decline_code if kind != "payment.succeeded" else None,
         "recovery_url": recovery_url, "created_at": iso(at),
         "membership": {"id": membership, "status": "past_due"},
         "user": {"id": user, "email": "buyer@example.com", "name": "Jane", "username": "jane"},

@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 from chalice.test import Client, HTTPResponse
 
-from chalicelib import auth, effects, processing, ratelimit
+from chalicelib import auth, effects, measurement, processing, ratelimit
 from chalicelib.db import Database, tenant_transaction
 from chalicelib.openapi import build_document
 from chalicelib.queue import QueuedWebhook
@@ -149,6 +149,7 @@ def api_fixture(database: Database, whop_env: FakeWhop, monkeypatch: pytest.Monk
     ratelimit.reset_limits()
     auth.set_authenticator(None)
     effects.clear_experience_cache()
+    measurement.clear_product_cache()
     whop_env.set_access(ADMIN_A, ALPHA, "admin")
     whop_env.set_access(ADMIN_B, BRAVO, "admin")
     whop_env.set_access(CUSTOMER, ALPHA, "customer")

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from chalicelib import effects, processing, scheduler
+from chalicelib import effects, measurement, processing, scheduler
 from chalicelib.db import Database, tenant_transaction
 from chalicelib.queue import QueuedWebhook
 from chalicelib.whop import get_whop
@@ -76,10 +76,16 @@ class World:
     def dms(self) -> list[Any]:
         return self.fake.calls_to("POST", "/messages")
 
+    def dms_to(self, user: str) -> list[str]:
+        """The contents of the DMs the fake Whop received for one member, in order."""
+        channels = {cid for cid, ch in self.fake.dm_channels.items() if user in ch["with_user_ids"]}
+        return [c.json["content"] for c in self.dms() if c.json["channel_id"] in channels]
+
 
 @pytest.fixture
 def world(database: Database, whop_env: FakeWhop) -> Iterator[World]:
     effects.clear_experience_cache()
+    measurement.clear_product_cache()
     for company in (A, B):
         whop_env.add_experience(company, whop_env.app_id, f"exp_{company}")
     yield World(database, whop_env)
@@ -134,7 +140,7 @@ def test_configured_push_experience_wins(world: World) -> None:
 
 
 def test_reminders_at_2_and_4_days_then_expiry(world: World) -> None:
-    case_id = world.fail(T0)
+    case_id = world.fail(T0, decline_code="expired_card", failure_message="Your card has expired.")
     world.run_effects(T0)
     assert world.tick(T0 + DAY).reminders_owed == 0
     r2 = world.tick(T0 + 2 * DAY + timedelta(minutes=1))
@@ -150,6 +156,31 @@ def test_reminders_at_2_and_4_days_then_expiry(world: World) -> None:
     done = world.tick(T0 + 14 * DAY + timedelta(minutes=1))
     assert done.expired == 1 and world.case(case_id)["status"] == "expired"
     assert len(world.dms()) == 3
+
+
+def test_a_soft_decline_gets_its_first_reminder_a_day_later_by_default(world: World) -> None:
+    soft = world.fail(T0, membership="mem_soft", user="user_soft")  # insufficient funds
+    hard = world.fail(T0, membership="mem_hard", user="user_hard", decline_code="expired_card")
+    classes = (world.case(soft)["decline_class"], world.case(hard)["decline_class"])
+    assert classes == ("card_soft", "card_hard")
+    world.run_effects(T0)
+    world.tick(T0 + 2 * DAY + timedelta(minutes=1))
+    world.tick(T0 + 3 * DAY + timedelta(minutes=1))
+    world.tick(T0 + 4 * DAY + timedelta(minutes=1))
+    steps = lambda case_id: sorted({a["step"] for a in world.actions(case_id=case_id)})  # noqa: E731
+    assert steps(hard) == ["r2", "r4", "t0"]
+    assert steps(soft) == ["r3", "r4", "t0"]
+    # The soft first message is the gentler one; the hard one asks for a new card.
+    assert "It happens, and it's easy to fix" in world.dms_to("user_soft")[0]
+    assert "**[Update your card](" in world.dms_to("user_hard")[0]
+
+
+def test_a_creator_who_chose_offsets_keeps_them_for_soft_declines(world: World) -> None:
+    world.settings(reminder_offsets_days=[1, 3])
+    soft = world.fail(T0)
+    world.run_effects(T0)
+    world.tick(T0 + DAY + timedelta(minutes=1))
+    assert {a["step"] for a in world.actions(case_id=soft)} == {"t0", "r1"}
 
 
 def test_missed_offsets_collapse_into_one_reminder(world: World) -> None:
@@ -199,7 +230,7 @@ def test_frequency_cap_one_message_per_member_per_channel_per_20_hours(world: Wo
 
 def test_two_concurrent_ticks_send_once(world: World, owner: Owner) -> None:
     for i in range(6):
-        world.fail(T0, membership=f"mem_{i}", user=f"user_{i}")
+        world.fail(T0, membership=f"mem_{i}", user=f"user_{i}", decline_code="expired_card")
     world.run_effects(T0)
     results = run_concurrently(lambda: world.tick(T0 + 2 * DAY + timedelta(minutes=5)), 2,
                                after=world.db.close)
@@ -263,16 +294,21 @@ def test_crash_after_send_before_record_does_not_send_twice(world: World) -> Non
 
 
 def test_incentive_per_company_setting(world: World) -> None:
-    world.settings(A, incentive_days=3)
+    # 5 (not the 3 or 2 used elsewhere) and an explicit 0: a hard-coded value cannot pass.
+    world.settings(A, incentive_days=5)
+    world.settings(B, incentive_days=0)
     a_case = world.fail(T0, company=A, membership="mem_a", user="user_a")
     b_case = world.fail(T0, company=B, membership="mem_b", user="user_b")
     world.run_effects(T0, A)
     world.run_effects(T0, B)
     extends = world.fake.calls_to("POST", r"/memberships/[^/]+/extend")
-    assert [(c.api_path, c.json) for c in extends] == [("/memberships/mem_a/extend", {"days": 3})]
+    assert [(c.api_path, c.json) for c in extends] == [("/memberships/mem_a/extend", {"days": 5})]
     a = world.case(a_case, A)
-    assert a["incentive_days"] == 3 and a["incentive_cost_minor"] == round(3 * 1999 / 30)
+    assert a["incentive_days"] == 5 and a["incentive_cost_minor"] == round(5 * 1999 / 30)
     assert world.case(b_case, B)["incentive_days"] == 0
+    assert [x["kind"] for x in world.actions(B)] == ["nudge", "nudge"]  # no incentive row for B
+    sent = next(x for x in world.actions(A) if x["kind"] == "incentive")
+    assert sent["status"] == "sent" and sent["result"]["days"] == 5
 
 
 def test_incentive_once_under_duplicates_and_concurrency(world: World) -> None:
@@ -285,7 +321,7 @@ def test_incentive_once_under_duplicates_and_concurrency(world: World) -> None:
     run_concurrently(lambda: world.run_effects(T0), 3, after=world.db.close)
     world.tick(T0 + effects.LEASE + timedelta(minutes=1))
     ok = [c for c in world.fake.calls_to("POST", r"/memberships/mem_1/extend") if c.status == 200]
-    assert len(ok) == 1
+    assert len(ok) == 1 and ok[0].json == {"days": 2}
 
 
 def test_at_most_one_incentive_per_member_per_90_days(world: World) -> None:

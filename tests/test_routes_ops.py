@@ -52,7 +52,7 @@ def test_scheduler_route_needs_the_bearer_secret(client: Client, monkeypatch: py
                     {"Authorization": "Bearer s3cret-valuex"}):
         resp = client.http.post("/api/scheduler/reminders", headers=headers)
         assert resp.status_code == 401, headers
-    open_case(NOW - timedelta(days=2, hours=1))
+    open_case(NOW - timedelta(days=3, hours=1))  # a soft decline: its first reminder is on day 3
     resp = client.http.post("/api/scheduler/reminders", headers={"Authorization": "Bearer s3cret-value"})
     body = json.loads(resp.body)
     assert resp.status_code == 200

@@ -71,7 +71,7 @@ def test_retrieve_membership_parses_the_dated_shape(seeded: FakeWhop, whop_clien
         id="mem_1", status="past_due", company_id="biz_1", user_id="user_1",
         manage_url=f"{seeded.origin}/_fake/manage/mem_1", cancel_at_period_end=False,
         current_period_end=datetime(2030, 1, 10, tzinfo=UTC), renewal_amount_minor=1999,
-        renewal_currency="usd", billing_period_days=30)
+        renewal_currency="usd", billing_period_days=30, product_title="Pro")
     (call,) = seeded.calls
     assert (call.method, call.path) == ("GET", "/api/v1/memberships/mem_1")
     assert_common_headers(call.headers, seeded)
@@ -81,7 +81,8 @@ def test_retrieve_membership_parses_the_dated_shape(seeded: FakeWhop, whop_clien
 def test_membership_model_carries_no_pii() -> None:
     assert set(Membership.model_fields) == {
         "id", "status", "company_id", "user_id", "manage_url", "cancel_at_period_end",
-        "current_period_end", "renewal_amount_minor", "renewal_currency", "billing_period_days"}
+        "current_period_end", "renewal_amount_minor", "renewal_currency", "billing_period_days",
+        "product_title"}  # the creator's product name, for {product} in nudges: not member data
 
 
 def test_extend_sends_days_and_idempotency_key(seeded: FakeWhop, whop_client: WhopClient) -> None:

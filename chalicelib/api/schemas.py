@@ -362,14 +362,15 @@ class ExperimentCreate(BaseModel):
             raise ValueError("must be visible text without control characters")
         return value.strip()
 
-    @model_validator(mode="after")
-    def _variants(self) -> ExperimentCreate:
-        names = [v.name for v in self.variants]
-        if len({n.lower() for n in names}) != len(names):
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, variants: list[VariantBody]) -> list[VariantBody]:
+        names = [v.name.lower() for v in variants]
+        if len(set(names)) != len(names):
             raise ValueError("variant names must be unique")
-        if sum(v.weight for v in self.variants) <= 0:
+        if sum(v.weight for v in variants) <= 0:
             raise ValueError("variant weights must sum to more than 0")
-        return self
+        return variants
 
 
 class VariantResult(BaseModel):
