@@ -11,7 +11,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: install dev test lint migrate package bench clean chromium
+.PHONY: install dev test lint migrate package bench chaos loadtest clean chromium
 
 install: $(STAMP)
 
@@ -55,6 +55,13 @@ package: install
 
 bench: install
 	$(BIN)/python scripts/bench.py
+
+# The full chaos run (10,000 deliveries over 200 companies); `make test` runs a small one.
+chaos: install
+	$(BIN)/python scripts/chaos.py
+
+loadtest: install
+	$(BIN)/python scripts/loadtest.py
 
 clean:
 	rm -rf $(VENV) .dev .tmp build

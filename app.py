@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -66,7 +68,7 @@ def whop_webhook() -> Response:
     count(f"Webhook_{result.outcome}")
     logger.info("webhook", extra={"outcome": result.outcome, "webhook_id": result.webhook_id})
     if result.status_code == 200:
-        return json_response({"status": result.outcome})
+        return json_response({"status": "ignored" if result.outcome.startswith("ignored") else "queued"})
     error = {"error": {"code": result.outcome, "message": result.message}}
     return json_response(error, status=result.status_code,
                          headers={"Retry-After": "5"} if result.status_code == 503 else None)
@@ -81,18 +83,36 @@ def process_events(event: SQSEvent) -> dict[str, Any]:
     return dict(handle_batch(event.to_dict(), event.context))
 
 
+# The tick stops taking new work with this much time left: one more Whop call (the client gives
+# up within ~26 s) and the records must still fit in the function's timeout.
+TICK_MARGIN_S = 28.0
+# The HTTP trigger answers within API Gateway's 29 s: its own, shorter budget.
+HTTP_TICK_BUDGET_S = 20.0
+
+
 @app.schedule(Rate(5, unit=Rate.MINUTES))
 def process_reminders(event: CloudWatchEvent) -> dict[str, Any]:
-    return run_tick()
+    context = event.context
+    if context is not None and hasattr(context, "get_remaining_time_in_millis"):
+        # The margin never exceeds a quarter of the time given, whatever the configured timeout.
+        margin_ms = min(TICK_MARGIN_S * 1000, context.get_remaining_time_in_millis() / 4)
+        return run_tick(lambda: context.get_remaining_time_in_millis() < margin_ms)
+    return run_tick(_deadline(HTTP_TICK_BUDGET_S))
 
 
-def run_tick() -> dict[str, Any]:
+def _deadline(seconds: float) -> Callable[[], bool]:
+    ends = time.monotonic() + seconds
+    return lambda: time.monotonic() >= ends
+
+
+def run_tick(out_of_time: Callable[[], bool] | None = None) -> dict[str, Any]:
     from chalicelib.effects import default_context
     from chalicelib.scheduler import tick
 
-    result = tick(default_context(), datetime.now(UTC))
+    result = tick(default_context(), datetime.now(UTC), out_of_time=out_of_time)
     for name, value in result.as_metrics().items():
         metrics.add_metric(name=name, unit="Milliseconds" if name.endswith("Ms") else "Count", value=value)
+    count("TickCompleted")
     logger.info("reminder tick", extra=result.as_metrics())
     return {"companies": result.companies, **result.as_metrics()}
 
@@ -107,7 +127,7 @@ def scheduler_reminders() -> Response:
     assert request is not None
     if not bearer_matches(request.headers.get("authorization"), secret):
         raise Unauthorized("missing or invalid bearer token")
-    return json_response(run_tick())
+    return json_response(run_tick(_deadline(HTTP_TICK_BUDGET_S)))
 
 
 @app.route("/r/{token}", methods=["GET"])

@@ -19,7 +19,9 @@ in. ``fold`` drops duplicate deliveries (same ``webhook_id``), sorts the rest by
 | membership.deactivated, payment failed/unknown | nothing: the member can still fix it   | nothing       |
 | end: ``now`` given, after the open case window | → expired (closed at the window end)   |               |
 
-Recovered and cancelled are final; the next failure opens a new case. Because events apply in
+Recovered and cancelled are final; the next failure opens a new case. Each case lists the webhook
+ids of its failures (``failure_ids``): every failure belongs to exactly one case, which is how a
+stored case is matched to its episode whatever order the events arrived in. Because events apply in
 time order, a success dated inside the window recovers the case even when it arrives after the
 window has passed. Events before the membership's first failure change nothing, except that the
 latest ``manage_url`` seen on any membership event is carried onto the cases.
@@ -130,6 +132,7 @@ def _on_failure(state: _State, event: WhopEvent) -> None:
         decline_code=event.decline_code or case.decline_code,
         failure_reason=event.failure_message or case.failure_reason,
         recovery_url=event.recovery_url or case.recovery_url,
+        failure_ids=(*case.failure_ids, event.webhook_id),
         failure_type=event.type,
     )
 
@@ -151,6 +154,7 @@ def _open(state: _State, event: WhopEvent, seq: int) -> Case:
         failure_reason=event.failure_message,
         recovery_url=event.recovery_url,
         manage_url=state.manage_url,
+        failure_ids=(event.webhook_id,),
         failure_type=event.type,
     )
 

@@ -7,9 +7,34 @@ Whop apply it once. ``FOR UPDATE SKIP LOCKED`` keeps two concurrent ticks off th
 
 Rules checked at claim time (what a member would expect):
 - nothing is sent for a case that is no longer open, or whose 14-day window has passed;
-- automatic messages wait out the company's quiet hours and a 20 h cap per member per channel
-  (a creator's manual nudge is exempt from the cap: it is an explicit decision);
+- automatic messages wait out the company's quiet hours and a 20 h cap per member per channel,
+  counting sends in flight (claimed) as well as sent ones (a creator's manual nudge is exempt
+  from the cap: it is an explicit decision);
 - at most one incentive per member per 90 days per company.
+
+A claim carries a random lease token; an outcome is recorded only while the row is still claimed
+with that token, so an executor whose lease ran out cannot overwrite the next one's result.
+
+Retry policy, by why Whop said no (``whop.failure_cause``):
+
+| cause          | what Whop answered                        | the row                               |
+|----------------|-------------------------------------------|---------------------------------------|
+| (ok)           | 2xx                                       | ``sent``                              |
+| member         | 400/404/409/422: this member or request   | ``failed`` at once (retrying cannot   |
+|                | is refused for good                       | help); no push experience: ``skipped``|
+| credentials    | 401/403: our own API key refused (a key   | stays ``pending``, capped exponential |
+|                | rotation, Whop's auth having a bad hour)  | backoff; metric ``WhopAuthRefused``   |
+| rate_limited   | 429                                       | ``pending``, no sooner than           |
+|                |                                           | Retry-After (capped at 1 h); metric   |
+|                |                                           | ``WhopRateLimited``                   |
+| unavailable    | 5xx, 408, timeout, connection refused     | ``pending``, backoff; metric          |
+|                |                                           | ``WhopUnavailable``                   |
+| any of the     | and the case's 14-day window closes       | ``skipped`` (``window_passed``);      |
+| three above    | before the next try                       | metric ``EffectsAbandoned``           |
+| our own bug    | an exception inside the executor          | released to ``pending`` with backoff, |
+|                |                                           | alone; metric ``EffectRowFailed``     |
+Backoff: 1 min doubling per attempt, at most 1 h; there is no attempt limit for the last four
+causes — a Whop outage of any length delays a nudge, it never abandons one inside its window.
 """
 
 from __future__ import annotations
@@ -17,6 +42,8 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,13 +53,20 @@ from chalicelib.attribution import window_passed
 from chalicelib.db import Database, Transaction, tenant_transaction
 from chalicelib.messages import VariantCopy
 from chalicelib.models import Case, CaseStatus, CreatorSettings
-from chalicelib.reminders import FREQUENCY_CAP, MAX_ATTEMPTS, quiet_until, retry_delay
+from chalicelib.observability import count, logger
+from chalicelib.reminders import FREQUENCY_CAP, quiet_until, retry_delay
 from chalicelib.whop import WhopError, WhopPermanentError, WhopPort, WhopResult
 
 LEASE = timedelta(minutes=5)
 INCENTIVE_COOLDOWN = timedelta(days=90)
 MESSAGE_KINDS = ("nudge", "reminder", "manual_nudge")
 EXPERIENCE_CACHE_S = 600.0
+
+
+# Metric per cause of a send kept pending (alarms watch these).
+_CAUSE_METRICS = {"credentials": "WhopAuthRefused", "rate_limited": "WhopRateLimited",
+                  "unavailable": "WhopUnavailable"}
+CLAIM_BATCH = 10  # rows claimed at a time: a tick out of time strands at most this many leases
 
 
 @dataclass
@@ -42,9 +76,11 @@ class Stats:
     retrying: int = 0
     deferred: int = 0
     skipped: int = 0
+    errors: int = 0  # rows whose execution raised: released alone
+    lost: int = 0  # outcomes not recorded because this executor no longer held the claim
 
     def add(self, other: Stats) -> None:
-        for name in ("sent", "failed", "retrying", "deferred", "skipped"):
+        for name in ("sent", "failed", "retrying", "deferred", "skipped", "errors", "lost"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
@@ -60,6 +96,9 @@ class Claim:
     case: Case
     link_token: str
     settings: CreatorSettings
+    token: str = ""  # the lease token: outcomes are recorded only by its holder
+    owed_at: datetime | None = None  # when the row was written: the copy is rendered as of then
+    copy: dict[str, str] | None = None  # the message as first attempted (pinned in the row)
     extra: dict[str, Any] = field(default_factory=dict)
     variant: VariantCopy | None = None  # the case's experiment copy, if any
 
@@ -75,7 +114,8 @@ class Context:
 
 _OWED = (
     "SELECT a.id::text AS action_id, a.kind, a.step, a.channel, a.idempotency_key, a.attempts,"
-    " a.case_id::text AS case_id FROM recovery_actions a"
+    " a.case_id::text AS case_id, COALESCE(a.owed_at, a.created_at) AS owed_at, a.result -> 'copy' AS copy"
+    " FROM recovery_actions a"
     " WHERE a.status IN ('pending', 'claimed') AND a.due_at <= :now"
     " AND (a.claimed_until IS NULL OR a.claimed_until <= :now)"
     " AND (CAST(:case_id AS uuid) IS NULL OR a.case_id = CAST(:case_id AS uuid))"
@@ -101,24 +141,54 @@ def _defer(tx: Transaction, action_id: str, until: datetime, reason: str) -> Non
                until=until, reason=reason, id=action_id)
 
 
-def _last_sent_to_member(tx: Transaction, user_id: str, channel: str, exclude: str) -> datetime | None:
-    value: datetime | None = tx.scalar(
-        "SELECT max(a.completed_at) FROM recovery_actions a JOIN recovery_cases c ON c.id = a.case_id"
-        " WHERE c.user_id = :u AND a.channel = :ch AND a.status = 'sent'"
+def _member_cap(tx: Transaction, user_id: str, channel: str, exclude: str,
+                now: datetime) -> datetime | None:
+    """Until when the frequency cap holds this member's channel (None: free). A send in flight
+    (claimed, lease live) counts as sent now: two executors must not both message the member."""
+    row = tx.one(
+        "SELECT max(a.completed_at) FILTER (WHERE a.status = 'sent') AS last_sent,"
+        " max(a.claimed_until) FILTER (WHERE a.status = 'claimed' AND a.claimed_until > :now) AS busy"
+        " FROM recovery_actions a JOIN recovery_cases c ON c.id = a.case_id"
+        " WHERE c.user_id = :u AND a.channel = :ch AND a.status IN ('sent', 'claimed')"
         " AND a.kind IN ('nudge', 'reminder') AND a.id <> CAST(:x AS uuid)",
-        u=user_id, ch=channel, x=exclude)
-    return value
+        u=user_id, ch=channel, x=exclude, now=now)
+    if row is None:
+        return None
+    busy: datetime | None = row["busy"]
+    if busy is not None:
+        return busy  # by then it is sent (and the cap runs from it) or it failed (and we may go)
+    last: datetime | None = row["last_sent"]
+    if last is not None and now - last < FREQUENCY_CAP:
+        return last + FREQUENCY_CAP
+    return None
 
 
-def _recent_incentive(tx: Transaction, company_id: str, user_id: str, exclude: str, now: datetime) -> bool:
+def _incentive_verdict(tx: Transaction, company_id: str, user_id: str, exclude: str,
+                       now: datetime) -> tuple[str, Any] | None:
+    """One incentive per member per 90 days: skip when one was granted; wait while another is in
+    flight or an older one is still owed (retrying through a Whop outage) — it goes first, and
+    if it never goes (its case closed) this one may."""
     # Serialise incentive decisions per member so two cases cannot both grant one.
     tx.query("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))", k=f"{company_id}/{user_id}/incentive")
-    found = tx.scalar(
-        "SELECT count(*) FROM recovery_actions a JOIN recovery_cases c ON c.id = a.case_id"
-        " WHERE c.user_id = :u AND a.kind = 'incentive' AND a.id <> CAST(:x AS uuid)"
-        " AND (a.status = 'claimed' OR (a.status = 'sent' AND a.completed_at > :since))",
+    row = tx.one(
+        "SELECT count(*) FILTER (WHERE a.status = 'sent' AND a.completed_at > :since) AS granted,"
+        " count(*) FILTER (WHERE a.status = 'claimed' OR (a.status = 'pending'"
+        "   AND (a.created_at, a.id) < (SELECT created_at, id FROM recovery_actions"
+        "                               WHERE id = CAST(:x AS uuid)))) AS ahead"
+        " FROM recovery_actions a JOIN recovery_cases c ON c.id = a.case_id"
+        " WHERE c.user_id = :u AND a.kind = 'incentive' AND a.id <> CAST(:x AS uuid)",
         u=user_id, x=exclude, since=now - INCENTIVE_COOLDOWN)
-    return bool(found)
+    if row is not None and row["granted"]:
+        return ("skip", "recent_incentive")
+    if row is not None and row["ahead"]:
+        return ("defer", now + LEASE)
+    return None
+
+
+def _t0_unsent(tx: Transaction, case_id: str, channel: str | None) -> bool:
+    return bool(tx.scalar(
+        "SELECT count(*) FROM recovery_actions WHERE case_id = CAST(:c AS uuid) AND step = 't0'"
+        " AND channel IS NOT DISTINCT FROM :ch AND status IN ('pending', 'claimed')", c=case_id, ch=channel))
 
 
 def _gate(tx: Transaction, row: dict[str, Any], case: Case, settings: CreatorSettings, now: datetime,
@@ -130,23 +200,27 @@ def _gate(tx: Transaction, row: dict[str, Any], case: Case, settings: CreatorSet
     if case.status is not CaseStatus.OPEN:
         return ("skip", "case_closed")
     if window_passed(case.first_failure_at, now):
+        if row["attempts"]:
+            count("EffectsAbandoned")  # it was retrying through a Whop problem until the window closed
         return ("skip", "window_passed")
     if kind in MESSAGE_KINDS and not case.user_id:
         return ("skip", "no_user")
+    if kind == "reminder" and _t0_unsent(tx, row["case_id"], channel):
+        # A reminder never overtakes the T+0 it follows up (a late event can make both due).
+        return ("defer", now + LEASE)
     if kind in ("nudge", "reminder"):
         until = quiet_until(now, settings)
         if until is not None:
             return ("defer", until)
         assert case.user_id is not None and channel is not None
-        last = _last_sent_to_member(tx, case.user_id, channel, row["action_id"])
-        if last is not None and now - last < FREQUENCY_CAP:
-            return ("defer", last + FREQUENCY_CAP)
+        capped_until = _member_cap(tx, case.user_id, channel, row["action_id"], now)
+        if capped_until is not None:
+            return ("defer", capped_until)
         if (case.user_id, channel) in batch_sends:
             return ("defer", now + FREQUENCY_CAP)
         batch_sends.add((case.user_id, channel))
-    if kind == "incentive" and case.user_id and _recent_incentive(
-            tx, case.company_id, case.user_id, row["action_id"], now):
-        return ("skip", "recent_incentive")
+    if kind == "incentive" and case.user_id:
+        return _incentive_verdict(tx, case.company_id, case.user_id, row["action_id"], now)
     return None
 
 
@@ -178,13 +252,15 @@ def claim(company_id: str, now: datetime, db: Database | None = None, *, case_id
                 _defer(tx, row["action_id"], verdict[1], "deferred")
                 stats.deferred += 1
                 continue
+            token = str(uuid.uuid4())
             tx.execute("UPDATE recovery_actions SET status = 'claimed', claimed_until = :lease,"
-                       " attempts = attempts + 1, updated_at = now() WHERE id = CAST(:id AS uuid)",
-                       lease=now + LEASE, id=row["action_id"])
+                       " claim_token = CAST(:token AS uuid), attempts = attempts + 1, updated_at = now()"
+                       " WHERE id = CAST(:id AS uuid)", lease=now + LEASE, token=token, id=row["action_id"])
             claims.append(Claim(action_id=row["action_id"], kind=row["kind"], step=row["step"],
                                 channel=row["channel"], key=row["idempotency_key"],
                                 attempts=row["attempts"] + 1, case_id=row["case_id"], case=case,
-                                link_token=case_row["link_token"], settings=settings,
+                                link_token=case_row["link_token"], settings=settings, token=token,
+                                owed_at=row["owed_at"], copy=row["copy"],
                                 variant=measurement.variant_copy(tx, case)))
     return claims
 
@@ -218,20 +294,42 @@ def _template(kind: str) -> str:
     return {"nudge": "t0", "reminder": "reminder", "manual_nudge": "manual"}[kind]
 
 
+def message_copy(ctx: Context, c: Claim, now: datetime) -> dict[str, str]:
+    """The message a claim sends, rendered as of when the row was owed."""
+    link = f"{ctx.public_base_url}/r/{c.link_token}"
+    # The variant's copy, else the decline class's default, with the product name (issue 10);
+    # the push text carries the link itself.
+    copy = measurement.message_copy(ctx.whop, _template(c.kind), c.case, link, c.owed_at or now, c.variant)
+    return {"title": copy.title, "push": copy.push, "dm": copy.dm}
+
+
+def pin_copy(ctx: Context, company_id: str, c: Claim, now: datetime, db: Database | None = None) -> None:
+    """Store the message before its first attempt. Every retry then sends the same body under
+    the same Idempotency-Key, even if the case changed in between (a late event moved its first
+    failure, say): Whop refuses a reused key with other content, and a new key would send twice."""
+    if c.kind not in MESSAGE_KINDS or c.copy is not None:
+        return
+    c.copy = message_copy(ctx, c, now)
+    with tenant_transaction(company_id, db) as tx:
+        tx.execute("UPDATE recovery_actions SET result = result"
+                   " || jsonb_build_object('copy', CAST(:copy AS jsonb))"
+                   " WHERE id = CAST(:id AS uuid) AND claim_token = CAST(:token AS uuid)",
+                   copy=json.dumps(c.copy), id=c.action_id, token=c.token)
+
+
 def perform(ctx: Context, c: Claim, now: datetime) -> WhopResult:
     """Make the Whop call a claim owes. Reads that fail become a failed WhopResult."""
     try:
         if c.kind == "incentive":
             return _extend(ctx, c)
-        link = f"{ctx.public_base_url}/r/{c.link_token}"
-        copy = measurement.message_copy(ctx.whop, _template(c.kind), c.case, link, now, c.variant)
+        copy = c.copy or message_copy(ctx, c, now)
         assert c.case.user_id is not None
         if c.channel == "push":
             experience = push_experience(ctx, c.case.company_id, c.settings)
             if experience is None:
                 return WhopResult(ok=False, error_class="permanent", error_code="no_push_experience")
-            return ctx.whop.send_push(experience, c.case.user_id, copy.title, copy.push, c.key)
-        return ctx.whop.send_dm(c.case.user_id, c.case.company_id, copy.dm, c.key)
+            return ctx.whop.send_push(experience, c.case.user_id, copy["title"], copy["push"], c.key)
+        return ctx.whop.send_dm(c.case.user_id, c.case.company_id, copy["dm"], c.key)
     except WhopError as exc:
         # The adapter already classified the failure: reuse its verdict rather than re-deriving it.
         return WhopResult(ok=False, status_code=exc.status, error_code=exc.error_code,
@@ -252,39 +350,112 @@ def _extend(ctx: Context, c: Claim) -> WhopResult:
 
 # --- record --------------------------------------------------------------------------------------
 
+# Every outcome UPDATE below is guarded by the claim it answers (WHERE … claim_token = :token):
+# the row must still be claimed by this executor.
+
+
+def _keep_pending(tx: Transaction, c: Claim, due: datetime, error_class: str, detail: str | None,
+                  *, attempted: bool = True) -> int:
+    return tx.execute(
+        "UPDATE recovery_actions SET status = 'pending', claimed_until = NULL, claim_token = NULL,"
+        " due_at = :due, error_class = :ec, error_detail = :detail,"
+        " attempts = attempts - CASE WHEN :attempted THEN 0 ELSE 1 END, updated_at = now()"
+        " WHERE id = CAST(:id AS uuid) AND status = 'claimed' AND claim_token = CAST(:token AS uuid)",
+        due=due, ec=error_class, detail=detail, attempted=attempted, id=c.action_id, token=c.token)
+
+
+def _settle(tx: Transaction, c: Claim, now: datetime, status: str, error_class: str | None = None,
+            detail: str | None = None, result: dict[str, Any] | None = None) -> int:
+    # completed_at is the injected clock: the frequency cap and incentive limit compare with it.
+    return tx.execute(
+        "UPDATE recovery_actions SET status = :status, error_class = :ec, error_detail = :detail,"
+        " result = result || CAST(:result AS jsonb), claimed_until = NULL, claim_token = NULL,"
+        " completed_at = :now, updated_at = now()"
+        " WHERE id = CAST(:id AS uuid) AND status = 'claimed' AND claim_token = CAST(:token AS uuid)",
+        status=status, ec=error_class, detail=detail, now=now, id=c.action_id, token=c.token,
+        result=json.dumps(result or {}, default=str))
+
+
+def _outcome(tx: Transaction, c: Claim, result: WhopResult, now: datetime) -> tuple[str, int]:
+    """Apply the retry policy (module docstring); return (status, rows updated)."""
+    if result.ok:
+        touched = _settle(tx, c, now, "sent", result={**result.data, **c.extra})
+        if touched and c.kind == "incentive":
+            tx.execute("UPDATE recovery_cases SET incentive_days = :d, incentive_cost_minor = :cost,"
+                       " updated_at = now() WHERE id = CAST(:id AS uuid)",
+                       d=c.extra.get("days", 0), cost=c.extra.get("cost_minor"), id=c.case_id)
+        return "sent", touched
+    cause = result.cause
+    if cause == "member" or cause is None:
+        status = "skipped" if result.error_code == "no_push_experience" else "failed"
+        return status, _settle(tx, c, now, status, result.error_class or "permanent", result.error_code)
+    count(_CAUSE_METRICS[cause])
+    due = now + retry_delay(c.attempts, result.retry_after_s)
+    if window_passed(c.case.first_failure_at, due):
+        # The next try would come after the window: nothing may be sent then, so say so now.
+        count("EffectsAbandoned")
+        return "skipped", _settle(tx, c, now, "skipped", "skipped", "window_passed")
+    return "retrying", _keep_pending(tx, c, due, cause, result.error_code)
+
 
 def record(company_id: str, c: Claim, result: WhopResult, now: datetime,
            db: Database | None = None) -> str:
-    """Write the outcome of a performed claim; return the row's new status."""
+    """Write the outcome of a performed claim; return the row's new status, or "lost" when this
+    executor no longer holds the claim (its lease ran out and another took the row)."""
     with tenant_transaction(company_id, db) as tx:
-        if result.ok:
-            _finish(tx, c.action_id, now, "sent", result={**result.data, **c.extra})
-            if c.kind == "incentive":
-                tx.execute("UPDATE recovery_cases SET incentive_days = :d, incentive_cost_minor = :cost,"
-                           " updated_at = now() WHERE id = CAST(:id AS uuid)",
-                           d=c.extra.get("days", 0), cost=c.extra.get("cost_minor"), id=c.case_id)
-            return "sent"
-        if result.retryable and c.attempts < MAX_ATTEMPTS:
-            tx.execute("UPDATE recovery_actions SET status = 'pending', claimed_until = NULL,"
-                       " due_at = :due, error_class = 'retryable', error_detail = :code,"
-                       " updated_at = now() WHERE id = CAST(:id AS uuid)",
-                       due=now + retry_delay(c.attempts, result.retry_after_s), code=result.error_code,
-                       id=c.action_id)
-            return "retrying"
-        status = "skipped" if result.error_code == "no_push_experience" else "failed"
-        _finish(tx, c.action_id, now, status, result.error_class or "permanent", result.error_code)
-        return status
+        status, touched = _outcome(tx, c, result, now)
+    return status if touched else "lost"
+
+
+def release(company_id: str, c: Claim, now: datetime, db: Database | None = None, *,
+            attempted: bool, error: str | None = None) -> None:
+    """Give a claimed row back (pending): after our own error, or unperformed when out of time."""
+    due = now + retry_delay(c.attempts) if attempted else now
+    with tenant_transaction(company_id, db) as tx:
+        _keep_pending(tx, c, due, "error" if attempted else "released", error, attempted=attempted)
 
 
 def execute_owed(ctx: Context, company_id: str, now: datetime, db: Database | None = None, *,
                  case_id: str | None = None, kinds: tuple[str, ...] | None = None,
-                 limit: int = 50) -> Stats:
-    """Claim, perform and record owed rows (of one case and/or some kinds, when given)."""
+                 limit: int = 50, out_of_time: Callable[[], bool] | None = None) -> Stats:
+    """Claim, perform and record owed rows (of one case and/or some kinds, when given), a few at
+    a time. Each row succeeds or fails alone. ``out_of_time`` is asked before every claim and
+    every send: once it says yes, unperformed claims are released at once for the next run."""
     stats = Stats()
-    for c in claim(company_id, now, db, case_id=case_id, kinds=kinds, limit=limit, stats=stats):
-        outcome = record(company_id, c, perform(ctx, c, now), now, db)
-        setattr(stats, outcome, getattr(stats, outcome) + 1)
+    done = 0
+    while done < limit and not (out_of_time and out_of_time()):
+        batch = claim(company_id, now, db, case_id=case_id, kinds=kinds,
+                      limit=min(CLAIM_BATCH, limit - done), stats=stats)
+        if not batch:
+            break
+        for index, c in enumerate(batch):
+            if out_of_time and out_of_time():
+                for left in batch[index:]:
+                    release(company_id, left, now, db, attempted=False)
+                return stats
+            _execute_one(ctx, company_id, c, now, db, stats)
+        done += len(batch)
     return stats
+
+
+def _execute_one(ctx: Context, company_id: str, c: Claim, now: datetime, db: Database | None,
+                 stats: Stats) -> None:
+    try:
+        pin_copy(ctx, company_id, c, now, db)
+        outcome = record(company_id, c, perform(ctx, c, now), now, db)
+    except Exception as exc:  # noqa: BLE001 - one row's failure must not strand the others
+        stats.errors += 1
+        count("EffectRowFailed")
+        logger.warning("effect row failed; released for a later try",
+                       extra={"company_id": company_id, "action_id": c.action_id,
+                              "error_class": type(exc).__name__})
+        try:
+            release(company_id, c, now, db, attempted=True, error=type(exc).__name__)
+        except Exception:  # noqa: BLE001 - the lease still ends: the row is re-claimed then
+            logger.warning("release failed; the lease will free the row",
+                           extra={"company_id": company_id, "action_id": c.action_id})
+        return
+    setattr(stats, outcome, getattr(stats, outcome) + 1)
 
 
 def default_context() -> Context:

@@ -1,8 +1,16 @@
 """The webhook route's work: verify, validate, queue. It never touches the database.
 
 Answers (status, body): 200 once SQS holds the message; 200 "ignored" for types we do not
-handle (not queued); 401 for anything that fails the signature; 400 for a signed but malformed
-body; 413 for an oversized body; 503 when the queue is unavailable so that Whop retries.
+handle (not queued); 401 for anything that fails the signature; 413 for an oversized body; 503
+when the queue is unavailable so that Whop retries.
+
+A correctly signed body that cannot be used (bad JSON, a failure without a membership) is Whop's
+genuine delivery: a 4xx would make Whop retry it for days and maybe disable the endpoint, and a
+retry can never fix it. It is answered 200 "ignored" and queued as an "unusable" marker (webhook
+id + the field at fault, no payload), so the consumer keeps a poison record: acknowledged, never
+silently dropped.
+
+What is queued is the minimised event (no e-mail, name or other PII), not the raw body.
 """
 
 from __future__ import annotations
@@ -10,10 +18,18 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from chalicelib.config import ConfigError
+from chalicelib.models import clean_text
 from chalicelib.queue import EventQueue, QueueUnavailable
-from chalicelib.webhooks import MalformedWebhook, WebhookVerificationFailed, normalise, verify
+from chalicelib.webhooks import (
+    MalformedWebhook,
+    WebhookVerificationFailed,
+    minimal_payload,
+    normalise,
+    verify,
+)
 
 MAX_BODY_BYTES = 256 * 1024
 
@@ -21,7 +37,7 @@ MAX_BODY_BYTES = 256 * 1024
 @dataclass(frozen=True)
 class Accepted:
     status_code: int
-    outcome: str  # metric-friendly: queued, ignored, rejected_<reason>, malformed, too_large, ...
+    outcome: str  # metric-friendly: queued, ignored, ignored_unusable, rejected_<reason>, too_large, ...
     message: str
     webhook_id: str | None = None
 
@@ -36,14 +52,25 @@ def accept_webhook(body: bytes, headers: Mapping[str, str], secret: str, now: da
         webhook_id = verify(body, headers, secret, now)
     except WebhookVerificationFailed as exc:
         return Accepted(401, f"rejected_{exc.reason}", "invalid webhook signature")
+    # Stored and queued ids must be storable; the signature was checked over the header as sent.
+    webhook_id = clean_text(webhook_id).strip()[:255]
+    if not webhook_id:
+        return Accepted(401, "rejected_missing_headers", "invalid webhook signature")
     try:
         event = normalise(body, webhook_id, now)
     except MalformedWebhook as exc:
-        return Accepted(400, "malformed", str(exc), webhook_id)
+        return _send(queue, webhook_id, now, Accepted(200, "ignored_unusable", "ignored", webhook_id),
+                     unusable=str(exc))
     if event is None:
         return Accepted(200, "ignored", "event type not handled", webhook_id)
+    return _send(queue, webhook_id, now, Accepted(200, "queued", "queued", webhook_id),
+                 event=minimal_payload(event))
+
+
+def _send(queue: Callable[[], EventQueue], webhook_id: str, now: datetime, answer: Accepted,
+          **content: Any) -> Accepted:
     try:
-        queue().send(webhook_id, now, body)
+        queue().send(webhook_id, now, **content)
     except (QueueUnavailable, ConfigError):
         return Accepted(503, "queue_unavailable", "temporarily unavailable, retry", webhook_id)
-    return Accepted(200, "queued", "queued", webhook_id)
+    return answer

@@ -7,9 +7,10 @@ name, username, phone or card detail, so it is also what the ``events`` table st
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
@@ -28,6 +29,17 @@ def currency_decimals(currency: str) -> int:
     if currency in ZERO_DECIMAL_CURRENCIES:
         return 0
     return 3 if currency in THREE_DECIMAL_CURRENCIES else 2
+
+
+# Characters that Postgres refuses in text/jsonb (NUL) or that SQS refuses in a message (outside
+# XML 1.0's #x9 | #xA | #xD | #x20-#xD7FF | #xE000-#xFFFD | #x10000-#x10FFFF, which also takes
+# lone surrogates that a JSON "\ud800" escape can produce). Stripped, never stored or queued.
+_UNSTORABLE = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def clean_text(value: str) -> str:
+    """``value`` without the characters Postgres or SQS would refuse."""
+    return _UNSTORABLE.sub("", value)
 
 
 class EventType(StrEnum):
@@ -72,6 +84,13 @@ class WhopEvent(BaseModel):
     occurred_at_inferred: bool = False  # the payload had no usable time: receipt time stands in
     received_at: AwareDatetime
     api_version: str | None = None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        # Every text field, before its own checks: a NUL in a signed webhook must not make an
+        # acknowledged event unstorable (it would be retried into the DLQ and lost).
+        return clean_text(value) if isinstance(value, str) else value
 
     @property
     def is_failure(self) -> bool:
@@ -119,6 +138,10 @@ class Case(BaseModel):
     recovered_currency: str | None = None
     closed_at: AwareDatetime | None = None  # when it stopped being open (recovered/cancelled/expired)
     close_reason: str | None = None  # e.g. "payment_succeeded", "member_cancelled", "window_passed"
+    # The webhook ids of the failures in this episode, in the order the fold applied them. The
+    # first opened the episode; a stored case is matched to its episode by these (identity), never
+    # by ``seq`` (position), so a late event that re-numbers episodes cannot swap them.
+    failure_ids: tuple[str, ...] = ()
     # Measurement (issue 10). The fold sets ``failure_type`` (the latest failure's event type, for
     # the decline class); the others are assigned once when the case row is inserted and only
     # ever read back from it (``store.case_from_row``).

@@ -6,6 +6,16 @@ All of it happens in ONE tenant transaction, under a per-membership lock:
 3. write the cases, and the effects a newly opened case owes as pending ledger rows (outbox).
 Effects are executed after commit by the effects executor; a crash between commit and effect
 leaves pending rows that the next tick picks up, and their idempotency keys stop doubles.
+
+A stored case is matched to its episode by identity (the failures it contains, see
+``cases.fold``), never by position: a late event that splits or re-numbers episodes updates
+rows in place, and an episode is opened (and messaged) once. A case that closes settles its
+still-pending rows as ``skipped`` in the same transaction.
+
+What can never be applied — an "unusable" marker from the route, an event that fails validation
+or a constraint — is kept as a poison record (webhook id, reason; no payload) and acknowledged:
+retrying it could only fail again and bury it in the DLQ. Anything else (the database is down,
+a deadlock) raises, so SQS redelivers the record.
 """
 
 from __future__ import annotations
@@ -22,24 +32,36 @@ from aws_lambda_powertools.utilities.batch import (
 )
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from pydantic import ValidationError
 
 from chalicelib import measurement, store
 from chalicelib.cases import fold
-from chalicelib.db import Database, Transaction, tenant_transaction
+from chalicelib.db import (
+    ConstraintViolation,
+    Database,
+    Transaction,
+    service_transaction,
+    tenant_transaction,
+)
 from chalicelib.effects import default_context, execute_owed
-from chalicelib.models import Case, CaseStatus, CreatorSettings
+from chalicelib.models import Case, CaseStatus, CreatorSettings, WhopEvent
 from chalicelib.observability import count, logger
 from chalicelib.queue import QueuedWebhook, decode_message
-from chalicelib.reminders import initial_effects, next_action_at
-from chalicelib.webhooks import event_from_payload, minimal_payload, normalise
+from chalicelib.reminders import covered_offset, initial_effects, next_action_at
+from chalicelib.webhooks import MalformedWebhook, event_from_payload, minimal_payload, normalise
 
 
 @dataclass
 class Outcome:
-    status: str  # "applied" | "duplicate" | "ignored"
+    status: str  # "applied" | "duplicate" | "ignored" | "poisoned"
     company_id: str | None = None
     opened_case_ids: list[str] = field(default_factory=list)
     owed_actions: int = 0
+    reason: str | None = None
+
+
+class Unusable(Exception):
+    """A verified webhook that can never be applied; the message says why (never a value)."""
 
 
 def new_link_token() -> str:
@@ -47,10 +69,37 @@ def new_link_token() -> str:
     return secrets.token_urlsafe(32)
 
 
+def _event(msg: QueuedWebhook) -> WhopEvent | None:
+    if msg.unusable is not None:
+        raise Unusable(msg.unusable)
+    try:
+        if msg.event is not None:
+            return event_from_payload(msg.event)
+        return normalise(msg.body or b"", msg.webhook_id, msg.received_at)  # a pre-v2 message
+    except MalformedWebhook as exc:
+        raise Unusable(str(exc)) from None
+    except ValidationError as exc:
+        fields = sorted({".".join(str(p) for p in e["loc"]) for e in exc.errors(include_input=False)})
+        raise Unusable(f"invalid event: {', '.join(fields)}") from None
+
+
 def process_webhook(msg: QueuedWebhook, now: datetime, db: Database | None = None) -> Outcome:
-    event = normalise(msg.body, msg.webhook_id, msg.received_at)
-    if event is None or event.membership_id is None:
-        return Outcome(status="ignored")
+    try:
+        event = _event(msg)
+        if event is None:
+            return Outcome(status="ignored")
+        if event.membership_id is None:
+            raise Unusable("malformed webhook: membership_id missing or invalid")
+        return _apply(event, now, db)
+    except Unusable as exc:
+        return _poison(msg, str(exc), "Unusable", db)
+    except ConstraintViolation as exc:
+        # The data itself breaks a rule of the schema: every retry would fail the same way.
+        return _poison(msg, f"constraint {exc.sqlstate}", "ConstraintViolation", db)
+
+
+def _apply(event: WhopEvent, now: datetime, db: Database | None) -> Outcome:
+    assert event.membership_id is not None
     with tenant_transaction(event.company_id, db) as tx:
         store.lock_membership(tx, event.company_id, event.membership_id)
         if not store.insert_event(tx, event, minimal_payload(event)):
@@ -60,27 +109,70 @@ def process_webhook(msg: QueuedWebhook, now: datetime, db: Database | None = Non
                    owed_actions=owed)
 
 
+def _poison(msg: QueuedWebhook, reason: str, error_class: str, db: Database | None) -> Outcome:
+    with service_transaction(db) as tx:
+        store.insert_poison(tx, msg.webhook_id, reason, error_class, msg.received_at)
+    logger.warning("webhook kept as poison record", extra={"webhook_id": msg.webhook_id,
+                                                           "reason": reason, "error_class": error_class})
+    return Outcome(status="poisoned", reason=reason)
+
+
+def _stored_events(tx: Transaction, membership_id: str) -> list[WhopEvent]:
+    events = []
+    for payload in store.membership_event_payloads(tx, membership_id):
+        try:
+            events.append(event_from_payload(payload))
+        except ValidationError:
+            # A payload purged by retention (or from a future version) cannot fold; the episodes
+            # it belonged to keep their stored rows (unmatched rows are never touched).
+            continue
+    return events
+
+
 def refold_membership(tx: Transaction, company_id: str, membership_id: str,
                       now: datetime) -> tuple[list[str], int]:
     """Recompute a membership's cases from its stored events; return (opened case ids, owed rows)."""
-    events = [event_from_payload(p) for p in store.membership_event_payloads(tx, membership_id)]
-    folded = fold(company_id, membership_id, events, now)
-    existing = store.membership_cases(tx, membership_id)
+    folded = fold(company_id, membership_id, _stored_events(tx, membership_id), now)
+    rows = store.membership_cases(tx, membership_id)
     settings = store.get_settings(tx)
+    matched = _match(folded, rows)
     opened: list[str] = []
     owed = 0
-    for case in folded:
-        row = existing.get(case.seq)
-        if row is None:
-            created = store.insert_case(tx, case, next_action_at(case, settings, None),
-                                        new_link_token())
+    for index, case in enumerate(folded):
+        own = matched.get(index, [])
+        if not own:
+            covered = covered_offset(case, settings, now)
+            created = store.insert_case(tx, case, next_action_at(case, settings, covered),
+                                        new_link_token(), last_reminder_offset=covered)
             case_id = str(created["id"])
             opened.append(case_id)
             measurement.assign_new_case(tx, case_id, settings)  # holdout / experiment variant (issue 10)
             owed += _record_initial_effects(tx, case_id, case, settings, now)
-        else:
-            _update_existing(tx, row, case, settings)
+            continue
+        primary, *duplicates = own
+        _update_existing(tx, primary, case, settings)
+        for duplicate in duplicates:  # never expected (episodes only split); kept safe if it happens
+            store.merge_duplicate_case(tx, str(duplicate["id"]), into=str(primary["id"]))
     return opened, owed
+
+
+def _match(folded: list[Case], rows: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    """Which stored rows are which folded episode: by the failure that opened the row. Rows from
+    before episode identity existed fall back to their position, once, and then gain identity."""
+    episode_of = {wid: i for i, case in enumerate(folded) for wid in case.failure_ids}
+    matched: dict[int, list[dict[str, Any]]] = {}
+    legacy: list[dict[str, Any]] = []
+    for row in rows:  # oldest first: the oldest row of an episode stays its primary
+        key = row["episode_webhook_id"]
+        if key is None:
+            legacy.append(row)
+        elif key in episode_of:
+            matched.setdefault(episode_of[key], []).append(row)
+    for row in legacy:
+        index = int(row["seq"]) - 1
+        if 0 <= index < len(folded) and index not in matched:
+            matched[index] = [row]
+    return matched
 
 
 def _update_existing(tx: Transaction, row: dict[str, Any], case: Case, settings: CreatorSettings) -> None:
@@ -89,8 +181,12 @@ def _update_existing(tx: Transaction, row: dict[str, Any], case: Case, settings:
         # update its facts, never its status.
         case = case.model_copy(update={"status": CaseStatus.CANCELLED, "closed_at": row["closed_at"],
                                        "close_reason": row["close_reason"]})
+    episode = case.failure_ids[0] if row["episode_webhook_id"] is None and case.failure_ids else None
     store.update_case(tx, str(row["id"]), case,
-                      next_action_at(case, settings, row["last_reminder_offset"]))
+                      next_action_at(case, settings, row["last_reminder_offset"]), episode=episode)
+    if case.status is not CaseStatus.OPEN:
+        store.settle_pending(tx, str(row["id"]),
+                             "window_passed" if case.status is CaseStatus.EXPIRED else "case_closed")
 
 
 def _record_initial_effects(tx: Transaction, case_id: str, case: Case, settings: CreatorSettings,
@@ -120,9 +216,17 @@ def send_opening_nudges(company_id: str, case_ids: list[str], now: datetime) -> 
 
 def _apply_record(record: SQSRecord, opened: dict[str, list[str]]) -> None:
     attributes = record.raw_event.get("messageAttributes") or {}
-    msg = decode_message(record.body, attributes)
-    logger.append_keys(message_id=record.message_id, webhook_id=msg.webhook_id)
-    outcome = process_webhook(msg, now=datetime.now(UTC))
+    webhook_id = (attributes.get("webhook_id") or {}).get("stringValue")
+    logger.append_keys(message_id=record.message_id, webhook_id=webhook_id)
+    try:
+        msg = decode_message(record.body, attributes)
+        outcome = process_webhook(msg, now=datetime.now(UTC))
+    except Exception as exc:
+        # The batch processor reports the failure to SQS but logs no cause: say which and why
+        # (the class only; a message could hold data).
+        logger.warning("webhook record failed; SQS will redeliver it",
+                       extra={"webhook_id": webhook_id, "error_class": type(exc).__name__})
+        raise
     count(f"Events{outcome.status.capitalize()}")
     if outcome.opened_case_ids and outcome.company_id:
         count("CasesOpened", len(outcome.opened_case_ids))

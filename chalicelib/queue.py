@@ -1,22 +1,28 @@
 """The webhook queue (SQS): what the webhook route writes and ``process_events`` reads.
 
-A message carries the raw verified body (so the consumer re-parses exactly what Whop signed),
-the webhook id and the receipt time. Bodies that would not fit SQS's message limit with their
-attributes are gzip+base64 encoded (JSON compresses ~10x), flagged by an attribute.
+A message carries the verified, minimised event (``webhooks.minimal_payload``: ids, amounts,
+codes, times — exactly what ``events.payload`` stores), never the raw body, so no member e-mail
+or name sits in SQS or the DLQ for their 14-day retention. A verified webhook that cannot be
+applied travels as an "unusable" marker (webhook id + reason) so the consumer stores a poison
+record. Bodies are JSON with ``ensure_ascii``: pure ASCII, so any Unicode in a payload survives
+SQS's character rules unchanged.
+
+Messages written before this format (the raw signed body, ``format`` attribute absent) are still
+read, so a deploy never strands what is already queued.
 """
 
 from __future__ import annotations
 
 import base64
 import gzip
+import json
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 SQS_MAX_BYTES = 256 * 1024
-# Room left for message attributes and SQS's own accounting.
-_PLAIN_LIMIT = SQS_MAX_BYTES - 4 * 1024
+FORMAT = "event-v2"
 
 
 class QueueUnavailable(Exception):
@@ -27,19 +33,23 @@ class QueueUnavailable(Exception):
 class QueuedWebhook:
     webhook_id: str
     received_at: datetime
-    body: bytes
+    body: bytes | None = None  # a raw signed body: messages from before FORMAT, and tests
+    event: dict[str, Any] | None = None  # the minimised event
+    unusable: str | None = None  # why a verified webhook cannot be applied (a poison record)
 
 
-def encode_message(webhook_id: str, received_at: datetime, body: bytes) -> tuple[str, dict[str, Any]]:
-    text = body.decode("utf-8")
-    encoding = "identity"
-    if len(body) > _PLAIN_LIMIT:
-        text = base64.b64encode(gzip.compress(body)).decode("ascii")
-        encoding = "gzip-base64"
+def encode_message(webhook_id: str, received_at: datetime, *, event: dict[str, Any] | None = None,
+                   unusable: str | None = None) -> tuple[str, dict[str, Any]]:
+    if (event is None) == (unusable is None):
+        raise ValueError("a message carries either an event or an unusable reason")
+    content: dict[str, Any] = {"event": event} if event is not None else {"unusable": unusable}
+    text = json.dumps(content, ensure_ascii=True, separators=(",", ":"), sort_keys=True)
+    if len(text) > SQS_MAX_BYTES - 4 * 1024:
+        raise ValueError("minimised event unexpectedly large")  # fields are length-capped upstream
     attributes = {
         "webhook_id": {"DataType": "String", "StringValue": webhook_id},
         "received_at": {"DataType": "String", "StringValue": received_at.astimezone(UTC).isoformat()},
-        "encoding": {"DataType": "String", "StringValue": encoding},
+        "format": {"DataType": "String", "StringValue": FORMAT},
     }
     return text, attributes
 
@@ -57,10 +67,18 @@ def decode_message(body: str, attributes: dict[str, Any]) -> QueuedWebhook:
     received = _attr(attributes, "received_at")
     if not webhook_id or not received:
         raise ValueError("message lacks webhook_id/received_at attributes")
+    received_at = datetime.fromisoformat(received)
+    if _attr(attributes, "format") == FORMAT:
+        content = json.loads(body)
+        if not isinstance(content, dict):
+            raise ValueError("message body is not an object")
+        if isinstance(content.get("event"), dict):
+            return QueuedWebhook(webhook_id, received_at, event=content["event"])
+        return QueuedWebhook(webhook_id, received_at, unusable=str(content.get("unusable") or "unknown"))
     raw = body.encode("utf-8")
     if _attr(attributes, "encoding") == "gzip-base64":
         raw = gzip.decompress(base64.b64decode(body))
-    return QueuedWebhook(webhook_id=webhook_id, received_at=datetime.fromisoformat(received), body=raw)
+    return QueuedWebhook(webhook_id=webhook_id, received_at=received_at, body=raw)
 
 
 class EventQueue:
@@ -87,8 +105,9 @@ class EventQueue:
             raise QueueUnavailable(type(exc).__name__) from exc
         return sum(int(v) for v in attrs.get("Attributes", {}).values())
 
-    def send(self, webhook_id: str, received_at: datetime, body: bytes) -> str:
-        text, attributes = encode_message(webhook_id, received_at, body)
+    def send(self, webhook_id: str, received_at: datetime, *, event: dict[str, Any] | None = None,
+             unusable: str | None = None) -> str:
+        text, attributes = encode_message(webhook_id, received_at, event=event, unusable=unusable)
         try:
             resp = self.client.send_message(QueueUrl=self.queue_url, MessageBody=text,
                                             MessageAttributes=attributes)

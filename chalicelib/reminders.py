@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from chalicelib.attribution import window_passed
 from chalicelib.messages import SOFT_FIRST_REMINDER_DELAY_DAYS
@@ -73,6 +73,13 @@ def reminder_effects(case: Case, settings: CreatorSettings, offset: int,
     return [PlannedEffect("reminder", f"r{offset}", ch, now) for ch in channels(settings)]
 
 
+def covered_offset(case: Case, settings: CreatorSettings, now: datetime) -> int | None:
+    """The reminder offsets a case had already passed when it opened (a late or backdated
+    failure): its T+0 nudge covers them, so no reminder goes out with (or before) the T+0."""
+    passed = [d for d in reminder_offsets(case, settings) if case.first_failure_at + timedelta(days=d) <= now]
+    return max(passed) if passed else None
+
+
 def next_action_at(case: Case, settings: CreatorSettings, last_offset: int | None) -> datetime | None:
     """When the scheduler next owes this case something: its next reminder, else its expiry."""
     if case.status is not CaseStatus.OPEN:
@@ -85,16 +92,25 @@ def next_action_at(case: Case, settings: CreatorSettings, last_offset: int | Non
 # --- sending rules --------------------------------------------------------------------------------
 
 FREQUENCY_CAP = timedelta(hours=20)  # automatic messages per member per channel
-MAX_ATTEMPTS = 5  # sends of one ledger row before it is marked failed for good
 _BASE_RETRY = timedelta(minutes=1)
 _MAX_RETRY = timedelta(hours=1)
+_UTC = ZoneInfo("UTC")
+
+
+def company_zone(name: str) -> ZoneInfo:
+    """The company's timezone, or UTC when the stored name no longer loads (tzdata dropped or
+    renamed it): quiet hours an hour off beat one company's nudges never going out at all."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return _UTC
 
 
 def quiet_until(now: datetime, settings: CreatorSettings) -> datetime | None:
     """If ``now`` falls in the company's quiet hours (its timezone), when they end; else None."""
     if settings.quiet_hours is None:
         return None
-    tz = ZoneInfo(settings.timezone)
+    tz = company_zone(settings.timezone)
     local = now.astimezone(tz)
     start = time.fromisoformat(settings.quiet_hours.start)
     end = time.fromisoformat(settings.quiet_hours.end)
@@ -108,9 +124,11 @@ def quiet_until(now: datetime, settings: CreatorSettings) -> datetime | None:
     return datetime.combine(end_day, end, tzinfo=tz).astimezone(now.tzinfo)
 
 
-def retry_delay(attempts: int, retry_after_s: float | None) -> timedelta:
-    """Back off exponentially between attempts, never sooner than Whop asked."""
-    backoff: timedelta = min(_BASE_RETRY * (2 ** max(0, attempts - 1)), _MAX_RETRY)
-    if retry_after_s is not None:
-        backoff = max(backoff, timedelta(seconds=retry_after_s))
+def retry_delay(attempts: int, retry_after_s: float | None = None) -> timedelta:
+    """Back off exponentially between attempts, never sooner than Whop asked, never over 1 h
+    (whatever the attempt count or the Retry-After: no arithmetic here can overflow)."""
+    exponent = min(max(0, attempts - 1), 10)  # 2**10 minutes is already past the cap
+    backoff: timedelta = min(_BASE_RETRY * (2 ** exponent), _MAX_RETRY)
+    if retry_after_s is not None and retry_after_s == retry_after_s:  # not NaN
+        backoff = max(backoff, timedelta(seconds=min(max(0.0, retry_after_s), _MAX_RETRY.total_seconds())))
     return backoff

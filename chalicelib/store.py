@@ -36,6 +36,15 @@ def insert_event(tx: Transaction, event: WhopEvent, payload: dict[str, Any]) -> 
     return row is not None
 
 
+def insert_poison(tx: Transaction, webhook_id: str, reason: str, error_class: str,
+                  received_at: datetime | None) -> None:
+    """Keep the id of a verified webhook that cannot be applied (no payload, no tenant data).
+    No conflict target: naming one would need SELECT, and the runtime role may only INSERT here."""
+    tx.execute("INSERT INTO poison_events (webhook_id, reason, error_class, received_at)"
+               " VALUES (:w, :reason, :ec, :received) ON CONFLICT DO NOTHING",
+               w=webhook_id, reason=reason[:300], ec=error_class[:100], received=received_at)
+
+
 def membership_event_payloads(tx: Transaction, membership_id: str) -> list[dict[str, Any]]:
     rows = tx.query("SELECT payload FROM events WHERE membership_id = :m ORDER BY occurred_at, id",
                     m=membership_id)
@@ -51,37 +60,62 @@ _CASE_COLUMNS = (
 )
 
 
-def membership_cases(tx: Transaction, membership_id: str) -> dict[int, dict[str, Any]]:
-    rows = tx.query("SELECT * FROM recovery_cases WHERE membership_id = :m ORDER BY seq",
+def membership_cases(tx: Transaction, membership_id: str) -> list[dict[str, Any]]:
+    """A membership's stored cases, oldest row first."""
+    return tx.query("SELECT * FROM recovery_cases WHERE membership_id = :m ORDER BY created_at, id",
                     m=membership_id)
-    return {int(r["seq"]): r for r in rows}
 
 
 def insert_case(tx: Transaction, case: Case, next_action_at: datetime | None,
-                link_token: str) -> dict[str, Any]:
+                link_token: str, last_reminder_offset: int | None = None) -> dict[str, Any]:
     values = {c: getattr(case, c) for c in _CASE_COLUMNS}
     values["status"] = case.status.value
     # Column names come from the _CASE_COLUMNS constant; every value is a bound parameter.
     row = tx.one(
-        "INSERT INTO recovery_cases (company_id, membership_id, seq, next_action_at, link_token,"  # noqa: S608
-        " manage_url, " + ", ".join(_CASE_COLUMNS) + ") VALUES (:company_id, :membership_id, :seq,"
-        " :next_action_at, :link_token, :manage_url, " + ", ".join(f":{c}" for c in _CASE_COLUMNS)
-        + ") RETURNING *",
+        "INSERT INTO recovery_cases (company_id, membership_id, seq, episode_webhook_id,"  # noqa: S608
+        " next_action_at, last_reminder_offset, link_token, manage_url, " + ", ".join(_CASE_COLUMNS)
+        + ") VALUES (:company_id, :membership_id, :seq, :episode, :next_action_at, :last_offset,"
+        " :link_token, :manage_url, "
+        + ", ".join(f":{c}" for c in _CASE_COLUMNS) + ") RETURNING *",
         company_id=case.company_id, membership_id=case.membership_id, seq=case.seq,
+        episode=case.failure_ids[0] if case.failure_ids else None, last_offset=last_reminder_offset,
         next_action_at=next_action_at, link_token=link_token, manage_url=case.manage_url, **values)
     assert row is not None
     return row
 
 
-def update_case(tx: Transaction, case_id: str, case: Case, next_action_at: datetime | None) -> None:
+def update_case(tx: Transaction, case_id: str, case: Case, next_action_at: datetime | None,
+                episode: str | None = None) -> None:
+    """Rewrite a stored case from its episode's fold (``episode`` fills a legacy row's identity)."""
     values = {c: getattr(case, c) for c in _CASE_COLUMNS}
     values["status"] = case.status.value
     assignments = ", ".join(f"{c} = :{c}" for c in _CASE_COLUMNS)  # constant names, bound values
     tx.execute(
         "UPDATE recovery_cases SET " + assignments  # noqa: S608
-        + ", manage_url = COALESCE(:manage_url, manage_url), next_action_at = :next_action_at,"
+        + ", seq = :seq, episode_webhook_id = COALESCE(episode_webhook_id, :episode),"
+        " manage_url = COALESCE(:manage_url, manage_url), next_action_at = :next_action_at,"
         " updated_at = now() WHERE id = CAST(:id AS uuid)",
-        id=case_id, next_action_at=next_action_at, manage_url=case.manage_url, **values)
+        id=case_id, seq=case.seq, episode=episode, next_action_at=next_action_at,
+        manage_url=case.manage_url, **values)
+
+
+def settle_pending(tx: Transaction, case_id: str, reason: str) -> int:
+    """A closed case owes nothing: its pending rows become ``skipped`` with the reason, at once,
+    so the timeline never shows sends "pending" for a recovered case. Claimed rows (a send in
+    flight) are left to their executor, which records what Whop answered."""
+    return tx.execute(
+        "UPDATE recovery_actions SET status = 'skipped', error_class = 'skipped', error_detail = :reason,"
+        " claimed_until = NULL, completed_at = now(), updated_at = now()"
+        " WHERE case_id = CAST(:id AS uuid) AND status = 'pending'", id=case_id, reason=reason)
+
+
+def merge_duplicate_case(tx: Transaction, case_id: str, into: str) -> None:
+    """A row whose episode turned out to be another row's: closed (history kept), owes nothing."""
+    tx.execute(
+        "UPDATE recovery_cases SET status = CASE WHEN status = 'open' THEN 'cancelled' ELSE status END,"
+        " closed_at = COALESCE(closed_at, now()), close_reason = COALESCE(close_reason, 'merged'),"
+        " next_action_at = NULL, updated_at = now() WHERE id = CAST(:id AS uuid)", id=case_id)
+    settle_pending(tx, case_id, f"merged_into:{into}")
 
 
 def case_from_row(row: dict[str, Any]) -> Case:
@@ -99,9 +133,9 @@ def add_action(tx: Transaction, *, case_id: str, company_id: str, kind: str, ste
     """Record an owed effect (or a done action); False if its key exists (it is already owed)."""
     row = tx.one(
         "INSERT INTO recovery_actions (case_id, company_id, kind, step, channel, status,"
-        " idempotency_key, due_at, actor, result, completed_at)"
+        " idempotency_key, due_at, owed_at, actor, result, completed_at)"
         " VALUES (CAST(:case_id AS uuid), :company_id, :kind, :step, :channel, :status, :key,"
-        " COALESCE(:due_at, now()), :actor, CAST(:result AS jsonb),"
+        " COALESCE(:due_at, now()), COALESCE(:due_at, now()), :actor, CAST(:result AS jsonb),"
         " CASE WHEN :status IN ('done', 'skipped') THEN now() END)"
         " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
         case_id=case_id, company_id=company_id, kind=kind, step=step, channel=channel,
@@ -251,10 +285,7 @@ def close_case_by_creator(tx: Transaction, case_id: str, *, close_reason: str, u
         "UPDATE recovery_cases SET status = 'cancelled', closed_at = COALESCE(closed_at, :now),"
         " close_reason = :reason, cancelled_by = :user, next_action_at = NULL, updated_at = now()"
         " WHERE id = CAST(:id AS uuid)", id=case_id, now=now, reason=close_reason, user=user_id)
-    tx.execute(
-        "UPDATE recovery_actions SET status = 'skipped', error_class = 'skipped', error_detail = :reason,"
-        " completed_at = now(), updated_at = now() WHERE case_id = CAST(:id AS uuid) AND status = 'pending'",
-        id=case_id, reason=close_reason)
+    settle_pending(tx, case_id, close_reason)
 
 
 def kpi_counts(tx: Transaction, *, now: datetime, window: timedelta) -> tuple[list[StatusCount],

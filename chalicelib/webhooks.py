@@ -32,7 +32,7 @@ from typing import Any, Final, Literal
 from pydantic import ValidationError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from chalicelib.models import EventType, WhopEvent, currency_decimals
+from chalicelib.models import EventType, WhopEvent, clean_text, currency_decimals
 
 __all__ = [
     "MalformedWebhook",
@@ -281,8 +281,10 @@ def _required(value: str | None, field: str) -> str:
 
 def _first_id(*values: Any) -> str | None:
     for value in values:
-        if isinstance(value, str) and 0 < len(value.strip()) <= _ID_MAX:
-            return value.strip()
+        if isinstance(value, str):
+            value = clean_text(value).strip()
+            if 0 < len(value) <= _ID_MAX:
+                return value
     return None
 
 
@@ -349,13 +351,15 @@ def _deactivation_cause(data: Mapping[str, Any]) -> str:
 
 
 def _text(value: Any, limit: int) -> str | None:
-    if isinstance(value, str) and value.strip():
-        return value.strip()[:limit]
+    if isinstance(value, str) and clean_text(value).strip():
+        return clean_text(value).strip()[:limit]
     return None
 
 
 def _url(value: Any) -> str | None:
-    if isinstance(value, str) and value.startswith(("https://", "http://")) and len(value) <= _TEXT_MAX:
+    # A URL with a control character or space is not one we would ever redirect a member to.
+    if (isinstance(value, str) and value.startswith(("https://", "http://")) and len(value) <= _TEXT_MAX
+            and value.isprintable() and " " not in value):
         return value
     return None
 

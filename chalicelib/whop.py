@@ -54,6 +54,13 @@ MAX_IDEMPOTENCY_KEY_LENGTH = 255
 
 ErrorClass = Literal["retryable", "permanent"]
 AccessLevel = Literal["admin", "customer", "no_access"]
+# Why a call failed, as the effects executor's retry policy needs it (see effects.py's table):
+# "member" is permanent for this member/request; the other three are about Whop or our key.
+FailureCause = Literal["member", "credentials", "rate_limited", "unavailable"]
+
+# A Retry-After beyond this is treated as this: an absurd header (say 1e15 s) must neither
+# overflow date arithmetic nor park a member's nudge for years.
+MAX_RETRY_AFTER_S = 3600.0
 
 # Whop's error text is kept (truncated) for operators; error bodies are never kept whole.
 _MAX_ERROR_MESSAGE = 300
@@ -102,6 +109,22 @@ class WhopResult(BaseModel):
     @property
     def retryable(self) -> bool:
         return self.error_class == "retryable"
+
+    @property
+    def cause(self) -> FailureCause | None:
+        return None if self.ok else failure_cause(self.status_code, self.error_class)
+
+
+def failure_cause(status_code: int | None, error_class: ErrorClass | None) -> FailureCause:
+    """The one classification of a failed call: 401/403 mean Whop refused OUR key (a rotation
+    or an outage of its auth), not anything about the member, so they are not permanent."""
+    if status_code in (401, 403):
+        return "credentials"
+    if status_code == 429:
+        return "rate_limited"
+    if error_class == "retryable":
+        return "unavailable"
+    return "member"
 
 
 class WhopError(Exception):
@@ -195,7 +218,7 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         seconds = when.timestamp() - (time.time() if now is None else now)
     if not math.isfinite(seconds):
         return None
-    return max(0.0, seconds)
+    return min(max(0.0, seconds), MAX_RETRY_AFTER_S)
 
 
 def check_idempotency_key(key: str) -> str:

@@ -43,6 +43,7 @@ import base64
 import hashlib
 import hmac
 import json
+import random
 import re
 import secrets
 import signal
@@ -175,6 +176,7 @@ class Fault:
     remaining: int | None  # None: every matching request
     retry_after: str | None
     delay_s: float
+    chance: float = 1.0  # share of matching requests that fail (seeded: see FakeWhop.seed_faults)
 
     def matches(self, method: str, api_path: str) -> bool:
         return (self.method in ("*", method)) and self.pattern.fullmatch(api_path) is not None
@@ -382,6 +384,7 @@ class FakeWhop:
             self.messages: list[dict[str, Any]] = []
             self._calls: list[RecordedCall] = []
             self._faults: list[Fault] = []
+            self._fault_rng = random.Random(0)
             self._idempotency: dict[str, tuple[str, _Response]] = {}
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -497,9 +500,16 @@ class FakeWhop:
             self.experiences.append({"id": experience_id, "company_id": company_id, "app_id": app_id,
                                      "name": name, "created_at": _now()})
 
+    def seed_faults(self, seed: int) -> None:
+        """Make ``chance`` faults reproducible (chaos runs)."""
+        with self._lock:
+            self._fault_rng = random.Random(seed)
+
     def inject(self, method: str, path_regex: str, kind: str, *, times: int | None = 1,
-               retry_after: int | float | str | None = None, delay_s: float = 2.0) -> None:
-        """Make the next ``times`` matching requests fail (None: all of them).
+               retry_after: int | float | str | None = None, delay_s: float = 2.0,
+               chance: float = 1.0) -> None:
+        """Make the next ``times`` matching requests fail (None: all of them); with ``chance``
+        below 1, each matching request fails with that probability.
 
         ``path_regex`` must match the whole path under ``/api/v1`` (e.g. ``/memberships/[^/]+/extend``;
         ``/.well-known/jwks.json`` for the keys); ``method`` may be ``"*"``.
@@ -514,7 +524,8 @@ class FakeWhop:
             retry_after = 1
         with self._lock:
             self._faults.append(Fault(method.upper(), re.compile(path_regex), kind, times,
-                                      None if retry_after is None else str(retry_after), delay_s))
+                                      None if retry_after is None else str(retry_after), delay_s,
+                                      chance))
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -635,6 +646,8 @@ class FakeWhop:
         with self._lock:
             for fault in self._faults:
                 if fault.matches(method, api_path):
+                    if fault.chance < 1.0 and self._fault_rng.random() >= fault.chance:
+                        continue
                     if fault.remaining is not None:
                         fault.remaining -= 1
                         if fault.remaining <= 0:

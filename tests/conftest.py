@@ -31,6 +31,8 @@ pytest_plugins = ["tests.whop_fixtures"]
 ROOT = Path(__file__).resolve().parent.parent
 TENANT_TABLES = ("creator_settings", "events", "recovery_cases", "recovery_actions", "rate_limits",
                  "experiments")
+# Not tenant data (no company_id, no RLS), emptied after each test all the same.
+OPS_TABLES = ("poison_events",)
 
 
 @pytest.fixture(scope="session")
@@ -77,4 +79,4 @@ def database(local_database: localdb.LocalDatabase, owner: Owner,
     yield db.get_database()
     db.reset_database()
     config.reset_config()
-    owner.run("TRUNCATE " + ", ".join(TENANT_TABLES) + " CASCADE")
+    owner.run("TRUNCATE " + ", ".join(TENANT_TABLES + OPS_TABLES) + " CASCADE")

@@ -258,9 +258,9 @@ VARIANTS = [{"name": "control", "weight": 1},
 def test_create_list_get_stop_and_one_running_at_a_time(api: Api) -> None:
     _, created = api.call("POST", EXPS, body={"name": "Short copy", "variants": VARIANTS}, status=201)
     assert created["status"] == "running" and created["stopped_at"] is None
-    assert [v["name"] for v in created["results"]["variants"]] == ["control", "short"]
-    assert created["results"]["winner"] is None
-    assert created["results"]["winner_reason"] == "needs 50 matured cases per variant; has 0"
+    assert [v["name"] for v in created["results"]] == ["control", "short"]
+    assert created["winner"] is None
+    assert created["winner_reason"] == "needs 50 matured cases per variant; has 0"
     _, err = api.call("POST", EXPS, body={"name": "Another", "variants": VARIANTS}, status=409)
     assert "already running" in err["error"]["message"]
     _, stopped = api.call("POST", STOP, params={"experiment_id": created["id"]}, status=200)
@@ -376,7 +376,7 @@ def test_the_variant_copy_is_what_whop_receives_on_every_message(api: Api) -> No
     assert (detail["experiment_id"], detail["variant"], detail["decline_class"]) == (exp["id"], "short",
                                                                                      "card_soft")
     _, shown = api.call("GET", EXP, params={"experiment_id": exp["id"]}, status=200)
-    short = next(v for v in shown["results"]["variants"] if v["name"] == "short")
+    short = next(v for v in shown["results"] if v["name"] == "short")
     assert (short["cases"], short["sends"], short["clicks"], short["ctr"]) == (1, 4, 0, 0.0)
     assert len(api.whop.calls_to("GET", r"/memberships/mem_1$")) == 1  # the product name, read once
 
@@ -543,13 +543,13 @@ def test_experiment_results_count_each_variant(api: Api) -> None:
     for _ in range(3):
         insert_case(api, first=NOW - 2 * DAY, experiment_id=exp_id, variant="b")  # young, open
     _, shown = api.call("GET", EXP, params={"experiment_id": exp_id}, status=200)
-    a, b = shown["results"]["variants"]
+    a, b = shown["results"]
     assert (a["cases"], a["sends"], a["clicks"], a["matured_cases"], a["recoveries"]) == (12, 5, 3, 12, 8)
     assert a["ctr"] == pytest.approx(3 / 5) and a["recovery_rate"] == pytest.approx(8 / 12)
     assert (b["cases"], b["matured_cases"], b["recovery_rate"], b["ctr"]) == (3, 0, None, None)
     assert a["prob_best"] > b["prob_best"]  # 9/14 posterior mean against an uninformed 1/2
-    assert shown["results"]["winner"] is None
-    assert shown["results"]["winner_reason"] == "needs 50 matured cases per variant; has 0"
+    assert shown["winner"] is None
+    assert shown["winner_reason"] == "needs 50 matured cases per variant; has 0"
     _, text = api.call("GET", EXPORT, status=200)
     by_variant = Counter(r["variant"] for r in parse_csv(text) if r["experiment_id"] == exp_id)
     assert by_variant == {"a": 12, "b": 3}

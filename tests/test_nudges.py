@@ -250,8 +250,9 @@ def test_429_then_success_sends_once(world: World) -> None:
     assert len([c for c in world.dms() if c.status == 200]) == 1
 
 
-def test_permanent_4xx_is_a_visible_failure_without_endless_retries(world: World) -> None:
-    world.fake.inject("POST", "/notifications", "403", times=None)
+@pytest.mark.parametrize("status", ["400", "404", "422"])
+def test_a_member_specific_refusal_fails_the_row_without_endless_retries(world: World, status: str) -> None:
+    world.fake.inject("POST", "/notifications", status, times=None)
     world.fail(T0)
     world.run_effects(T0)
     push = next(a for a in world.actions() if a["channel"] == "push")
@@ -262,15 +263,115 @@ def test_permanent_4xx_is_a_visible_failure_without_endless_retries(world: World
     assert len(world.pushes()) == attempts == 1
 
 
-def test_retryable_failures_stop_after_the_attempt_budget(world: World) -> None:
+@pytest.mark.parametrize("status", ["401", "403"])
+def test_our_key_refused_keeps_the_send_pending_until_whop_takes_it(world: World, status: str) -> None:
+    # A key rotation: Whop refuses OUR credentials for a while. That says nothing about the
+    # member, so the nudge waits and goes out once the key works again.
+    world.fake.inject("POST", "/notifications", status, times=None)
+    world.fail(T0)
+    now = T0
+    for _ in range(6):
+        world.run_effects(now)
+        now += timedelta(hours=1, minutes=1)
+    push = next(a for a in world.actions() if a["channel"] == "push")
+    assert push["status"] == "pending" and push["error_class"] == "credentials"
+    assert push["attempts"] == 6
+    world.fake.clear_faults()
+    assert world.run_effects(now).sent == 1
+    assert [c.status for c in world.pushes()][-1] == 200
+
+
+def test_a_long_whop_outage_delays_a_nudge_but_never_abandons_it(world: World) -> None:
+    world.fake.inject("POST", "/notifications", "503", times=None)
+    world.fail(T0)
+    now = T0
+    for _ in range(12):  # 12 attempts over ~half a day: far past any fixed attempt budget
+        world.run_effects(now)
+        now += timedelta(hours=1, minutes=1)
+    push = next(a for a in world.actions() if a["channel"] == "push")
+    assert push["status"] == "pending" and push["error_class"] == "unavailable"
+    world.fake.clear_faults()
+    world.tick(now)
+    push = next(a for a in world.actions() if a["channel"] == "push")
+    assert push["status"] == "sent" and push["attempts"] == 13
+
+
+def test_backoff_is_capped_at_one_hour(world: World) -> None:
     world.fake.inject("POST", "/notifications", "500", times=None)
     world.fail(T0)
     now = T0
-    for _ in range(8):
+    for _ in range(9):
         world.run_effects(now)
-        now += timedelta(hours=2)
+        push = next(a for a in world.actions() if a["channel"] == "push")
+        assert push["due_at"] - now <= timedelta(hours=1)
+        now = push["due_at"]
+
+
+def test_an_outage_that_outlasts_the_window_settles_as_skipped(world: World) -> None:
+    world.fake.inject("POST", "/notifications", "500", times=None)
+    world.fail(T0)
+    world.run_effects(T0 + 14 * DAY - timedelta(seconds=30))  # next try: past the window
     push = next(a for a in world.actions() if a["channel"] == "push")
-    assert push["status"] == "failed" and push["attempts"] == 5
+    assert push["status"] == "skipped" and push["error_detail"] == "window_passed"
+    world.fake.clear_faults()
+    world.tick(T0 + 15 * DAY)
+    assert [c for c in world.pushes() if c.status == 200] == []
+
+
+def test_absurd_retry_after_is_capped_and_the_other_channel_still_goes(world: World) -> None:
+    world.fake.inject("POST", "/notifications", "429", times=None, retry_after="1e15")
+    world.fail(T0)
+    stats = world.run_effects(T0)
+    assert stats.errors == 0 and stats.sent == 1  # the DM went
+    push = next(a for a in world.actions() if a["channel"] == "push")
+    assert push["status"] == "pending" and push["error_class"] == "rate_limited"
+    assert push["due_at"] == T0 + timedelta(hours=1)
+    assert [a["status"] for a in world.actions()].count("claimed") == 0
+
+
+def test_one_failing_row_is_released_alone(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    world.fail(T0)
+    real = effects.perform
+
+    def broken(ctx: effects.Context, c: effects.Claim, now: datetime) -> Any:
+        if c.channel == "push":
+            raise OverflowError("a bug in our own code")
+        return real(ctx, c, now)
+
+    monkeypatch.setattr(effects, "perform", broken)
+    stats = world.run_effects(T0)
+    assert stats.errors == 1 and stats.sent == 1
+    rows = {a["channel"]: a for a in world.actions()}
+    assert rows["dm"]["status"] == "sent"
+    assert rows["push"]["status"] == "pending" and rows["push"]["error_detail"] == "OverflowError"
+    monkeypatch.setattr(effects, "perform", real)
+    assert world.run_effects(rows["push"]["due_at"]).sent == 1
+
+
+def test_a_late_executor_cannot_overwrite_the_claim_holders_result(world: World) -> None:
+    world.fail(T0)
+    first = effects.claim(A, T0, world.db, kinds=("nudge",))
+    dm_first = next(c for c in first if c.channel == "dm")
+    # The first executor stalls past its lease; a second one claims the row and sends it.
+    later = T0 + effects.LEASE + timedelta(minutes=1)
+    assert world.run_effects(later).sent == 2
+    from chalicelib.whop import WhopResult
+    late = effects.record(A, dm_first, WhopResult(ok=False, status_code=400, error_class="permanent",
+                                                  error_code="http_400"), later, world.db)
+    assert late == "lost"
+    dm = next(a for a in world.actions() if a["channel"] == "dm")
+    assert dm["status"] == "sent"
+
+
+def test_the_frequency_cap_counts_sends_in_flight(world: World) -> None:
+    world.fail(T0, membership="mem_1", user="user_1")
+    held = effects.claim(A, T0, world.db, kinds=("nudge",))  # in flight, not yet recorded
+    assert {c.channel for c in held} == {"push", "dm"}
+    # The same member fails on a second membership: its T+0 must wait for the in-flight one.
+    world.fail(T0 + timedelta(minutes=1), membership="mem_2", user="user_1")
+    stats = world.run_effects(T0 + timedelta(minutes=1))
+    assert stats.sent == 0 and stats.deferred == 2
+    assert world.dms() == []
 
 
 def test_crash_after_claim_before_send_is_sent_once_on_the_next_tick(world: World) -> None:

@@ -183,7 +183,8 @@ def test_a_failing_record_is_reported_alone_and_succeeds_on_retry(pipeline: Pipe
     assert len(messages) == 2 and len({m["MessageId"] for m in messages}) == 2
     event = {"Records": [local_sqs.to_lambda_record(m, pipeline.queues.queue_arn) for m in messages]}
     result = process_events(event, local_sqs.LambdaContext())
-    bad_message = next(m["MessageId"] for m in messages if json.loads(m["Body"])["id"] == bad_id)
+    bad_message = next(m["MessageId"] for m in messages
+                       if m["MessageAttributes"]["webhook_id"]["StringValue"] == bad_id)
     assert result == {"batchItemFailures": [{"itemIdentifier": bad_message}]}
     # Lambda deletes the successes; the failure becomes visible again and is retried.
     ok_message = next(m for m in messages if m["MessageId"] != bad_message)
@@ -257,11 +258,18 @@ def test_unknown_type_is_200_and_not_queued(pipeline: Pipeline) -> None:
     assert pipeline.depth() == 0
 
 
-def test_signed_but_malformed_body_is_400(pipeline: Pipeline) -> None:
+def test_signed_but_unusable_body_is_acknowledged_and_kept_as_a_poison_record(
+        pipeline: Pipeline, owner: Any) -> None:
+    # Whop's genuine delivery that we cannot use: a 4xx would be retried for days (and could get
+    # the endpoint disabled); it is acknowledged, and a record of it is kept.
     body = json.dumps({"id": "msg_y", "api_version": "v1", "type": "payment.failed",
                        "timestamp": "2025-01-01T00:00:00Z", "data": {"id": "pay_1"}}).encode()
     resp = pipeline.deliver("msg_y", body)
-    assert resp.status_code == 400 and pipeline.depth() == 0
+    assert resp.status_code == 200 and json.loads(resp.body) == {"status": "ignored"}
+    assert pipeline.drain() == (1, 0)
+    assert pipeline.depth() == 0 and pipeline.depth(pipeline.queues.dlq_url) == 0
+    rows = owner.run("SELECT webhook_id, reason, error_class FROM poison_events")
+    assert rows == [["msg_y", "malformed webhook: company_id missing or invalid", "Unusable"]]
 
 
 def test_oversized_body_is_413(pipeline: Pipeline) -> None:
@@ -280,13 +288,16 @@ def test_queue_unavailable_is_503_so_whop_retries(pipeline: Pipeline,
     assert resp.status_code == 503 and resp.headers["Retry-After"] == "5"
 
 
-def test_large_bodies_are_compressed_to_fit_sqs() -> None:
+def test_messages_queued_before_the_minimised_format_are_still_read() -> None:
+    # A deploy must not strand what is already queued: the old raw-body (and gzip) shape decodes.
+    import base64
+    import gzip
+
     body = json.dumps({"pad": "x" * 259_000}).encode()
-    text, attributes = queue.encode_message("msg_1", NOW, body)
-    assert len(text) < 64 * 1024
-    lambda_shape = {k: {"stringValue": v["StringValue"]} for k, v in attributes.items()}
-    decoded = queue.decode_message(text, lambda_shape)
-    assert decoded.body == body and decoded.webhook_id == "msg_1"
+    old = {"webhook_id": {"stringValue": "msg_1"}, "received_at": {"stringValue": NOW.isoformat()},
+           "encoding": {"stringValue": "gzip-base64"}}
+    decoded = queue.decode_message(base64.b64encode(gzip.compress(body)).decode(), old)
+    assert decoded.body == body and decoded.webhook_id == "msg_1" and decoded.event is None
 
 
 def test_a_payment_in_the_same_batch_stops_the_t0_nudge(pipeline: Pipeline) -> None:

@@ -14,7 +14,6 @@ from chalicelib.api.schemas import (
     Experiment,
     ExperimentCreate,
     ExperimentList,
-    ExperimentResults,
     VariantBody,
     VariantResult,
 )
@@ -31,9 +30,8 @@ def _view(tx: Transaction, row: dict[str, Any], ctx: CreatorContext) -> Experime
     return Experiment(
         id=row["id"], name=row["name"], status=row["status"], variants=variants,
         created_at=row["created_at"], stopped_at=row["stopped_at"],
-        results=ExperimentResults(
-            variants=[VariantResult.model_validate(r, from_attributes=True) for r in result.variants],
-            winner=result.winner, winner_reason=result.winner_reason))
+        results=[VariantResult.model_validate(r, from_attributes=True) for r in result.variants],
+        winner=result.winner, winner_reason=result.winner_reason)
 
 
 def create_experiment(ctx: CreatorContext) -> Response:

@@ -389,13 +389,6 @@ class VariantResult(BaseModel):
         "Expected recovery-rate shortfall from the best variant if this one is chosen."))
 
 
-class ExperimentResults(BaseModel):
-    variants: list[VariantResult]
-    winner: str | None = Field(description="Named only at ≥ 95% prob_best with ≥ 50 matured cases per "
-                                           "variant.")
-    winner_reason: str = Field(description="Why there is (or is not yet) a winner, in plain words.")
-
-
 class Experiment(BaseModel):
     model_config = ConfigDict(title="Experiment")
 
@@ -405,7 +398,10 @@ class Experiment(BaseModel):
     variants: list[VariantBody]
     created_at: AwareDatetime
     stopped_at: AwareDatetime | None
-    results: ExperimentResults
+    results: list[VariantResult] = Field(description="Per variant, in the order of `variants`.")
+    winner: str | None = Field(description="Named only at ≥ 95% prob_best with ≥ 50 matured cases per "
+                                           "variant.")
+    winner_reason: str = Field(description="Why there is (or is not yet) a winner, in plain words.")
 
 
 class ExperimentList(BaseModel):

@@ -1,0 +1,446 @@
+"""`make chaos`: thousands of webhooks through the real pipeline while it is being broken.
+
+Usage: python scripts/chaos.py [--events 10000] [--companies 200] [--seed 7] [--quick]
+
+What runs: an embedded Postgres (or DATABASE_URL/MIGRATIONS_DATABASE_URL), moto SQS (queue + DLQ,
+maxReceiveCount 5), the real webhook route (Chalice test client), the real consumer
+(``app.process_events`` with Lambda's partial-batch contract), the real reminder tick, and the
+fake Whop over HTTP on 127.0.0.1.
+
+What breaks, all seeded:
+- deliveries: 30% of webhooks delivered two or more times, everything shuffled (so late events
+  dated before earlier ones are the norm), 1% signed but unusable;
+- the consumer "crashes" after committing and before acknowledging (its batch comes back);
+- a killer thread runs ``pg_terminate_backend`` on the runtime login's sessions at random;
+- the fake Whop answers 20% of sends with 429, 500, a dropped connection or a response lost
+  after the action was applied.
+
+Then the ticks run on a simulated clock until the ledger settles, the DLQ is redriven, and the
+run asserts: every accepted webhook stored exactly once (unusable ones as poison records);
+nothing left in the queue or the DLQ; every case equal to what the pure ``cases.fold`` computes
+from the deduplicated events; per ledger key at most one effective send at the fake Whop; every
+case open at the checkpoint got its T+0 on both channels; no member more than one incentive.
+The last line prints the counts. Exit status 0 when every check holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("APP_ENV", "test")
+for _name, _value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                      "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                      "POWERTOOLS_METRICS_NAMESPACE": "ReboundChaos",
+                      "POWERTOOLS_LOG_LEVEL": "ERROR"}.items():
+    os.environ.setdefault(_name, _value)
+
+DAY = timedelta(days=1)
+SEND_PATHS = ("/notifications", "/messages", r"/memberships/[^/]+/extend")
+
+
+@dataclass
+class Counts:
+    deliveries: int = 0
+    duplicates: int = 0
+    unusable: int = 0
+    consumer_crashes: int = 0
+    backend_kills: int = 0
+    whop_faults: int = 0
+    sqs_redeliveries: int = 0
+    effect_retries: int = 0
+    sends: int = 0
+    ticks: int = 0
+    redriven: int = 0
+    checks: list[str] = field(default_factory=list)
+
+
+# --- the story -----------------------------------------------------------------------------------
+
+
+def generate(rng: random.Random, events: int, companies: int, now: datetime) -> list[tuple[str, bytes]]:
+    """Signed-body-ready webhooks: failures (some 3-D Secure), in- and out-of-window successes,
+    cancellations and second episodes, every time at or before ``now``."""
+    from scripts.whop_payloads import membership_event, payment_event
+
+    out: list[tuple[str, bytes]] = []
+    m = 0
+    while len(out) < events:
+        company = f"biz_chaos_{m % companies:03d}"
+        membership, user = f"mem_c{m:05d}", f"user_c{m:05d}"
+        m += 1
+        start = now - rng.uniform(0, 20) * DAY
+        times: list[tuple[str, datetime]] = []
+        at = start
+        for _ in range(rng.choice((1, 1, 2, 3))):
+            times.append((rng.choice(("payment.failed",) * 6 + ("payment.requires_action",)), at))
+            at += rng.uniform(0.1, 3) * DAY
+        roll = rng.random()
+        if roll < 0.4:
+            times.append(("payment.succeeded", start + rng.uniform(0, 13.9) * DAY))
+        elif roll < 0.5:
+            times.append(("payment.succeeded", start + rng.uniform(14.2, 16) * DAY))
+        elif roll < 0.6:
+            times.append(("membership.cancel_at_period_end_changed", start + rng.uniform(0, 10) * DAY))
+        if roll < 0.4 and rng.random() < 0.3:  # a second episode after a recovery
+            times.append(("payment.failed", start + rng.uniform(15, 19) * DAY))
+        for kind, when in times:
+            if when > now:
+                continue
+            if kind.startswith("payment."):
+                out.append(payment_event(kind, company=company, membership=membership, user=user,
+                                         at=when, payment=f"pay_{membership}"))
+            else:
+                out.append(membership_event(kind, company=company, membership=membership, at=when,
+                                            cancel_at_period_end=True))
+    return out[:events]
+
+
+def unusable_event(rng: random.Random, company: str) -> tuple[str, bytes]:
+    msg_id = f"msg_unusable_{rng.getrandbits(64):016x}"
+    body = {"id": msg_id, "api_version": "v1", "type": "payment.failed", "company_id": company,
+            "timestamp": datetime.now(UTC).isoformat(), "data": {"id": "pay_x", "failure_message": "x\u0000"}}
+    return msg_id, json.dumps(body).encode()
+
+
+# --- the run ---------------------------------------------------------------------------------------
+
+
+class Killer(threading.Thread):
+    """Terminates the runtime login's sessions at random moments until stopped."""
+
+    def __init__(self, owner_url: str, login: str, seed: int, counts: Counts) -> None:
+        super().__init__(daemon=True)
+        self.owner_url, self.login, self.counts = owner_url, login, counts
+        self.rng = random.Random(seed)
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        from chalicelib.db import connect, parse_database_url
+
+        conn = connect(parse_database_url(self.owner_url))
+        try:
+            while not self.stop.wait(self.rng.uniform(0.05, 0.6)):
+                rows = conn.run("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                                " WHERE usename = :u AND pid <> pg_backend_pid()", u=self.login)
+                self.counts.backend_kills += int(rows[0][0])
+        finally:
+            conn.close()
+
+
+def consume(sqs: Any, queues: Any, rng: random.Random, crash_rate: float, counts: Counts,
+            seen: Counter[str]) -> None:
+    """Lambda's SQS event source, with crashes after commit and before the acknowledgement."""
+    from app import process_events
+    from scripts.local_sqs import LambdaContext, to_lambda_record
+
+    idle = 0
+    while idle < 3:
+        messages = sqs.receive_message(QueueUrl=queues.queue_url, MaxNumberOfMessages=10,
+                                       MessageAttributeNames=["All"],
+                                       AttributeNames=["All"]).get("Messages", [])
+        if not messages:
+            idle += 1
+            continue
+        idle = 0
+        for message in messages:
+            seen[message["MessageId"]] += 1
+        event = {"Records": [to_lambda_record(m, queues.queue_arn) for m in messages]}
+        try:
+            result = process_events(event, LambdaContext())
+            failed = {f["itemIdentifier"] for f in result.get("batchItemFailures", [])}
+        except Exception:  # noqa: BLE001 - Lambda fails the whole batch when the handler raises
+            failed = {m["MessageId"] for m in messages}
+        if rng.random() < crash_rate:
+            counts.consumer_crashes += 1  # committed, never acknowledged: the batch comes back
+            continue
+        done = [m for m in messages if m["MessageId"] not in failed]
+        if done:
+            sqs.delete_message_batch(QueueUrl=queues.queue_url, Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)])
+
+
+def run(events: int, companies: int, seed: int, dup_rate: float, fault_rate: float,
+        crash_rate: float) -> Counts:
+    import boto3
+    from chalice.test import Client
+    from moto import mock_aws
+
+    from chalicelib import config, db, effects, queue, whop
+    from chalicelib.db import connect, parse_database_url
+    from chalicelib.scheduler import tick
+    from chalicelib.whop import WhopClient
+    from scripts import local_sqs, localdb, redrive
+    from scripts.fake_whop import FakeWhop
+    from scripts.whop_payloads import sign
+
+    rng = random.Random(seed)
+    counts = Counts()
+    clock = [time.monotonic()]
+    now = datetime.now(UTC)
+    base = ROOT / ".tmp"
+    base.mkdir(exist_ok=True)
+    data_dir = Path(tempfile.mkdtemp(prefix="chaos-pg-", dir=base))
+    local = localdb.start(data_dir, log=lambda _m: None)
+    fake = FakeWhop().start()
+    try:
+        env = {"DATABASE_URL": local.runtime_url, "WHOP_API_BASE": fake.base_url,
+               "WHOP_API_KEY": fake.api_key, "WHOP_JWKS_URL": fake.jwks_url, "WHOP_APP_ID": fake.app_id,
+               "WHOP_WEBHOOK_SECRET": fake.webhook_secret, "PUBLIC_BASE_URL": "https://rebound.test"}
+        os.environ.update(env)
+        config.reset_config()
+        db.reset_database()
+        # No real waiting inside the client: backoff is the ledger's job, and the run stays short.
+        client = WhopClient.from_config(config.get_config(), sleep=lambda _s: None, connect_timeout_s=1.0,
+                                        read_timeout_s=1.0, max_attempts=2)
+        whop.set_whop(client)
+        effects.clear_experience_cache()
+
+        webhooks = generate(rng, events, companies, now)
+        company_ids, members = _seed_world(fake, webhooks)
+        for i in range(max(1, events // 100)):
+            webhooks.append(unusable_event(rng, company_ids[i % len(company_ids)]))
+            counts.unusable += 1
+
+        deliveries: list[tuple[str, bytes]] = []
+        for item in webhooks:
+            copies = 1 + (rng.choice((1, 1, 2)) if rng.random() < dup_rate else 0)
+            counts.duplicates += copies - 1
+            deliveries.extend([item] * copies)
+        rng.shuffle(deliveries)
+
+        fake.seed_faults(seed)
+        share = fault_rate / 4
+        for path in SEND_PATHS:
+            for kind in ("429", "500", "drop", "drop_after"):
+                fake.inject("POST", path, kind, times=None, chance=share, retry_after=1)
+
+        with mock_aws():
+            sqs = boto3.client("sqs", region_name="us-east-1")
+            queues = local_sqs.ensure_queues(sqs, visibility_timeout=0)
+            os.environ["EVENTS_QUEUE_URL"] = queues.queue_url
+            config.reset_config()
+            queue.reset_queue()
+            from app import app
+
+            accepted: set[str] = set()
+            with Client(app) as http:
+                for msg_id, body in deliveries:
+                    headers = sign(body, msg_id, fake.webhook_secret)
+                    resp = http.http.post("/webhooks/whop", body=body, headers=headers)
+                    counts.deliveries += 1
+                    if resp.status_code != 200:
+                        raise AssertionError(f"delivery answered {resp.status_code}")
+                    accepted.add(msg_id)
+
+            _phase(f"{counts.deliveries} deliveries through the route", clock)
+            seen: Counter[str] = Counter()
+            killer = Killer(local.owner_url, localdb.RUNTIME_LOGIN, seed + 1, counts)
+            killer.start()
+            try:
+                consume(sqs, queues, rng, crash_rate, counts, seen)
+            finally:
+                killer.stop.set()
+                killer.join()
+            db.reset_database()
+            counts.redriven = redrive.redrive(sqs, queues.dlq_url, queues.queue_url)
+            consume(sqs, queues, rng, 0.0, counts, seen)
+            counts.sqs_redeliveries = sum(seen.values()) - len(seen)
+            _phase("consumed (with crashes and kills), redriven", clock)
+            depth = {name: sum(int(v) for v in sqs.get_queue_attributes(
+                QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages",
+                                              "ApproximateNumberOfMessagesNotVisible"])["Attributes"].values())
+                for name, url in (("queue", queues.queue_url), ("dlq", queues.dlq_url))}
+            queue.reset_queue()
+
+        ctx = effects.default_context()
+        sim = now
+        for _ in range(18):  # 6 hours of ticks every 20 minutes, Whop still failing 20%
+            tick(ctx, sim)
+            counts.ticks += 1
+            sim += timedelta(minutes=20)
+        _phase("first 6 h of ticks", clock)
+        owner = connect(parse_database_url(local.owner_url))
+        checkpoint_open = _t0_of_open_cases(owner)
+        while sim < now + 16 * DAY:  # until every window has closed: the ledger settles
+            tick(ctx, sim)
+            counts.ticks += 1
+            sim += timedelta(hours=4)
+        _phase("ticks until the ledger settled", clock)
+        _check(owner, fake, webhooks, accepted, depth, checkpoint_open, members, sim, counts)
+        owner.close()
+    finally:
+        whop.reset_whop()
+        fake.stop()
+        db.reset_database()
+        local.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+        shutil.rmtree(data_dir.parent / f".{data_dir.name}-run", ignore_errors=True)
+    return counts
+
+
+def _seed_world(fake: Any, webhooks: list[tuple[str, bytes]]) -> tuple[list[str], dict[str, tuple[str, str]]]:
+    """Every company has an experience, every membership exists at the fake Whop, and every
+    fifth company grants 3 free days."""
+    from chalicelib.db import tenant_transaction
+
+    company_ids = sorted({json.loads(b)["company_id"] for _, b in webhooks})
+    members: dict[str, tuple[str, str]] = {}
+    for _, body in webhooks:
+        data = json.loads(body)["data"]
+        membership = data.get("membership", {}).get("id") or data.get("id")
+        members[membership] = (json.loads(body)["company_id"], (data.get("user") or {}).get("id") or "user_1")
+    for company in company_ids:
+        fake.add_experience(company, fake.app_id, f"exp_{company}")
+    for membership, (company, user) in members.items():
+        fake.add_membership(membership, company_id=company, user_id=user)
+    for company in company_ids[::5]:
+        with tenant_transaction(company) as tx:
+            tx.execute("INSERT INTO creator_settings (company_id, incentive_days) VALUES (:c, 3)", c=company)
+    return company_ids, members
+
+
+def _phase(name: str, started: list[float]) -> None:
+    print(f"[chaos] {name}: {time.monotonic() - started[0]:.1f} s", file=sys.stderr)
+    started[0] = time.monotonic()
+
+
+def _t0_of_open_cases(owner: Any) -> dict[str, set[tuple[str, str]]]:
+    # Cases whose window still has an hour to run: an outage may legitimately outlast a window
+    # that closes sooner (the send is then skipped, with the reason).
+    rows = owner.run("SELECT c.id::text, a.channel, a.status FROM recovery_cases c JOIN recovery_actions a"
+                     " ON a.case_id = c.id WHERE c.status = 'open' AND a.step = 't0'"
+                     " AND c.first_failure_at + interval '14 days' > now() + interval '7 hours'")
+    found: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    for case_id, channel, status in rows:
+        found[case_id].add((channel, status))
+    return found
+
+
+def _check(owner: Any, fake: Any, webhooks: list[tuple[str, bytes]], accepted: set[str],
+           depth: dict[str, int], checkpoint_open: dict[str, set[tuple[str, str]]],
+           members: dict[str, tuple[str, str]], final: datetime, counts: Counts) -> None:
+    from chalicelib.webhooks import MalformedWebhook, normalise
+
+    def check(ok: bool, what: str) -> None:
+        counts.checks.append(("ok   " if ok else "FAIL ") + what)
+
+    stored = Counter(r[0] for r in owner.run("SELECT webhook_id FROM events"))
+    poisoned = {r[0] for r in owner.run("SELECT webhook_id FROM poison_events")}
+    usable, by_membership = set(), defaultdict(list)
+    for msg_id, body in {m: b for m, b in webhooks}.items():
+        try:
+            event = normalise(body, msg_id, datetime.now(UTC))
+        except MalformedWebhook:
+            continue
+        if event is not None and event.membership_id:
+            usable.add(msg_id)
+            by_membership[(event.company_id, event.membership_id)].append(event)
+    check(all(stored[w] == 1 for w in usable) and set(stored) == usable,
+          f"every usable accepted webhook stored exactly once ({len(usable)})")
+    check((accepted - usable) <= poisoned and len(poisoned) == len(accepted - usable),
+          f"every unusable one kept as a poison record ({len(poisoned)})")
+    check(depth == {"queue": 0, "dlq": 0}, f"queue and DLQ empty after redrive {depth}")
+    _check_cases(owner, by_membership, final, check)
+    _check_sends(owner, fake, checkpoint_open, members, counts, check)
+
+
+def _check_cases(owner: Any, by_membership: dict[tuple[str, str], list[Any]], final: datetime,
+                 check: Any) -> None:
+    from chalicelib.cases import fold
+
+    rows = owner.run("SELECT company_id, membership_id, status, first_failure_at, last_failure_at,"
+                     " failure_count, recovered_at, episode_webhook_id FROM recovery_cases")
+    actual: dict[tuple[str, str], list[tuple[Any, ...]]] = defaultdict(list)
+    episodes_ok = True
+    for company, membership, status, first, last, n, recovered, episode in rows:
+        actual[(company, membership)].append((status, first, last, n, recovered, episode))
+    mismatches = 0
+    for key, events in by_membership.items():
+        expected = fold(key[0], key[1], events, final)
+        got = sorted(actual.get(key, []), key=lambda r: r[1])
+        want = [(c.status.value, c.first_failure_at, c.last_failure_at, c.failure_count, c.recovered_at)
+                for c in expected]
+        if [g[:5] for g in got] != want:
+            mismatches += 1
+        episodes_ok &= all(g[5] in c.failure_ids for g, c in zip(got, expected, strict=False))
+    check(mismatches == 0, f"every case equals the pure fold of its deduplicated events"
+                           f" ({len(rows)} cases, {mismatches} differ)")
+    check(episodes_ok, "every stored case's episode id is one of its episode's failures")
+
+
+def _check_sends(owner: Any, fake: Any, checkpoint_open: dict[str, set[tuple[str, str]]],
+                 members: dict[str, tuple[str, str]], counts: Counts, check: Any) -> None:
+    effective: Counter[str] = Counter()
+    extends_by_user: Counter[str] = Counter()
+    for path in SEND_PATHS:
+        for call in fake.calls_to("POST", path):
+            if call.fault is not None:
+                counts.whop_faults += 1
+            if call.status is not None and 200 <= call.status < 300 and not call.replayed:
+                effective[call.idempotency_key or ""] += 1
+                if path.endswith("/extend"):
+                    membership = call.path.rstrip("/").split("/")[-2]
+                    extends_by_user[members.get(membership, ("", membership))[1]] += 1
+    counts.sends = sum(effective.values())
+    check(all(n == 1 for n in effective.values()),
+          f"at most one effective send per ledger key ({counts.sends} sends)")
+    check(all(n <= 1 for n in extends_by_user.values()),
+          f"no member more than one incentive ({sum(extends_by_user.values())} granted)")
+    missing = [c for c, rows_ in checkpoint_open.items() if {s for _, s in rows_} != {"sent"}]
+    for case_id in missing[:5]:  # what an engineer needs to see first when this fails
+        print("missing t0:", case_id, owner.run(
+            "SELECT kind, step, channel, status, attempts, error_detail, due_at FROM recovery_actions"
+            " WHERE case_id = CAST(:c AS uuid)", c=case_id), file=sys.stderr)
+    check(not missing, f"every case open after 6 h of ticks had its T+0 sent on every channel"
+                       f" ({len(checkpoint_open)} open, {len(missing)} without)")
+    left = owner.run("SELECT count(*) FROM recovery_actions WHERE status IN ('pending', 'claimed')")[0][0]
+    check(left == 0, f"the ledger settled: nothing pending or claimed ({left})")
+    counts.effect_retries = int(owner.run(
+        "SELECT COALESCE(sum(greatest(attempts - 1, 0)), 0) FROM recovery_actions")[0][0])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=10_000)
+    parser.add_argument("--companies", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--dup-rate", type=float, default=0.3)
+    parser.add_argument("--fault-rate", type=float, default=0.2)
+    parser.add_argument("--crash-rate", type=float, default=0.05)
+    parser.add_argument("--quick", action="store_true", help="150 events over 10 companies")
+    args = parser.parse_args()
+    if args.quick:
+        args.events, args.companies = 150, 10
+    started = time.monotonic()
+    counts = run(args.events, args.companies, args.seed, args.dup_rate, args.fault_rate, args.crash_rate)
+    for line in counts.checks:
+        print(line)
+    failed = [line for line in counts.checks if line.startswith("FAIL")]
+    print(f"chaos: {counts.deliveries} deliveries ({counts.duplicates} duplicates,"
+          f" {counts.unusable} unusable),"
+          f" faults: {counts.whop_faults} Whop, {counts.consumer_crashes} consumer crashes,"
+          f" {counts.backend_kills} backend kills; retries: {counts.sqs_redeliveries} SQS redeliveries,"
+          f" {counts.effect_retries} send retries, {counts.redriven} redriven; sends: {counts.sends};"
+          f" ticks: {counts.ticks}; {len(counts.checks) - len(failed)}/{len(counts.checks)} checks passed"
+          f" in {time.monotonic() - started:.0f} s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
