@@ -383,7 +383,7 @@ def test_the_variant_copy_is_what_whop_receives_on_every_message(api: Api) -> No
 
 def test_holdout_cases_reach_whop_only_by_a_creators_manual_nudge(api: Api) -> None:
     api.call("PUT", SETTINGS, body={"holdout_percent": 50, "incentive_days": 3}, status=200)
-    at = NOW - 5 * DAY
+    at = NOW - DAY
     cases = {}
     for i in range(24):
         api.whop.add_membership(f"mem_{i}", company_id=ALPHA, user_id=f"user_{i}")
@@ -392,7 +392,7 @@ def test_holdout_cases_reach_whop_only_by_a_creators_manual_nudge(api: Api) -> N
     assert 0 < len(held) < len(cases)  # ~50% of 24 (P(all or none) ≈ 1e-7)
     assert all(api.case(cases[u])["variant"] is None for u in held)
     _run(api, NOW)  # T+0 nudges and incentives
-    scheduler.tick(effects.default_context(), NOW + timedelta(minutes=1), api.db)  # the day-4 reminder
+    scheduler.tick(effects.default_context(), NOW + 2 * DAY + timedelta(minutes=1), api.db)  # day-3 reminder
     reached = {uid for c in api.whop.calls_to("POST", "/dm_channels") for uid in c.json["with_user_ids"]}
     reached |= {uid for c in api.whop.calls_to("POST", "/notifications") for uid in c.json["user_ids"]}
     extended = {c.api_path.split("/")[2] for c in api.whop.calls_to("POST", r"/memberships/.*/extend")}

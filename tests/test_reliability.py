@@ -33,8 +33,9 @@ A, B, C = "biz_alpha", "biz_bravo", "biz_charlie"
 
 def test_one_companys_failure_does_not_stop_another_companys_reminders(
         world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    world.fail(T0, company=A, membership="mem_a", user="user_a")
-    world.fail(T0, company=B, membership="mem_b", user="user_b")
+    # A hard decline: its first reminder is on day 2 (a soft one's waits until day 3).
+    world.fail(T0, company=A, membership="mem_a", user="user_a", decline_code="expired_card")
+    world.fail(T0, company=B, membership="mem_b", user="user_b", decline_code="expired_card")
     world.run_effects(T0, company=A)
     world.run_effects(T0, company=B)
     real = scheduler.owe_reminders
