@@ -39,9 +39,11 @@ def browser(playwright_session: Playwright) -> Iterator[Browser]:
     b.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def server() -> Iterator[str]:
-    """The Chalice app on 127.0.0.1 through chalice's own local server (what `make dev` runs)."""
+    """The Chalice app on 127.0.0.1 through chalice's own local server (what `make dev` runs).
+
+    Package-scoped: the app gets its plain class back before any other test module runs."""
     from chalice.config import Config
     from chalice.local import ChaliceRequestHandler, CustomLocalChalice, LocalChalice, LocalDevServer
 
