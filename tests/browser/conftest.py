@@ -20,14 +20,6 @@ CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / ".tmp" / "browser"
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run the browser tests last. Run first, they shift the schemathesis fuzz of test_openapi onto a
-    junk Content-Type that Chalice answers with an undocumented 415 (a real gap, see the report to
-    the lead); order should not matter, but until that gap is closed it does."""
-    here = Path(__file__).parent
-    items.sort(key=lambda item: here in Path(str(item.path)).parents)
-
-
 @pytest.fixture(scope="session")
 def playwright_session() -> Iterator[Playwright]:
     with sync_playwright() as pw:
