@@ -1,5 +1,6 @@
 # Rebound: `make dev` runs the whole service locally, `make test` runs every check.
-# Everything installs into .venv from pinned requirements; nothing needs a system install.
+# Everything installs into .venv from pinned requirements; the one system package is Chromium, for
+# the dashboard's browser tests (Debian's build: Playwright's own download cannot work here).
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -8,7 +9,9 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | 
 
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install dev test fuzz lint migrate package bench chaos loadtest clean
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: install dev test fuzz lint migrate package bench chaos loadtest clean chromium
 
 install: $(STAMP)
 
@@ -23,8 +26,23 @@ lint: install
 	$(BIN)/ruff check app.py chalicelib scripts tests
 	$(BIN)/mypy
 
-test: lint
-	$(BIN)/python -m pytest
+test: lint chromium
+	CHROMIUM_PATH=$(CHROMIUM) $(BIN)/python -m pytest
+
+# Installs Chromium when it is missing. Without root or apt this stops `make test` with the reason:
+# the browser tests must run, never be skipped.
+chromium:
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "make: installing Chromium for the browser tests (apt-get install -y chromium)"; \
+	    (apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	     (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)) || exit 1; \
+	  else \
+	    echo "make: ERROR: Chromium is missing at $(CHROMIUM) and cannot be installed here (needs root and" \
+	         "apt-get). Install it (apt-get install -y chromium) or set CHROMIUM=/path/to/chromium." >&2; \
+	    exit 1; \
+	  fi; }
+	@test -x $(CHROMIUM) || { echo "make: ERROR: Chromium still missing at $(CHROMIUM)" >&2; exit 1; }
 
 # The security suite's schemathesis run with more examples and a fresh seed each time
 # (make test runs it seeded, 200 examples per operation). FUZZ_EXAMPLES=5000 make fuzz for more.

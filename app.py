@@ -26,6 +26,12 @@ app = Chalice(app_name="rebound", configure_logs=False)
 app.register_middleware(ConvertToMiddleware(logger.inject_lambda_context(clear_state=True)))
 app.register_middleware(ConvertToMiddleware(metrics.log_metrics))
 
+COMPANY = "/api/companies/{company_id}"
+# Bodies are parsed as JSON whatever the Content-Type (fetch sends text/plain for a string body),
+# so a wrong one gets our 400 shape instead of API Gateway's 415.
+# GETs too: a stray Content-Type on a GET must not earn an undocumented 415.
+ANY_BODY = ["application/json", "*/*"]
+
 if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
     # Fail the cold start, not the first request, when a required setting is missing.
     get_config()
@@ -39,7 +45,7 @@ def query_params() -> dict[str, str]:
     return dict(request.query_params or {}) if request is not None else {}
 
 
-@app.route("/api/health", methods=["GET"])
+@app.route("/api/health", methods=["GET"], content_types=ANY_BODY)
 @handle_errors
 def health() -> Response:
     # issue 9: application is free liveness; database/webhook need the bearer secret, are cached.
@@ -131,7 +137,7 @@ def scheduler_reminders() -> Response:
     return json_response(run_tick(_deadline(HTTP_TICK_BUDGET_S)))
 
 
-@app.route("/r/{token}", methods=["GET"])
+@app.route("/r/{token}", methods=["GET"], content_types=ANY_BODY)
 @handle_errors
 def tracked_link(token: str) -> Response:
     from chalicelib.links import follow
@@ -149,13 +155,9 @@ def tracked_link(token: str) -> Response:
 # --- creator API (issue 5): every route authenticates, rate-limits, then calls one function ----
 # Imported inside the views, like the consumer: the webhook route's cold start stays light.
 
-COMPANY = "/api/companies/{company_id}"
-# Bodies are parsed as JSON whatever the Content-Type (fetch sends text/plain for a string body),
-# so a wrong one gets our 400 shape instead of API Gateway's 415.
-ANY_BODY = ["application/json", "*/*"]
 
 
-@app.route("/api/openapi.json", methods=["GET"])
+@app.route("/api/openapi.json", methods=["GET"], content_types=ANY_BODY)
 @handle_errors
 def openapi() -> Response:
     from chalicelib.openapi import openapi_document
@@ -163,7 +165,7 @@ def openapi() -> Response:
     return json_response(openapi_document(get_config().APP_VERSION))
 
 
-@app.route(f"{COMPANY}/settings", methods=["GET"])
+@app.route(f"{COMPANY}/settings", methods=["GET"], content_types=ANY_BODY)
 @handle_errors
 def get_settings(company_id: str) -> Response:
     from chalicelib.api import serve, settings
@@ -179,7 +181,7 @@ def put_settings(company_id: str) -> Response:
     return serve(app.current_request, company_id, "settings_write", settings.put_settings)
 
 
-@app.route(f"{COMPANY}/kpis", methods=["GET"])
+@app.route(f"{COMPANY}/kpis", methods=["GET"], content_types=ANY_BODY)
 @handle_errors
 def get_kpis(company_id: str) -> Response:
     from chalicelib.api import kpis, serve
@@ -187,7 +189,7 @@ def get_kpis(company_id: str) -> Response:
     return serve(app.current_request, company_id, "reads", kpis.get_kpis)
 
 
-@app.route(f"{COMPANY}/kpis/cohorts", methods=["GET"])
+@app.route(f"{COMPANY}/kpis/cohorts", methods=["GET"], content_types=ANY_BODY)
 @handle_errors
 def get_kpi_cohorts(company_id: str) -> Response:
     from chalicelib.api import kpis, serve
@@ -195,7 +197,7 @@ def get_kpi_cohorts(company_id: str) -> Response:
     return serve(app.current_request, company_id, "reads", kpis.get_cohorts)
 
 
-@app.route(f"{COMPANY}/experiments", methods=["GET"])
+@app.route(f"{COMPANY}/experiments", methods=["GET"], content_types=ANY_BODY)
 @handle_errors
 def list_experiments(company_id: str) -> Response:
     from chalicelib.api import experiments, serve
@@ -211,7 +213,7 @@ def create_experiment(company_id: str) -> Response:
     return serve(app.current_request, company_id, "settings_write", experiments.create_experiment)
 
 
-@app.route(f"{COMPANY}/experiments/{{experiment_id}}", methods=["GET"])
+@app.route(f"{COMPANY}/experiments/{{experiment_id}}", methods=["GET"], content_types=ANY_BODY)
 @handle_errors
 def get_experiment(company_id: str, experiment_id: str) -> Response:
     from chalicelib.api import experiments, serve
@@ -228,7 +230,7 @@ def stop_experiment(company_id: str, experiment_id: str) -> Response:
                  experiment_id)
 
 
-@app.route(f"{COMPANY}/cases", methods=["GET"])
+@app.route(f"{COMPANY}/cases", methods=["GET"], content_types=ANY_BODY)
 @handle_errors
 def list_cases(company_id: str) -> Response:
     from chalicelib.api import cases, serve
@@ -236,7 +238,7 @@ def list_cases(company_id: str) -> Response:
     return serve(app.current_request, company_id, "reads", cases.list_cases)
 
 
-@app.route(f"{COMPANY}/cases/export.csv", methods=["GET"])
+@app.route(f"{COMPANY}/cases/export.csv", methods=["GET"], content_types=ANY_BODY)
 @handle_errors
 def export_cases(company_id: str) -> Response:
     from chalicelib.api import cases, serve
@@ -244,7 +246,7 @@ def export_cases(company_id: str) -> Response:
     return serve(app.current_request, company_id, "export", cases.export_csv)
 
 
-@app.route(f"{COMPANY}/cases/{{case_id}}", methods=["GET"])
+@app.route(f"{COMPANY}/cases/{{case_id}}", methods=["GET"], content_types=ANY_BODY)
 @handle_errors
 def get_case(company_id: str, case_id: str) -> Response:
     from chalicelib.api import cases, serve
@@ -284,7 +286,7 @@ def terminate_membership(company_id: str, case_id: str) -> Response:
     return serve(app.current_request, company_id, "actions", actions.terminate, case_id)
 
 
-@app.route(f"{COMPANY}/memberships/{{membership_id}}", methods=["GET"])
+@app.route(f"{COMPANY}/memberships/{{membership_id}}", methods=["GET"], content_types=ANY_BODY)
 @handle_errors
 def get_membership(company_id: str, membership_id: str) -> Response:
     from chalicelib.api import memberships, serve
@@ -292,7 +294,7 @@ def get_membership(company_id: str, membership_id: str) -> Response:
     return serve(app.current_request, company_id, "reads", memberships.get_membership, membership_id)
 
 
-@app.route(f"{COMPANY}/memberships/{{membership_id}}/manage-url", methods=["GET"])
+@app.route(f"{COMPANY}/memberships/{{membership_id}}/manage-url", methods=["GET"], content_types=ANY_BODY)
 @handle_errors
 def get_manage_url(company_id: str, membership_id: str) -> Response:
     from chalicelib.api import memberships, serve
@@ -300,7 +302,7 @@ def get_manage_url(company_id: str, membership_id: str) -> Response:
     return serve(app.current_request, company_id, "reads", memberships.get_manage_url, membership_id)
 
 
-@app.route("/dashboard/{company_id}", methods=["GET"])
+@app.route("/dashboard/{company_id}", methods=["GET"], content_types=ANY_BODY)
 @handle_errors
 def dashboard(company_id: str) -> Response:
     from chalicelib.dashboard import page, valid_company_id
@@ -313,3 +315,12 @@ def dashboard(company_id: str) -> Response:
         return stripped
     html, headers = page()
     return Response(body=html, status_code=200, headers=dict(headers))
+
+
+@app.route("/favicon.ico", methods=["GET"], content_types=ANY_BODY)
+@handle_errors
+def favicon() -> Response:
+    from chalicelib.dashboard import favicon as icon
+
+    body, headers = icon()
+    return Response(body=body, status_code=200, headers=dict(headers))

@@ -350,6 +350,8 @@ OPERATIONS: tuple[Op, ...] = (
                   302: Resp("In production, the same page without a `?token=` query.", media="text/html",
                             schema={"type": "string"}, headers=("Location",)),
                   404: Resp("Not a company id.", ErrorResponse)}),
+    Op("get", "/favicon.ico", "favicon", "The dashboard's icon (SVG)", "dashboard",
+       responses={200: Resp("SVG image.", media="image/svg+xml", schema={"type": "string"})}),
 )
 
 

@@ -6,6 +6,11 @@ with a redrive policy), the bundled fake Whop (unless WHOP_API_BASE is set), the
 every SCHEDULER_EVERY_S seconds), and `chalice local --no-autoreload` on 127.0.0.1:${PORT:-8000}.
 Seeds demo data once and prints the dashboard URL with a dev token. Ctrl-C stops everything.
 State lives under ${REBOUND_DATA_DIR:-.dev}; a new folder is a fresh start.
+
+For a newcomer: the URLs (and the dev-only secrets) go to <data>/dev.json, which simulate.py reads,
+so PORT / FAKE_WHOP_PORT / MOTO_PORT need setting only here; the fake Whop's signing key lives in
+<data>, so a printed token survives a restart; moto's access lines go to <data>/moto.log; metrics
+lines stay off unless REBOUND_DEV_METRICS=1.
 """
 
 from __future__ import annotations
@@ -56,13 +61,39 @@ def post_json(url: str, body: Any, headers: dict[str, str] | None = None) -> Any
         return json.loads(resp.read() or b"null")
 
 
-def seed_fake_whop(fake: str) -> None:
-    """The fake Whop keeps state in memory: give it the demo company on every start."""
+def seed_fake_whop(fake: str, owner_url: str) -> None:
+    """The fake Whop keeps state in memory: on every start give it the demo company, the demo
+    members, and every membership the database already has cases for (from simulate.py, …)."""
     post_json(f"{fake}/_fake/access", {"user_id": DEMO_ADMIN, "resource_id": DEMO_COMPANY, "level": "admin"})
     post_json(f"{fake}/_fake/experiences", {"company_id": DEMO_COMPANY, "experience_id": DEMO_EXPERIENCE})
-    for i in range(1, 6):
-        post_json(f"{fake}/_fake/memberships", {"id": f"mem_demo_{i}", "company_id": DEMO_COMPANY,
-                                                 "user_id": f"user_demo_{i}"})
+    members = {f"mem_demo_{i}": (DEMO_COMPANY, f"user_demo_{i}") for i in range(1, 6)}
+    members.update(known_memberships(owner_url))
+    for membership_id, (company_id, user_id) in sorted(members.items()):
+        post_json(f"{fake}/_fake/memberships", {"id": membership_id, "company_id": company_id,
+                                                 "user_id": user_id})
+
+
+def known_memberships(owner_url: str) -> dict[str, tuple[str, str | None]]:
+    from chalicelib.db import connect, parse_database_url
+
+    conn = connect(parse_database_url(owner_url))
+    try:
+        rows = conn.run("SELECT DISTINCT ON (membership_id) membership_id, company_id, user_id"
+                        " FROM recovery_cases ORDER BY membership_id, created_at DESC") or []
+    finally:
+        conn.close()
+    return {str(m): (str(c), u) for m, c, u in rows}
+
+
+def write_dev_file(path: Path, info: dict[str, str]) -> None:
+    """What simulate.py (and anyone scripting `make dev`) needs: URLs and the dev-only secrets."""
+    path.touch(mode=0o600)
+    path.write_text(json.dumps(info, indent=2) + "\n")
+
+
+def banner(lines: list[str]) -> str:
+    rule = "=" * min(100, max(len(line) for line in lines) + 4)
+    return "\n".join(["", rule, *(f"  {line}" for line in lines), rule, ""])
 
 
 def seed_demo_settings(owner_url: str) -> None:
@@ -102,13 +133,25 @@ def seed_demo_cases(api: str, secret: str) -> None:
             pass
 
 
+def drain(sqs: Any, queue_url: str, timeout_s: float = 20.0) -> None:
+    """Wait (bounded) until the consumer has taken every queued message."""
+    deadline = time.monotonic() + timeout_s
+    names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    while time.monotonic() < deadline:
+        attrs = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=names)["Attributes"]
+        if all(attrs.get(n) == "0" for n in names):
+            return
+        time.sleep(0.2)
+
+
 class Stack:
     def __init__(self) -> None:
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.database: localdb.LocalDatabase | None = None
 
-    def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        self.children.append((name, subprocess.Popen(argv, cwd=ROOT, env=env)))
+    def spawn(self, name: str, argv: list[str], env: dict[str, str], output: Any = None) -> None:
+        self.children.append((name, subprocess.Popen(argv, cwd=ROOT, env=env, stdout=output,
+                                                     stderr=subprocess.STDOUT if output else None)))
 
     def exited(self) -> str | None:
         return next((name for name, child in self.children if child.poll() is not None), None)
@@ -155,11 +198,16 @@ def main() -> int:
             "DB_POOL_SIZE": env.get("DB_POOL_SIZE", "8"),
             "PYTHONUNBUFFERED": "1",
         })
+        if env.get("REBOUND_DEV_METRICS") != "1":
+            env.setdefault("POWERTOOLS_METRICS_DISABLED", "true")  # no EMF JSON lines between logs
         for name, value in DEV_DEFAULTS.items():
             env.setdefault(name, value)
         env["PUBLIC_BASE_URL"] = env.get("PUBLIC_BASE_URL") or api
 
-        stack.spawn("moto", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)], env)
+        # moto logs a line per queue poll: keep them in a file, out of the developer's terminal.
+        moto_log = (data_dir / "moto.log").open("ab")
+        stack.spawn("moto", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)], env,
+                    output=moto_log)
         wait_http(f"http://127.0.0.1:{moto_port}/moto-api/")
         import boto3
 
@@ -174,11 +222,12 @@ def main() -> int:
         if own_whop:
             stack.spawn("fake-whop", [sys.executable, "scripts/fake_whop.py", "--port", str(fake_port),
                                       "--api-key", env["WHOP_API_KEY"], "--app-id", env["WHOP_APP_ID"],
-                                      "--webhook-secret", env["WHOP_WEBHOOK_SECRET"]], env)
+                                      "--webhook-secret", env["WHOP_WEBHOOK_SECRET"],
+                                      "--signing-key-file", str(data_dir / "fake-whop-signing-key.pem")], env)
             wait_http(f"{fake}/_fake/state")
             env["WHOP_API_BASE"] = f"{fake}/api/v1"
             env["WHOP_JWKS_URL"] = f"{fake}/.well-known/jwks.json"
-            seed_fake_whop(fake)
+            seed_fake_whop(fake, stack.database.owner_url)
 
         stack.spawn("consumer", [sys.executable, "scripts/local_worker.py", "consumer"], env)
         stack.spawn("scheduler", [sys.executable, "scripts/local_worker.py", "scheduler"], env)
@@ -191,20 +240,31 @@ def main() -> int:
             seed_demo_settings(stack.database.owner_url)
             seed_demo_cases(api, env["WHOP_WEBHOOK_SECRET"])
             marker.write_text(datetime.now(UTC).isoformat())
+            drain(sqs, queues.queue_url)  # the seed's processing logs come before the banner, not after
             print("rebound dev: demo data seeded (company biz_demo)")
 
-        print(f"rebound dev: API        {api}  (try curl -H 'Authorization: Bearer "
-              f"{env['SCHEDULER_SECRET']}' '{api}/api/health?type=database')")
-        print(f"rebound dev: local SQS  {queues.queue_url} (DLQ {queues.dlq_url})")
+        dashboard = f"{api}/dashboard/{DEMO_COMPANY}"
+        lines = [f"Rebound is running (state in {data_dir})", "",
+                 f"API          {api}   health: curl -H 'Authorization: Bearer "
+                 f"{env['SCHEDULER_SECRET']}' '{api}/api/health?type=database'"]
+        info = {"api": api, "company": DEMO_COMPANY, "admin_user": DEMO_ADMIN, "dashboard": dashboard,
+                "sqs_endpoint": env["AWS_ENDPOINT_URL_SQS"], "queue_url": queues.queue_url,
+                "dlq_url": queues.dlq_url, "scheduler_secret": env["SCHEDULER_SECRET"],
+                "webhook_secret": env["WHOP_WEBHOOK_SECRET"]}
         if own_whop:
             token = post_json(f"{fake}/_fake/token", {"user_id": DEMO_ADMIN,
-                                                       "expires_in": 12 * 3600})["token"]
-            print(f"rebound dev: fake Whop  {fake}  (what members received: {fake}/_fake/calls)")
-            print(f"rebound dev: dashboard  {api}/dashboard/{DEMO_COMPANY}?token={token}")
-            print(f"rebound dev: API token  x-whop-user-token: {token}")
-        print("rebound dev: simulate   .venv/bin/python scripts/simulate.py story --membership mem_demo_5 "
-              "--user user_demo_5")
-        print("rebound dev: Ctrl-C stops everything")
+                                                       "expires_in": 7 * 24 * 3600})["token"]
+            info.update({"fake_whop": fake, "token": token})
+            lines += [f"Dashboard    {dashboard}?token={token}", "",
+                      f"API token    x-whop-user-token: {token}  (valid 7 days, across restarts)",
+                      f"Fake Whop    {fake}   what members received: {fake}/_fake/calls"]
+        lines += [f"Local SQS    {queues.queue_url}  (DLQ {queues.dlq_url}; moto log: {data_dir}/moto.log)",
+                  "", "Try          .venv/bin/python scripts/simulate.py story",
+                  "             (a member's payment fails, the reminder tick runs, then they pay)",
+                  f"Settings     {data_dir / 'dev.json'} (simulate.py reads it)",
+                  "Stop         Ctrl-C stops everything"]
+        write_dev_file(data_dir / "dev.json", info)
+        print(banner(lines), flush=True)
         while (gone := stack.exited()) is None:
             time.sleep(0.5)
         print(f"rebound dev: {gone} exited; stopping", file=sys.stderr)

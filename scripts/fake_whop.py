@@ -248,6 +248,22 @@ def _new_signing_key() -> _SigningKey:
                        private_key=ec.generate_private_key(ec.SECP256R1()))
 
 
+def signing_key_from_file(path: Path) -> _SigningKey:
+    """The key kept in ``path`` (PEM), created there on first use: tokens minted before a restart
+    of `make dev` stay valid after it."""
+    if not path.exists():
+        pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_bytes(pem)
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise SystemExit(f"{path} does not hold an EC private key")
+    kid = "fake-" + hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return _SigningKey(kid=kid, private_key=key)
+
+
 @dataclass
 class _Request:
     method: str
@@ -1045,9 +1061,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-key", default=DEV_DEFAULTS["WHOP_API_KEY"])
     parser.add_argument("--app-id", default=DEV_DEFAULTS["WHOP_APP_ID"])
     parser.add_argument("--webhook-secret", default=DEV_DEFAULTS["WHOP_WEBHOOK_SECRET"])
+    parser.add_argument("--signing-key-file", type=Path, default=None,
+                        help="PEM file holding the user-token signing key (created if missing)")
     args = parser.parse_args(argv)
     fake = FakeWhop(port=args.port, api_key=args.api_key, app_id=args.app_id,
                     webhook_secret=args.webhook_secret)
+    if args.signing_key_file is not None:
+        fake._keys = [signing_key_from_file(args.signing_key_file)]
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     fake.start()

@@ -9,6 +9,10 @@
 Webhooks are signed like Whop signs them (Standard Webhooks, the ws_ secret's literal bytes).
 With the bundled fake Whop running, the membership is registered there first, so nudges,
 incentives and links work; check what the member received at <fake>/_fake/calls.
+
+Where `make dev` runs (its ports, secrets, fake Whop) is read from the dev.json it writes in its
+data folder (${REBOUND_DATA_DIR:-.dev}); REBOUND_URL, FAKE_WHOP_URL, SCHEDULER_SECRET and
+WHOP_WEBHOOK_SECRET, or the flags, override it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import argparse
 import json
 import os
 import sys
+import urllib.parse
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,6 +32,16 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from scripts.whop_payloads import SECRET, membership_event, payment_event, sign  # noqa: E402
+
+
+def dev_info() -> dict[str, str]:
+    """What the running `make dev` wrote about itself, or nothing when it never ran."""
+    path = Path(os.environ.get("REBOUND_DATA_DIR", ROOT / ".dev")) / "dev.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
 def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
@@ -51,9 +66,37 @@ def send(base: str, pair: tuple[str, bytes], secret: str) -> None:
     print(f"{json.loads(body)['type']:<45} {msg_id} -> {status} {text.strip()}")
 
 
+def _get_json(url: str, headers: dict[str, str]) -> tuple[int, Any]:
+    req = urllib.request.Request(url, headers=headers)  # noqa: S310
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - 127.0.0.1 by default
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, None
+
+
+def open_case_of(base: str, fake: str | None, admin: str | None, company: str,
+                 membership: str) -> bool | None:
+    """Whether the membership has an open case (through the creator API, with a token the fake
+    Whop mints); None when that cannot be asked (no fake Whop, or the app is not answering)."""
+    if not fake or not admin:
+        return None
+    status, text = _post(f"{fake}/_fake/token", json.dumps({"user_id": admin}).encode(),
+                         {"content-type": "application/json"})
+    if status != 200:
+        return None
+    token = json.loads(text)["token"]
+    query = urllib.parse.urlencode({"q": membership, "status": "open", "limit": "100"})
+    status, page = _get_json(f"{base}/api/companies/{company}/cases?{query}", {"x-whop-user-token": token})
+    if status != 200 or not isinstance(page, dict):
+        return None
+    return any(item.get("membership_id") == membership for item in page.get("items", []))
+
+
 def tick(base: str, secret: str | None) -> None:
     if not secret:
-        print("tick: SCHEDULER_SECRET is not set; the scheduler loop runs the tick anyway")
+        print("tick: no SCHEDULER_SECRET (start `make dev` first, or set it); the scheduler loop "
+              "runs the tick on its own every SCHEDULER_EVERY_S (30 s)")
         return
     status, text = _post(f"{base}/api/scheduler/reminders", b"",
                          {"authorization": f"Bearer {secret}", "content-type": "application/json"})
@@ -63,16 +106,21 @@ def tick(base: str, secret: str | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario", choices=["failure", "recovery", "churn", "story", "tick"])
-    parser.add_argument("--base", default=os.environ.get("REBOUND_URL", "http://127.0.0.1:8000"))
-    parser.add_argument("--fake-whop", default=os.environ.get("FAKE_WHOP_URL", "http://127.0.0.1:8100"))
-    parser.add_argument("--company", default="biz_demo")
+    dev = dev_info()
+    # Without dev.json (make dev not started yet), the same PORT / FAKE_WHOP_PORT make dev uses.
+    api = dev.get("api", f"http://127.0.0.1:{os.environ.get('PORT', '8000')}")
+    fake = dev.get("fake_whop", f"http://127.0.0.1:{os.environ.get('FAKE_WHOP_PORT', '8100')}")
+    parser.add_argument("--base", default=os.environ.get("REBOUND_URL", api))
+    parser.add_argument("--fake-whop", default=os.environ.get("FAKE_WHOP_URL", fake))
+    parser.add_argument("--company", default=dev.get("company", "biz_demo"))
     parser.add_argument("--membership", default="mem_sim_1")
     parser.add_argument("--user", default="user_sim_1")
     parser.add_argument("--days-ago", type=float, default=0.0, help="when the payment failed")
     parser.add_argument("--recovery-url", default=None)
     parser.add_argument("--amount", type=float, default=19.99)
     args = parser.parse_args(argv)
-    secret = os.environ.get("WHOP_WEBHOOK_SECRET", SECRET)
+    secret = os.environ.get("WHOP_WEBHOOK_SECRET", dev.get("webhook_secret", SECRET))
+    scheduler_secret = os.environ.get("SCHEDULER_SECRET", dev.get("scheduler_secret"))
     now = datetime.now(UTC)
     ids: dict[str, Any] = {"company": args.company, "membership": args.membership}
     if args.scenario in ("failure", "story"):
@@ -81,13 +129,22 @@ def main(argv: list[str] | None = None) -> int:
                                       at=now - timedelta(days=args.days_ago), amount=args.amount,
                                       recovery_url=args.recovery_url), secret)
     if args.scenario in ("tick", "story"):
-        tick(args.base, os.environ.get("SCHEDULER_SECRET"))
+        tick(args.base, scheduler_secret)
     if args.scenario in ("recovery", "story"):
         send(args.base, payment_event("payment.succeeded", **ids, user=args.user, at=now,
                                       amount=args.amount), secret)
     if args.scenario == "churn":
+        if open_case_of(args.base, args.fake_whop, dev.get("admin_user"), args.company,
+                        args.membership) is False:
+            print(f"churn: {args.membership} has no open case (no failed payment recorded), so a "
+                  "cancellation changes nothing Rebound shows. Start one first:\n"
+                  f"  .venv/bin/python scripts/simulate.py failure --membership {args.membership}",
+                  file=sys.stderr)
+            return 1
         send(args.base, membership_event("membership.cancel_at_period_end_changed", **ids, at=now,
                                          cancel_at_period_end=True), secret)
+    if "dashboard" in dev and args.scenario != "tick":
+        print(f"see it: {dev['dashboard']}?token={dev.get('token', '')}#view=cases")
     return 0
 
 

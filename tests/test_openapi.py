@@ -39,6 +39,7 @@ CONTRACT_ROUTES = {
     ("GET", "/api/companies/{company_id}/memberships/{membership_id}"),
     ("GET", "/api/companies/{company_id}/memberships/{membership_id}/manage-url"),
     ("POST", "/api/scheduler/reminders"), ("GET", "/r/{token}"), ("GET", "/dashboard/{company_id}"),
+    ("GET", "/favicon.ico"),
     # measurement (issue 10)
     ("GET", "/api/companies/{company_id}/experiments"), ("POST", "/api/companies/{company_id}/experiments"),
     ("GET", "/api/companies/{company_id}/experiments/{experiment_id}"),
