@@ -29,6 +29,7 @@ POLICY_TABLE: dict[str, dict[str, Any]] = {
     "health": {"secrets": {DB, HOOK}, "sqs": {"sqs:GetQueueAttributes"}, "vpc": True},
     "openapi": {"secrets": set(), "sqs": set(), "vpc": False},
     "dashboard": {"secrets": set(), "sqs": set(), "vpc": False},
+    "favicon": {"secrets": set(), "sqs": set(), "vpc": False},
     "tracked_link": {"secrets": {DB, WHOP}, "sqs": set(), "vpc": True},
     "scheduler_reminders": {"secrets": {DB, WHOP, SCHED}, "sqs": set(), "vpc": True},
     "process_events": {"secrets": {DB, WHOP}, "vpc": True,
