@@ -46,6 +46,7 @@ from scripts.harness import local_stack, script_env  # noqa: E402
 script_env("ReboundChaos")
 
 DAY = timedelta(days=1)
+CONSUME_EVERY = 500  # deliveries between consumer runs
 SEND_PATHS = ("/notifications", "/messages", r"/memberships/[^/]+/extend")
 
 
@@ -216,29 +217,33 @@ def run(events: int, companies: int, seed: int, dup_rate: float, fault_rate: flo
             from app import app
 
             accepted: set[str] = set()
-            with Client(app) as http:
-                for msg_id, body in deliveries:
-                    headers = sign(body, msg_id, fake.webhook_secret)
-                    resp = http.http.post("/webhooks/whop", body=body, headers=headers)
-                    counts.deliveries += 1
-                    if resp.status_code != 200:
-                        raise AssertionError(f"delivery answered {resp.status_code}")
-                    accepted.add(msg_id)
-
-            _phase(f"{counts.deliveries} deliveries through the route", clock)
             seen: Counter[str] = Counter()
             killer = Killer(local.owner_url, localdb.RUNTIME_LOGIN, seed + 1, counts)
             killer.start()
             try:
+                with Client(app) as http:
+                    for index, (msg_id, body) in enumerate(deliveries, start=1):
+                        headers = sign(body, msg_id, fake.webhook_secret)
+                        resp = http.http.post("/webhooks/whop", body=body, headers=headers)
+                        counts.deliveries += 1
+                        if resp.status_code != 200:
+                            raise AssertionError(f"delivery answered {resp.status_code}")
+                        accepted.add(msg_id)
+                        # The consumer runs while webhooks keep arriving, as in production (and a
+                        # queue of thousands makes moto's in-process SQS slow).
+                        if index % CONSUME_EVERY == 0:
+                            consume(sqs, queues, rng, crash_rate, counts, seen)
                 consume(sqs, queues, rng, crash_rate, counts, seen)
             finally:
                 killer.stop.set()
                 killer.join()
+            _phase(f"{counts.deliveries} deliveries through the route, consumed with crashes and kills",
+                   clock)
             db.reset_database()
             counts.redriven = redrive.redrive(sqs, queues.dlq_url, queues.queue_url)
             consume(sqs, queues, rng, 0.0, counts, seen)
             counts.sqs_redeliveries = sum(seen.values()) - len(seen)
-            _phase("consumed (with crashes and kills), redriven", clock)
+            _phase("DLQ redriven and drained", clock)
             depth = {name: sum(int(v) for v in sqs.get_queue_attributes(
                 QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages",
                                               "ApproximateNumberOfMessagesNotVisible"])["Attributes"].values())
