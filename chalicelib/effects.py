@@ -168,7 +168,10 @@ def _incentive_verdict(tx: Transaction, company_id: str, user_id: str, exclude: 
     # Serialise incentive decisions per member so two cases cannot both grant one.
     tx.query("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))", k=f"{company_id}/{user_id}/incentive")
     row = tx.one(
-        "SELECT count(*) FILTER (WHERE a.status = 'sent' AND a.completed_at > :since) AS granted,"
+        # A row that was attempted and then settled as skipped (its case closed while Whop's
+        # answer was lost) may have been applied: it counts as granted (found by the chaos run).
+        "SELECT count(*) FILTER (WHERE (a.status = 'sent' OR (a.status = 'skipped' AND a.attempts > 0))"
+        "   AND COALESCE(a.completed_at, a.updated_at) > :since) AS granted,"
         " count(*) FILTER (WHERE a.status = 'claimed' OR (a.status = 'pending'"
         "   AND (a.created_at, a.id) < (SELECT created_at, id FROM recovery_actions"
         "                               WHERE id = CAST(:x AS uuid)))) AS ahead"

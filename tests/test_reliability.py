@@ -317,3 +317,22 @@ def test_a_case_opened_late_does_not_get_a_reminder_with_its_t0(world: World) ->
     assert world.case(case_id)["last_reminder_offset"] == 4
     steps = [a["step"] for a in world.actions(case_id=case_id)]
     assert "r2" not in steps and "r4" not in steps
+
+
+def test_an_incentive_in_doubt_counts_as_granted(world: World) -> None:
+    # Whop applies the extension but the answer is lost; the case then recovers and the row is
+    # settled as skipped. The member's next episode must not get a second incentive.
+    world.settings(company=A, incentive_days=3)
+    world.fake.inject("POST", r"/memberships/[^/]+/extend", "drop_after", times=None)
+    first = world.fail(T0)
+    world.run_effects(T0)
+    world.deliver(payment_event("payment.succeeded", at=T0 + DAY), T0 + DAY)
+    assert world.case(first)["status"] == "recovered"
+    world.fake.clear_faults()
+    second = world.fail(T0 + 20 * DAY, now=T0 + 20 * DAY)
+    world.run_effects(T0 + 20 * DAY)
+    incentive = next(a for a in world.actions(case_id=second) if a["kind"] == "incentive")
+    assert incentive["status"] == "skipped" and incentive["error_detail"] == "recent_incentive"
+    applied = [c for c in world.fake.calls_to("POST", r"/memberships/[^/]+/extend")
+               if c.status is None or (200 <= c.status < 300 and not c.replayed)]
+    assert len({c.idempotency_key for c in applied}) == 1
