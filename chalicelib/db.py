@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pg8000.converters
@@ -351,6 +351,20 @@ class Transaction:
     def execute(self, sql: str, **params: Any) -> int:
         """Run a statement; return the number of rows it touched."""
         return self._run(sql, params)[2]
+
+    def copy_out(self, sql: str, stream: BinaryIO) -> int:
+        """Run a ``COPY … TO STDOUT`` (constant SQL: COPY takes no bind parameters, so values
+        reach it as transaction-local settings read with ``current_setting``); its bytes go to
+        ``stream`` as they arrive. Returns the number of rows copied."""
+        conn = self._conn
+        try:
+            # Unnamed and unrewritten: nothing to prepare (COPY plans its query every time) and
+            # no ``:name`` placeholders to look for (the SQL is full of ``::`` casts).
+            context = conn.execute_unnamed(sql, stream=stream)
+            conn._context = context
+        except Exception as exc:
+            raise _translate(exc) from exc
+        return int(context.row_count if context.row_count > 0 else 0)
 
 
 DEFAULT_POOL_SIZE = 4

@@ -4,6 +4,8 @@ RLS already scopes it to one company, and ``company_id`` parameters only fill th
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -448,6 +450,119 @@ def export_csv_page(tx: Transaction, columns: tuple[str, ...], *, now: datetime,
         after_id=after[1] if after else None, limit=limit)
     assert row is not None
     return row
+
+
+# --- the export through COPY ----------------------------------------------------------------------
+#
+# COPY … TO STDOUT (FORMAT csv) formats, quotes and streams the rows natively; the cells only
+# need the export's own rules applied first (ISO times, formula neutralisation, '' written as
+# an empty cell, not as COPY's quoted ""). COPY takes no bind parameters: the keyset, the page
+# size and each filter reach it as transaction-local settings (set_config(…, true), bound like
+# any parameter) that its constant SQL reads with current_setting. No value is ever formatted
+# into SQL. Only the filters actually given appear in the WHERE clause: an always-present
+# "NULL means no filter" test defeats the planner's estimates (it then sorts the whole table).
+
+EXPORT_SETTING_PREFIX = "rebound.export_"
+
+# One entry per export filter: its SQL over recovery_cases, reading its value (text) from
+# ``rebound.export_<name>``. A filter the route passes must be listed here (and in
+# _CASE_FILTERS for the parameterised queries): an unknown one is refused, never ignored.
+EXPORT_COPY_FILTERS: dict[str, str] = {
+    "status": "status = current_setting('rebound.export_status')",
+    "since": "first_failure_at >= CAST(current_setting('rebound.export_since') AS timestamptz)"
+             " AND first_failure_at <= CAST(current_setting('rebound.export_now') AS timestamptz)",
+    "q": "(membership_id LIKE current_setting('rebound.export_q')"
+         " OR user_id LIKE current_setting('rebound.export_q'))",
+}
+_NO_CURSOR = ("infinity", "ffffffff-ffff-ffff-ffff-ffffffffffff")
+# ascii() of the first character: = + - @ tab CR make a spreadsheet run the cell as a formula.
+_FORMULA_CODES = "(9, 13, 43, 45, 61, 64)"
+
+
+def _copy_expression(column: str) -> str:
+    # The same rules as _csv_expression, minus the quoting (COPY's CSV writer quotes exactly
+    # where Python's csv module and rebound_csv_cell do: a comma, a quote, CR or LF).
+    if column.endswith("_at"):
+        return f"NULLIF(rebound_csv_time(x.{column}), '')"
+    value = f"x.{column}::text"
+    if column in _CSV_PLAIN:
+        return f"NULLIF({value}, '')"
+    return f"CASE WHEN ascii({value}) IN {_FORMULA_CODES} THEN '''' || {value} ELSE NULLIF({value}, '') END"
+
+
+def export_copy_sql(columns: tuple[str, ...], filters: tuple[str, ...]) -> str:
+    """The COPY statement of one export page with the given filters (constant text only)."""
+    where = [EXPORT_COPY_FILTERS[name] for name in filters]
+    where.append("(first_failure_at, id) < (CAST(current_setting('rebound.export_after_at') AS timestamptz),"
+                 " CAST(current_setting('rebound.export_after_id') AS uuid))")
+    return (
+        "COPY (SELECT " + ", ".join(_copy_expression(c) for c in columns)  # noqa: S608 - constants
+        + " FROM (" + EXPORT_SELECT + " WHERE " + " AND ".join(where)
+        + " ORDER BY first_failure_at DESC, id DESC"
+        " LIMIT CAST(current_setting('rebound.export_limit') AS integer)) x) TO STDOUT (FORMAT csv)")
+
+
+def _setting_text(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()  # exact to the microsecond, read back as timestamptz
+    return str(value)
+
+
+def _crlf_rows(data: bytes) -> tuple[bytes, int, int]:
+    """COPY's CSV with CRLF row ends (the contract's, as Python's csv writer used): the data, its
+    number of rows and where its last row starts. A row ends at an LF outside quotes; COPY
+    doubles every quote inside a quoted cell, so the text between two quote characters is
+    alternately outside and inside a quoted cell (a doubled quote leaves an empty "outside"
+    stretch, which holds no LF)."""
+    if not data:
+        return data, 0, 0
+    parts = data.split(b'"')
+    parts[0::2] = [p.replace(b"\n", b"\r\n") for p in parts[0::2]]
+    out = b'"'.join(parts)
+    rows = len(out) - len(data)  # one CR added per row end
+    end = len(out)
+    last = len(parts) - 1  # COPY's output holds an even number of quotes: the last part is outside
+    for i in range(last, -1, -1):
+        part = parts[i]
+        start = end - len(part)
+        if i % 2 == 0:
+            at = part.rfind(b"\n", 0, len(part) - 1 if i == last else len(part))
+            if at >= 0:
+                return out, rows, start + at + 1
+        end = start - 1
+    return out, rows, 0
+
+
+def export_csv_copy(tx: Transaction, columns: tuple[str, ...], *, now: datetime,
+                    after: tuple[datetime, str] | None = None, limit: int = 1000,
+                    **filters: Any) -> dict[str, Any]:
+    """One keyset page of the export as finished CSV (``text``, CRLF row ends), streamed by
+    ``COPY``: the same bytes as export_csv_page. Also ``rows`` and the keyset of its last row,
+    ``after`` (None for an empty page). ``filters`` are the export's filters by name (None: not
+    filtered), each listed in EXPORT_COPY_FILTERS. ``columns`` must hold case_id and
+    first_failure_at (the keyset is read back from the last row)."""
+    given = {name: value for name, value in filters.items() if value is not None}
+    unknown = set(given) - set(EXPORT_COPY_FILTERS)
+    if unknown:
+        raise ValueError(f"export filters without a COPY form: {', '.join(sorted(unknown))}")
+    names = tuple(sorted(given))
+    settings = {"now": now, **given, "limit": limit,
+                "after_at": after[0] if after else _NO_CURSOR[0],
+                "after_id": after[1] if after else _NO_CURSOR[1]}
+    # One round trip for every setting: parallel arrays, unnested (a fixed statement text).
+    tx.query("SELECT set_config(:prefix || n, v, true) FROM unnest(CAST(:names AS text[]),"
+             " CAST(:values AS text[])) AS s(n, v)", prefix=EXPORT_SETTING_PREFIX,
+             names=list(settings), values=[_setting_text(v) for v in settings.values()])
+    stream = io.BytesIO()
+    tx.copy_out(export_copy_sql(columns, names), stream)
+    data, rows, last = _crlf_rows(stream.getvalue())
+    del stream
+    keyset = None
+    if rows:
+        cells = next(csv.reader(io.StringIO(data[last:].decode(), newline="")))
+        keyset = (datetime.fromisoformat(cells[columns.index("first_failure_at")]),
+                  cells[columns.index("case_id")])
+    return {"text": data.decode(), "rows": rows, "after": keyset}
 
 
 def case_view(tx: Transaction, case_id: str, *, lock: bool = False) -> dict[str, Any] | None:

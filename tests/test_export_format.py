@@ -76,3 +76,124 @@ def test_a_page_that_does_not_fit_is_cut_between_rows_and_resumes(database: Data
             break
         after = case_views.decode_cursor(cursor)
     assert seen == [f"mem_{g}" for g in range(1, 26)]
+
+
+# --- the COPY path (store.export_csv_copy) -------------------------------------------------------
+
+# Cells that stress COPY's own CSV writer against the contract's: odd Unicode (no NUL: Postgres
+# text cannot hold one), separators, quotes, line breaks (a row ending inside a quoted cell),
+# formula starts, empty vs NULL, COPY's end-of-data marker, backslashes.
+COPY_TRICKY = [
+    *TRICKY,
+    '"', '""', "\n", "\r\n", "a\r\nb", "-", "=", "\\.", "\\N", "tab\tinside", "\u2028line sep", "\ufeffbom",
+    "zero\u200bwidth", "RTL \u202e", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢", "e\u0301", 'ends with quote"', "x,\n\"y\"\n,z",
+]
+# Currencies of every exponent (0: jpy, 2: usd, 3: kwd) and the amounts at their edges.
+CURRENCIES = [("jpy", 1), ("usd", 999), ("kwd", 1234), ("eur", 0), ("bhd", 2_147_483_647)]
+
+
+def _insert_tricky(tx: object, company: str, *, same_time: bool = False) -> None:
+    for i, text in enumerate(COPY_TRICKY):
+        at = NOW - timedelta(hours=0 if same_time else i, microseconds=i % 3)
+        currency, amount = CURRENCIES[i % len(CURRENCIES)]
+        tx.execute(  # type: ignore[attr-defined]
+            "INSERT INTO recovery_cases (company_id, membership_id, user_id, first_failure_at,"
+            " last_failure_at, decline_code, failure_reason, amount_minor, currency, status,"
+            " recovered_at, recovered_amount_minor, recovered_currency, decline_class, holdout,"
+            " link_clicks)"
+            " VALUES (:c, :m, :u, :at, :at, :d, :r, :amount, :cur, :status, :rec, :ramount, :rcur,"
+            " :dc, :h, :clicks)",
+            c=company, m=f"mem_{i}{text}", u=text or None, at=at, d=text, r=text,
+            amount=amount if i % 2 else None, cur=currency if i % 4 else None,
+            status="recovered" if i % 3 == 0 else "open", rec=at + timedelta(days=1) if i % 3 == 0 else None,
+            ramount=amount if i % 3 == 0 else None, rcur=currency if i % 3 == 0 else None,
+            dc=("card_hard", "card_soft", "authentication", "unknown")[i % 4], h=i % 2 == 0, clicks=i)
+
+
+def test_the_copy_page_is_byte_for_byte_the_formatted_page(database: Database) -> None:
+    with tenant_transaction("biz_a", database) as tx:
+        _insert_tricky(tx, "biz_a")
+        expected = store.export_cases(tx, now=NOW, limit=100)
+        old = store.export_csv_page(tx, EXPORT_COLUMNS, now=NOW, limit=100)
+        new = store.export_csv_copy(tx, EXPORT_COLUMNS, now=NOW, limit=100)
+    assert len(expected) == len(COPY_TRICKY)
+    assert new["text"].encode() == old["text"].encode() == _python_csv(expected).encode()
+    assert new["rows"] == old["rows"] == len(COPY_TRICKY)
+    assert new["after"] == (expected[-1]["first_failure_at"], expected[-1]["case_id"])
+
+
+@pytest.mark.parametrize("page", [1, 2, 3, 7])
+def test_copy_pages_follow_the_keyset_through_ties_and_multi_line_rows(database: Database, page: int) -> None:
+    """Every row's last cells may end inside a quoted line break; many rows share a timestamp:
+    the keyset read back from each page's last row still resumes exactly after it."""
+    with tenant_transaction("biz_a", database) as tx:
+        _insert_tricky(tx, "biz_a", same_time=True)
+        whole = store.export_csv_page(tx, EXPORT_COLUMNS, now=NOW, limit=100)["text"]
+        texts, after = [], None
+        for _ in range(len(COPY_TRICKY) + 2):
+            part = store.export_csv_copy(tx, EXPORT_COLUMNS, now=NOW, after=after, limit=page)
+            texts.append(part["text"])
+            if part["rows"] < page:
+                break
+            assert part["rows"] == page
+            after = part["after"]
+    assert "".join(texts) == whole
+    assert part["rows"] < page
+
+
+def test_copy_filters_match_the_parameterised_query(database: Database) -> None:
+    with tenant_transaction("biz_a", database) as tx:
+        _insert_tricky(tx, "biz_a")
+        since = NOW - timedelta(hours=10, microseconds=1)
+        for filters in ({"status": "recovered"}, {"status": "expired"}, {"since": since},
+                        {"status": "open", "since": since}):
+            old = store.export_csv_page(tx, EXPORT_COLUMNS, now=NOW, limit=100, **filters)
+            new = store.export_csv_copy(tx, EXPORT_COLUMNS, now=NOW, limit=100, **filters)
+            assert new["text"] == old["text"] and new["rows"] == old["rows"], filters
+        # q is a LIKE pattern, as in _CASE_FILTERS: the same cases as the list's search.
+        for text in ("mem_1", "mem_%", "=", "\n"):
+            listed = [r["id"] for r in store.list_cases(tx, now=NOW, q=text, limit=100)]
+            new = store.export_csv_copy(tx, EXPORT_COLUMNS, now=NOW, limit=100, q=store.like_prefix(text))
+            assert [r[0] for r in csv.reader(io.StringIO(new["text"], newline=""))] == listed, text
+            assert new["rows"] == len(listed)
+        # A window that ends before some rows: the upper bound is `now`, as in the list.
+        early = store.export_csv_copy(tx, EXPORT_COLUMNS, now=NOW - timedelta(hours=5), limit=100,
+                                      since=since)
+        assert early["rows"] == 6  # hours 5..10 before NOW, bounds included
+
+
+def test_copy_sees_only_the_tenants_rows_and_refuses_unknown_filters(database: Database) -> None:
+    with tenant_transaction("biz_b", database) as tx:
+        _insert_tricky(tx, "biz_b")
+    with tenant_transaction("biz_a", database) as tx:
+        assert store.export_csv_copy(tx, EXPORT_COLUMNS, now=NOW) == {"text": "", "rows": 0, "after": None}
+        with pytest.raises(ValueError, match="decline_class"):
+            store.export_csv_copy(tx, EXPORT_COLUMNS, now=NOW, decline_class="card")
+        # A filter given as None is no filter.
+        assert store.export_csv_copy(tx, EXPORT_COLUMNS, now=NOW, status=None)["rows"] == 0
+    with tenant_transaction("biz_b", database) as tx:
+        assert store.export_csv_copy(tx, EXPORT_COLUMNS, now=NOW)["rows"] == len(COPY_TRICKY)
+
+
+def test_the_settings_that_carry_copy_values_end_with_the_transaction(database: Database) -> None:
+    with tenant_transaction("biz_a", database) as tx:
+        store.export_csv_copy(tx, EXPORT_COLUMNS, now=NOW, status="open")
+        assert tx.scalar("SELECT current_setting('rebound.export_status', true)") == "open"
+    with tenant_transaction("biz_a", database) as tx:
+        assert tx.scalar("SELECT current_setting('rebound.export_status', true)") in ("", None)
+
+
+@pytest.mark.parametrize(("data", "rows", "last"), [
+    (b"", 0, 0),
+    (b"a,b\n", 1, 0),
+    (b"a,b\nc,d\n", 2, 5),
+    (b'a,"x\ny"\nc,"""q\n"""\n', 2, 9),
+    (b'"\n",1\n"a""\n""b",2\n', 2, 7),
+])
+def test_crlf_rows_ends_rows_only_outside_quotes(data: bytes, rows: int, last: int) -> None:
+    out, n, start = store._crlf_rows(data)
+    assert n == rows and start == last
+    assert list(csv.reader(io.StringIO(out.decode(), newline=""))) == list(
+        csv.reader(io.StringIO(data.decode(), newline="")))
+    if rows:
+        assert out.endswith(b"\r\n") and out[start - 2:start] in (b"", b"\r\n")

@@ -159,16 +159,17 @@ def _export_body(tx: Transaction, query: ExportQuery, now: datetime,
                  after: tuple[datetime, str] | None) -> tuple[str, str | None]:
     """The CSV body (header first) and the cursor of the rest, if it did not fit.
 
-    Postgres formats the cells and joins each page (store.export_csv_page); a page that fits is
-    appended whole, so Python holds the body plus one page and reads one row per page. Only the
-    page that does not fit is read line by line, to stop between two rows.
+    Postgres formats each page and COPY streams it (store.export_csv_copy); a page that fits is
+    appended whole, so Python holds the body plus one page and touches no row. Only the page
+    that does not fit is read line by line (store.export_csv_lines), to stop between two rows.
     """
     header = ",".join(EXPORT_COLUMNS) + "\r\n"
     parts, size, rows_out = [header], _wire_size(header), 0
-    filters: dict[str, Any] = {"now": now, "status": query.status, "since": _since(now, query.window_days),
-                               "limit": EXPORT_PAGE_ROWS}
+    # The export's filters by name (None: not filtered); both queries take the same ones.
+    filters: dict[str, Any] = {"status": query.status, "since": _since(now, query.window_days)}
     while True:
-        page = store.export_csv_page(tx, EXPORT_COLUMNS, after=after, **filters)
+        page = store.export_csv_copy(tx, EXPORT_COLUMNS, now=now, after=after, limit=EXPORT_PAGE_ROWS,
+                                     **filters)
         rows = int(page["rows"])
         page_size = _wire_size(page["text"])
         if size + page_size <= EXPORT_MAX_BYTES:
@@ -176,9 +177,10 @@ def _export_body(tx: Transaction, query: ExportQuery, now: datetime,
             size += page_size
             rows_out += rows
             if rows:
-                after = (store.keyset_time(page["at_us"]), page["case_id"])
+                after = page["after"]
         else:
-            for row in store.export_csv_lines(tx, EXPORT_COLUMNS, after=after, **filters):
+            for row in store.export_csv_lines(tx, EXPORT_COLUMNS, now=now, after=after,
+                                              limit=EXPORT_PAGE_ROWS, **filters):
                 line_size = _wire_size(row["line"])
                 if rows_out and size + line_size > EXPORT_MAX_BYTES:
                     return "".join(parts), encode_cursor(*after) if after else None
