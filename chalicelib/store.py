@@ -392,9 +392,9 @@ def export_cases(tx: Transaction, *, now: datetime, status: str | None = None,
 
 
 # Export columns whose values can never need quoting or neutralising (uuids, enums, lower-case
-# currency codes, counts and amounts that are never negative): written as plain text.
+# currency codes, counts and amounts that are never negative, a boolean): written as plain text.
 _CSV_PLAIN = frozenset({"case_id", "status", "currency", "amount_minor", "recovered_amount_minor",
-                        "failure_count", "nudges_sent", "incentive_days"})
+                        "failure_count", "nudges_sent", "incentive_days", "holdout", "experiment_id"})
 
 
 def _csv_expression(column: str) -> str:
