@@ -38,7 +38,7 @@ from chalicelib import attribution
 from chalicelib.messages import case_decline_class
 from chalicelib.models import Case, CaseStatus, EventType, WhopEvent, window_end
 
-__all__ = ["fold", "order_key"]
+__all__ = ["Resume", "fold", "order_key"]
 
 # Same-instant ties: failures before successes (a success at the very instant of the failure
 # recovers it), successes before the member's cancellation.
@@ -58,11 +58,19 @@ def order_key(event: WhopEvent) -> tuple[datetime, int, str]:
 
 
 def fold(company_id: str, membership_id: str, events: Iterable[WhopEvent],
-         now: datetime | None = None) -> list[Case]:
+         now: datetime | None = None, *, resume: Resume | None = None) -> list[Case]:
     """All cases of one membership, in ``seq`` order. Events of another company or membership
-    are ignored. ``now`` (aware) only expires a still-open case whose window has passed."""
+    are ignored. ``now`` (aware) only expires a still-open case whose window has passed.
+
+    ``resume`` folds only the events after a point where no case was open (a closed episode's
+    end): it returns the cases that follow it, numbered after ``resume.seq_before``. With the
+    events up to that point unchanged, that is exactly the tail of the whole fold."""
     state = _State(company_id, membership_id)
+    if resume is not None:
+        state.seq_before, state.manage_url = resume.seq_before, resume.manage_url
     for event in sorted(_dedupe(events, company_id, membership_id), key=order_key):
+        if resume is not None and event.occurred_at <= resume.after:
+            continue  # already folded into the closed episodes before the point
         state.expire_if_passed(event.occurred_at)
         state.note_manage_url(event)
         _RULES[event.type](state, event)
@@ -84,12 +92,23 @@ def _dedupe(events: Iterable[WhopEvent], company_id: str, membership_id: str) ->
     return list(kept.values())
 
 
+@dataclass(frozen=True)
+class Resume:
+    """A point to resume a fold from: the end ``after`` of a closed episode (no case open there),
+    the number of cases up to it, and the membership's manage_url as of it."""
+
+    after: datetime
+    seq_before: int
+    manage_url: str | None = None
+
+
 @dataclass
 class _State:
     company_id: str
     membership_id: str
     cases: list[Case] = field(default_factory=list)
     manage_url: str | None = None
+    seq_before: int = 0  # cases before the point a resumed fold starts from
 
     @property
     def open_case(self) -> Case | None:
@@ -120,7 +139,7 @@ class _State:
 def _on_failure(state: _State, event: WhopEvent) -> None:
     case = state.open_case
     if case is None:
-        state.cases.append(_open(state, event, seq=len(state.cases) + 1))
+        state.cases.append(_open(state, event, seq=state.seq_before + len(state.cases) + 1))
         return
     state.update_open(
         failure_count=case.failure_count + 1,

@@ -37,7 +37,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from pydantic import ValidationError
 
 from chalicelib import measurement, store
-from chalicelib.cases import fold
+from chalicelib.cases import Resume, fold, order_key
 from chalicelib.db import (
     ConstraintViolation,
     Database,
@@ -163,9 +163,13 @@ def refold_membership(tx: Transaction, company_id: str, membership_id: str, now:
         history = store.History(payloads=store.membership_event_payloads(tx, membership_id),
                                 settings=store.get_settings(tx))
     settings = history.settings
-    folded = fold(company_id, membership_id, _stored_events(history.payloads), now)
+    resume = _resume(history.start)
+    if history.start is not None and resume is None:  # cannot tell the resume point's state
+        history = store.History(payloads=store.membership_event_payloads(tx, membership_id),
+                                settings=settings)
+    folded = fold(company_id, membership_id, _stored_events(history.payloads), now, resume=resume)
     rows = history.cases if history.cases is not None else store.membership_cases(tx, membership_id)
-    matched = _match(folded, rows)
+    matched = _match(folded, rows, resume.seq_before if resume else 0)
     opened: list[str] = []
     owed = 0
     for index, case in enumerate(folded):
@@ -187,9 +191,25 @@ def refold_membership(tx: Transaction, company_id: str, membership_id: str, now:
     return opened, owed
 
 
-def _match(folded: list[Case], rows: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+def _resume(start: store.FoldStart | None) -> Resume | None:
+    """The fold's state at ``start``; None when a payload that may have set manage_url there
+    no longer validates (the whole history is folded instead, which skips it as usual)."""
+    if start is None:
+        return None
+    try:
+        setters = [event_from_payload(p) for p in start.manage_url_payloads]
+    except ValidationError:
+        return None
+    last = max(setters, key=order_key, default=None)
+    return Resume(after=start.after, seq_before=start.seq_before,
+                  manage_url=last.manage_url if last is not None else None)
+
+
+def _match(folded: list[Case], rows: list[dict[str, Any]],
+           seq_before: int = 0) -> dict[int, list[dict[str, Any]]]:
     """Which stored rows are which folded episode: by the failure that opened the row. Rows from
-    before episode identity existed fall back to their position, once, and then gain identity."""
+    before episode identity existed fall back to their position, once, and then gain identity.
+    ``folded`` may be the tail of the cases, after the first ``seq_before``."""
     episode_of = {wid: i for i, case in enumerate(folded) for wid in case.failure_ids}
     matched: dict[int, list[dict[str, Any]]] = {}
     legacy: list[dict[str, Any]] = []
@@ -200,7 +220,7 @@ def _match(folded: list[Case], rows: list[dict[str, Any]]) -> dict[int, list[dic
         elif key in episode_of:
             matched.setdefault(episode_of[key], []).append(row)
     for row in legacy:
-        index = int(row["seq"]) - 1
+        index = int(row["seq"]) - 1 - seq_before
         if 0 <= index < len(folded) and index not in matched:
             matched[index] = [row]
     return matched

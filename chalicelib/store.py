@@ -25,41 +25,90 @@ def lock_membership(tx: Transaction, company_id: str, membership_id: str) -> Non
 
 
 @dataclass(frozen=True)
+class FoldStart:
+    """Where a re-fold may start instead of the membership's first event: just after its last
+    closed episode (closed by its events, not by a creator), whose end ``after`` the new event
+    is later than. Closed episodes are final, so every event up to ``after`` is already folded
+    into stored cases that cannot change: the fold resumes with ``seq_before`` cases behind it
+    and the membership's ``manage_url`` as of ``after`` (chosen from ``manage_url_payloads``,
+    the stored events that may have set it last)."""
+
+    after: datetime
+    seq_before: int
+    manage_url_payloads: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
 class History:
     """What re-folding a membership needs, read in the statement that stored its new event."""
 
-    payloads: list[dict[str, Any]]  # every stored payload of the membership, the new one included
+    payloads: list[dict[str, Any]]  # the stored payloads to fold (after ``start``), the new one included
     settings: CreatorSettings
-    cases: list[dict[str, Any]] | None = None  # as membership_cases returns them
+    cases: list[dict[str, Any]] | None = None  # as membership_cases returns them (after ``start``)
+    start: FoldStart | None = None  # None: payloads and cases are the membership's whole history
+
+
+# The latest episode the events closed before the new event: a creator's cancellation
+# (cancelled_by) does not count, since the fold still sees that episode open. A late event older
+# than the last episode's end so starts at an earlier one, or at the top when none ended before
+# it. Rows from before episode identity (no episode_webhook_id) are matched by position, which
+# needs the whole history: with any, the fold starts at the top.
+_FOLD_BOUNDARY = (
+    " b AS (SELECT k.closed_at AS after, k.seq FROM recovery_cases k"
+    "   WHERE k.membership_id = :membership_id AND k.status <> 'open' AND k.cancelled_by IS NULL"
+    "     AND k.closed_at < :occurred_at"
+    "     AND NOT EXISTS (SELECT 1 FROM recovery_cases l WHERE l.membership_id = :membership_id"
+    "                     AND l.episode_webhook_id IS NULL)"
+    "   ORDER BY k.first_failure_at DESC LIMIT 1)"
+)
 
 
 def insert_event(tx: Transaction, event: WhopEvent, payload: dict[str, Any]) -> History | None:
-    """Store one webhook and return the membership's history; None when this webhook id was
-    stored before (a redelivery). One round trip: the statement that inserts also reads the
-    membership's other payloads and the company's settings (it cannot see its own insert, so
-    the new payload is added here)."""
+    """Store one webhook and return what re-folding its membership needs; None when this webhook
+    id was stored before (a redelivery). One round trip: the statement that inserts also reads
+    the membership's payloads and cases and the company's settings (it cannot see its own
+    insert, so the new payload is added here). When the new event is later than the end of the
+    membership's last closed episode, only what follows that end is read (see FoldStart): the
+    cost of an event then does not grow with the membership's past."""
     row = tx.one(
         "WITH ins AS (INSERT INTO events (webhook_id, company_id, type, membership_id, user_id,"  # noqa: S608
         " payment_id, occurred_at, occurred_at_inferred, received_at, payload)"
         " VALUES (:webhook_id, :company_id, :type, :membership_id, :user_id, :payment_id,"
         " :occurred_at, :inferred, :received_at, CAST(:payload AS jsonb))"
-        " ON CONFLICT (webhook_id) DO NOTHING RETURNING id)"
+        " ON CONFLICT (webhook_id) DO NOTHING RETURNING id),"
+        + _FOLD_BOUNDARY +
         " SELECT EXISTS (SELECT 1 FROM ins) AS inserted,"
+        " (SELECT after FROM b) AS after, (SELECT seq FROM b) AS seq_before,"
         " (SELECT COALESCE(jsonb_agg(e.payload ORDER BY e.occurred_at, e.id), '[]'::jsonb) FROM events e"
-        "   WHERE e.membership_id = :membership_id AND EXISTS (SELECT 1 FROM ins)) AS payloads,"
+        "   WHERE e.membership_id = :membership_id AND EXISTS (SELECT 1 FROM ins)"
+        "     AND e.occurred_at > COALESCE((SELECT after FROM b), '-infinity')) AS payloads,"
+        # The events that may have set manage_url last before the boundary: those at the latest
+        # instant any did (the fold's tie order among them is applied in Python).
+        " (SELECT COALESCE(jsonb_agg(m.payload), '[]'::jsonb) FROM events m"
+        "   WHERE m.membership_id = :membership_id AND EXISTS (SELECT 1 FROM ins)"
+        "     AND m.payload ->> 'manage_url' IS NOT NULL"
+        "     AND m.occurred_at = (SELECT max(n.occurred_at) FROM events n, b"
+        "                          WHERE n.membership_id = :membership_id AND n.occurred_at <= b.after"
+        "                            AND n.payload ->> 'manage_url' IS NOT NULL)) AS manage_url_payloads,"
         " (SELECT to_jsonb(s) FROM creator_settings s WHERE EXISTS (SELECT 1 FROM ins)) AS settings,"
         " (SELECT COALESCE(jsonb_agg(to_jsonb(c) - 'created_at' - 'row_id' ORDER BY c.created_at, c.row_id),"
         "   '[]'::jsonb) FROM (SELECT created_at, recovery_cases.id AS row_id, " + _STORED_CASE
         + " FROM recovery_cases"
-        "         WHERE membership_id = :membership_id) c WHERE EXISTS (SELECT 1 FROM ins)) AS cases",
+        "         WHERE membership_id = :membership_id"
+        "           AND first_failure_at > COALESCE((SELECT after FROM b), '-infinity')) c"
+        "   WHERE EXISTS (SELECT 1 FROM ins)) AS cases",
         webhook_id=event.webhook_id, company_id=event.company_id, type=event.type.value,
         membership_id=event.membership_id, user_id=event.user_id, payment_id=event.payment_id,
         occurred_at=event.occurred_at, inferred=event.occurred_at_inferred,
         received_at=event.received_at, payload=json.dumps(payload))
     if row is None or not row["inserted"]:
         return None
+    start = None
+    if row["after"] is not None:
+        start = FoldStart(after=row["after"], seq_before=int(row["seq_before"]),
+                          manage_url_payloads=row["manage_url_payloads"])
     return History(payloads=[*row["payloads"], payload], settings=settings_from_row(row["settings"]),
-                   cases=[_case_from_json(c) for c in row["cases"]])
+                   cases=[_case_from_json(c) for c in row["cases"]], start=start)
 
 
 _CASE_TIMES = ("first_failure_at", "last_failure_at", "recovered_at", "closed_at", "next_action_at")
