@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, BinaryIO
+from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pg8000.converters
@@ -305,6 +305,10 @@ def _adapt(conn: pg8000.native.Connection) -> None:
         _adapted.add(conn)
 
 
+class SupportsWrite(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+
+
 class Transaction:
     """The statements of one open transaction; rows come back as dicts."""
 
@@ -352,10 +356,10 @@ class Transaction:
         """Run a statement; return the number of rows it touched."""
         return self._run(sql, params)[2]
 
-    def copy_out(self, sql: str, stream: BinaryIO) -> int:
+    def copy_out(self, sql: str, stream: SupportsWrite) -> int:
         """Run a ``COPY … TO STDOUT`` (constant SQL: COPY takes no bind parameters, so values
         reach it as transaction-local settings read with ``current_setting``); its bytes go to
-        ``stream`` as they arrive. Returns the number of rows copied."""
+        ``stream.write`` as they arrive, one call per row. Returns the number of rows copied."""
         conn = self._conn
         try:
             # Unnamed and unrewritten: nothing to prepare (COPY plans its query every time) and

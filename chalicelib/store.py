@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from chalicelib.db import Transaction
+from chalicelib.db import SupportsWrite, Transaction
 from chalicelib.kpis import StatusCount
 from chalicelib.models import Case, CreatorSettings, QuietHours, WhopEvent
 
@@ -557,7 +557,7 @@ def _setting_text(value: Any) -> str:
     return str(value)
 
 
-def _crlf_rows(data: bytes) -> tuple[bytes, int, int]:
+def crlf_rows(data: bytes) -> tuple[bytes, int, int]:
     """COPY's CSV with CRLF row ends (the contract's, as Python's csv writer used): the data, its
     number of rows and where its last row starts. A row ends at an LF outside quotes; COPY
     doubles every quote inside a quoted cell, so the text between two quote characters is
@@ -582,19 +582,16 @@ def _crlf_rows(data: bytes) -> tuple[bytes, int, int]:
     return out, rows, 0
 
 
-def export_csv_copy(tx: Transaction, columns: tuple[str, ...], *, now: datetime,
-                    after: tuple[datetime, str] | None = None, limit: int = 1000,
-                    **filters: Any) -> dict[str, Any]:
-    """One keyset page of the export as finished CSV (``text``, CRLF row ends), streamed by
-    ``COPY``: the same bytes as export_csv_page. Also ``rows`` and the keyset of its last row,
-    ``after`` (None for an empty page). ``filters`` are the export's filters by name (None: not
-    filtered), each listed in EXPORT_COPY_FILTERS. ``columns`` must hold case_id and
-    first_failure_at (the keyset is read back from the last row)."""
+def copy_export_rows(tx: Transaction, columns: tuple[str, ...], sink: SupportsWrite, *, now: datetime,
+                     after: tuple[datetime, str] | None = None, limit: int = 1000,
+                     **filters: Any) -> int:
+    """Stream up to ``limit`` export rows after the keyset ``after`` into ``sink``, each as COPY's
+    CSV with an LF row end (see crlf_rows); return how many there were. ``filters`` are the
+    export's filters by name (None: not filtered), each listed in EXPORT_COPY_FILTERS."""
     given = {name: value for name, value in filters.items() if value is not None}
     unknown = set(given) - set(EXPORT_COPY_FILTERS)
     if unknown:
         raise ValueError(f"export filters without a COPY form: {', '.join(sorted(unknown))}")
-    names = tuple(sorted(given))
     settings = {"now": now, **given, "limit": limit,
                 "after_at": after[0] if after else _NO_CURSOR[0],
                 "after_id": after[1] if after else _NO_CURSOR[1]}
@@ -602,15 +599,25 @@ def export_csv_copy(tx: Transaction, columns: tuple[str, ...], *, now: datetime,
     tx.query("SELECT set_config(:prefix || n, v, true) FROM unnest(CAST(:names AS text[]),"
              " CAST(:values AS text[])) AS s(n, v)", prefix=EXPORT_SETTING_PREFIX,
              names=list(settings), values=[_setting_text(v) for v in settings.values()])
+    return tx.copy_out(export_copy_sql(columns, tuple(sorted(given))), sink)
+
+
+def export_row_keyset(columns: tuple[str, ...], line: str) -> tuple[datetime, str]:
+    """The keyset (first_failure_at, case_id) of one finished export row, read back from it."""
+    cells = next(csv.reader(io.StringIO(line, newline="")))
+    return datetime.fromisoformat(cells[columns.index("first_failure_at")]), cells[columns.index("case_id")]
+
+
+def export_csv_copy(tx: Transaction, columns: tuple[str, ...], *, now: datetime,
+                    after: tuple[datetime, str] | None = None, limit: int = 1000,
+                    **filters: Any) -> dict[str, Any]:
+    """One keyset page of the export as finished CSV (``text``, CRLF row ends), streamed by
+    ``COPY``: the same bytes as export_csv_page. Also ``rows`` and the keyset of its last row,
+    ``after`` (None for an empty page). ``columns`` must hold case_id and first_failure_at."""
     stream = io.BytesIO()
-    tx.copy_out(export_copy_sql(columns, names), stream)
-    data, rows, last = _crlf_rows(stream.getvalue())
-    del stream
-    keyset = None
-    if rows:
-        cells = next(csv.reader(io.StringIO(data[last:].decode(), newline="")))
-        keyset = (datetime.fromisoformat(cells[columns.index("first_failure_at")]),
-                  cells[columns.index("case_id")])
+    copy_export_rows(tx, columns, stream, now=now, after=after, limit=limit, **filters)
+    data, rows, last = crlf_rows(stream.getvalue())
+    keyset = export_row_keyset(columns, data[last:].decode()) if rows else None
     return {"text": data.decode(), "rows": rows, "after": keyset}
 
 

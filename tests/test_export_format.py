@@ -191,9 +191,41 @@ def test_the_settings_that_carry_copy_values_end_with_the_transaction(database: 
     (b'"\n",1\n"a""\n""b",2\n', 2, 7),
 ])
 def test_crlf_rows_ends_rows_only_outside_quotes(data: bytes, rows: int, last: int) -> None:
-    out, n, start = store._crlf_rows(data)
+    out, n, start = store.crlf_rows(data)
     assert n == rows and start == last
     assert list(csv.reader(io.StringIO(out.decode(), newline=""))) == list(
         csv.reader(io.StringIO(data.decode(), newline="")))
     if rows:
         assert out.endswith(b"\r\n") and out[start - 2:start] in (b"", b"\r\n")
+
+
+@pytest.mark.parametrize(("chunk", "max_bytes", "page_rows"), [
+    (1, 1500, 10), (300, 1500, 10), (300, 4000, 3), (10**6, 2500, 10), (10**6, 10**7, 10), (700, 10**7, 4)])
+def test_export_parts_add_up_to_the_formatted_rows_whatever_the_chunk_and_budget(
+        database: Database, monkeypatch: pytest.MonkeyPatch, chunk: int, max_bytes: int,
+        page_rows: int) -> None:
+    from chalicelib.api import cases as case_views
+    from chalicelib.api.schemas import ExportQuery
+
+    with tenant_transaction("biz_a", database) as tx:
+        _insert_tricky(tx, "biz_a", same_time=True)  # ties: the cursor must split them exactly
+        _insert_tricky(tx, "biz_a")
+        whole = store.export_csv_page(tx, EXPORT_COLUMNS, now=NOW, limit=1000)["text"]
+    monkeypatch.setattr(case_views, "_EXPORT_CHUNK_BYTES", chunk)
+    monkeypatch.setattr(case_views, "EXPORT_MAX_BYTES", max_bytes)
+    monkeypatch.setattr(case_views, "EXPORT_PAGE_ROWS", page_rows)
+    header = ",".join(EXPORT_COLUMNS) + "\r\n"
+    bodies: list[str] = []
+    after = None
+    for _ in range(200):
+        with tenant_transaction("biz_a", database) as tx:
+            body, cursor = case_views._export_body(tx, ExportQuery(), NOW, after)
+        assert body.startswith(header) and len(body) > len(header)
+        rows = list(csv.reader(io.StringIO(body, newline="")))
+        assert case_views._wire_size(body) <= max_bytes or len(rows) == 2  # one row that cannot fit
+        bodies.append(body[len(header):])
+        if cursor is None:
+            break
+        after = case_views.decode_cursor(cursor)
+    assert "".join(bodies) == whole
+    assert (len(bodies) > 1) == (case_views._wire_size(header + whole) > max_bytes)

@@ -35,6 +35,8 @@ EXPORT_COLUMNS = ("case_id", "membership_id", "user_id", "status", "first_failur
 # Lambda answers at most 6 MB (the body travels JSON-escaped): stop well before and hand a cursor.
 EXPORT_MAX_BYTES = 5_500_000
 EXPORT_PAGE_ROWS = 1000
+# Rows are processed (line ends, size) this many bytes at a time: the memory beyond the body.
+_EXPORT_CHUNK_BYTES = 128 * 1024
 EXPORT_NEXT_CURSOR_HEADER = "X-Export-Next-Cursor"
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _EVENT_DETAIL = ("webhook_id", "payment_id", "amount_minor", "currency", "decline_code",
@@ -155,41 +157,80 @@ def _wire_size(text: str) -> int:
     return len(json.dumps(text)) - 2
 
 
+class _ExportBody:
+    """The CSV body, filled by COPY one row at a time (pg8000 calls ``write`` per row) and
+    processed a chunk of rows at a time: Python holds the body plus one chunk, does nothing per
+    row but keep it, and stops taking rows once the next would pass ``EXPORT_MAX_BYTES``."""
+
+    def __init__(self, header: str) -> None:
+        self.parts = [header]
+        self.size = _wire_size(header)
+        self.rows = 0
+        self.full = False
+        self.last_line: str | None = None
+        self._chunk: list[bytes] = []
+        self._chunk_bytes = 0
+
+    def write(self, data: bytes) -> None:
+        if self.full:
+            return  # rows past the budget still arrive (COPY cannot stop early): drop them
+        self._chunk.append(data)
+        self._chunk_bytes += len(data)
+        if self._chunk_bytes >= _EXPORT_CHUNK_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        chunk, self._chunk, self._chunk_bytes = self._chunk, [], 0
+        if not chunk:
+            return
+        data, rows, last = store.crlf_rows(b"".join(chunk))
+        text = data.decode()
+        size = _wire_size(text)
+        if self.size + size <= EXPORT_MAX_BYTES:
+            self.parts.append(text)
+            self.size += size
+            self.rows += rows
+            self.last_line = data[last:].decode()
+            return
+        for row in chunk:  # the chunk that does not fit: stop between two of its rows
+            line = store.crlf_rows(row)[0].decode()
+            line_size = _wire_size(line)
+            if self.rows and self.size + line_size > EXPORT_MAX_BYTES:
+                self.full = True
+                return
+            self.parts.append(line)
+            self.size += line_size
+            self.rows += 1
+            self.last_line = line
+
+    def keyset(self) -> tuple[datetime, str] | None:
+        return store.export_row_keyset(EXPORT_COLUMNS, self.last_line) if self.last_line else None
+
+
 def _export_body(tx: Transaction, query: ExportQuery, now: datetime,
                  after: tuple[datetime, str] | None) -> tuple[str, str | None]:
     """The CSV body (header first) and the cursor of the rest, if it did not fit.
 
-    Postgres formats each page and COPY streams it (store.export_csv_copy); a page that fits is
-    appended whole, so Python holds the body plus one page and touches no row. Only the page
-    that does not fit is read line by line (store.export_csv_lines), to stop between two rows.
+    Postgres formats the cells and COPY streams the rows (store.copy_export_rows) into an
+    _ExportBody. The first COPY asks for a page; the next ones for what should fill the rest at
+    the rows' average size so far (a little more), so a whole export takes a few COPYs, each
+    planned once, and rows past the budget are few.
     """
-    header = ",".join(EXPORT_COLUMNS) + "\r\n"
-    parts, size, rows_out = [header], _wire_size(header), 0
-    # The export's filters by name (None: not filtered); both queries take the same ones.
+    body = _ExportBody(",".join(EXPORT_COLUMNS) + "\r\n")
+    # The export's filters by name (None: not filtered).
     filters: dict[str, Any] = {"status": query.status, "since": _since(now, query.window_days)}
+    limit = EXPORT_PAGE_ROWS
     while True:
-        page = store.export_csv_copy(tx, EXPORT_COLUMNS, now=now, after=after, limit=EXPORT_PAGE_ROWS,
-                                     **filters)
-        rows = int(page["rows"])
-        page_size = _wire_size(page["text"])
-        if size + page_size <= EXPORT_MAX_BYTES:
-            parts.append(page["text"])
-            size += page_size
-            rows_out += rows
-            if rows:
-                after = page["after"]
-        else:
-            for row in store.export_csv_lines(tx, EXPORT_COLUMNS, now=now, after=after,
-                                              limit=EXPORT_PAGE_ROWS, **filters):
-                line_size = _wire_size(row["line"])
-                if rows_out and size + line_size > EXPORT_MAX_BYTES:
-                    return "".join(parts), encode_cursor(*after) if after else None
-                parts.append(row["line"])
-                size += line_size
-                rows_out += 1
-                after = (store.keyset_time(row["at_us"]), row["case_id"])
-        if rows < EXPORT_PAGE_ROWS:
-            return "".join(parts), None
+        copied = store.copy_export_rows(tx, EXPORT_COLUMNS, body, now=now, after=after, limit=limit,
+                                        **filters)
+        body.flush()
+        after = body.keyset() or after
+        if body.full:
+            return "".join(body.parts), encode_cursor(*after) if after else None
+        if copied < limit:
+            return "".join(body.parts), None
+        per_row = (body.size - _wire_size(body.parts[0])) / max(body.rows, 1)
+        limit = max(EXPORT_PAGE_ROWS, int((EXPORT_MAX_BYTES - body.size) / max(per_row, 1) * 1.05) + 1)
 
 
 def export_csv(ctx: CreatorContext) -> Response:
