@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chalicelib import attribution
-from chalicelib.cases import fold, order_key
+from chalicelib.cases import Resume, fold, order_key
 from chalicelib.models import Case, CaseStatus, EventType, WhopEvent, window_end
 
 T0 = datetime(2025, 1, 1, 9, 30, tzinfo=UTC)
@@ -276,6 +276,29 @@ def test_any_permutation_with_duplicates_gives_the_same_cases(
     shuffled = data.draw(st.permutations(events + redelivered))
     assert fold(COMPANY, MEMBERSHIP, shuffled, now) == expected
     assert_invariants(expected, now)
+
+
+@settings(max_examples=300, deadline=None)
+@given(events=membership_events(), data=st.data(),
+       now=st.none() | st.integers(min_value=0, max_value=60).map(lambda d: T0 + d * DAY))
+def test_resuming_after_any_closed_episode_gives_the_tail_of_the_whole_fold(
+        events: list[WhopEvent], data: st.DataObject, now: datetime | None) -> None:
+    """What the consumer relies on to read only the recent past (issue 13): from the end of a
+    closed episode, the events after it, the count of cases before and the manage_url seen by
+    then, the fold gives exactly the rest of the cases, in any order."""
+    whole = fold(COMPANY, MEMBERSHIP, events, now)
+    closed = [i for i, c in enumerate(whole) if c.status is not CaseStatus.OPEN]
+    if not closed:
+        return
+    k = data.draw(st.sampled_from(closed))
+    after = whole[k].closed_at
+    assert after is not None
+    setters = [e for e in sorted(events, key=order_key) if e.occurred_at <= after and e.manage_url]
+    resume = Resume(after=after, seq_before=k + 1, manage_url=setters[-1].manage_url if setters else None)
+    later = [e for e in events if e.occurred_at > after]
+    assert fold(COMPANY, MEMBERSHIP, data.draw(st.permutations(later)), now, resume=resume) == whole[k + 1:]
+    # Events up to the point are ignored when given: the caller may pass more than it must.
+    assert fold(COMPANY, MEMBERSHIP, events, now, resume=resume) == whole[k + 1:]
 
 
 def assert_invariants(cases: list[Case], now: datetime | None) -> None:
