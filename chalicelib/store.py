@@ -528,11 +528,19 @@ _NO_CURSOR = ("infinity", "ffffffff-ffff-ffff-ffff-ffffffffffff")
 _FORMULA_CODES = "(9, 13, 43, 45, 61, 64)"
 
 
+# Plain columns whose type COPY writes exactly as the contract does, and never empty (so never
+# COPY's quoted ""): no expression at all. A boolean is not one (COPY writes t/f).
+_COPY_NATIVE = _CSV_PLAIN - {"holdout"}
+
+
 def _copy_expression(column: str) -> str:
     # The same rules as _csv_expression, minus the quoting (COPY's CSV writer quotes exactly
-    # where Python's csv module and rebound_csv_cell do: a comma, a quote, CR or LF).
-    if column.endswith("_at"):
-        return f"NULLIF(rebound_csv_time(x.{column}), '')"
+    # where Python's csv module and rebound_csv_cell do: a comma, a quote, CR or LF). NULL is
+    # COPY's bare empty cell; an empty string must become NULL too (COPY would write "").
+    if column.endswith("_at"):  # rebound_csv_time's format; NULL stays NULL
+        return f"to_char(x.{column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+    if column in _COPY_NATIVE:
+        return f"x.{column}"
     value = f"x.{column}::text"
     if column in _CSV_PLAIN:
         return f"NULLIF({value}, '')"
