@@ -153,19 +153,27 @@ def variant_counts(tx: Transaction, experiment_id: str, now: datetime) -> dict[s
 # --- KPIs and cohorts ------------------------------------------------------------------------------
 
 
+# The KPI route's one query (make bench times the route against this SQL run bare).
+KPI_GROUPS_SQL = (
+    "SELECT first_failure_at >= :mid AS current, status,"
+    " COALESCE(currency, recovered_currency) AS currency, decline_class, holdout,"
+    " (status <> 'open' OR first_failure_at <= :mature) AS matured, count(*) AS cases,"
+    " COALESCE(sum(recovered_amount_minor) FILTER (WHERE status = 'recovered'), 0) AS recovered,"
+    " COALESCE(sum(incentive_cost_minor), 0) AS incentive_cost"
+    " FROM recovery_cases WHERE first_failure_at >= :start AND first_failure_at <= :now"
+    " GROUP BY 1, 2, 3, 4, 5, 6"
+)
+
+
+def kpi_group_params(now: datetime, window: timedelta) -> dict[str, datetime]:
+    return {"mid": now - window, "start": now - 2 * window, "now": now, "mature": now - RECOVERY_WINDOW}
+
+
 def kpi_groups(tx: Transaction, *, now: datetime,
                window: timedelta) -> tuple[list[StatusCount], list[StatusCount]]:
     """Case counts for [now - window, now] and the window before, grouped by everything the KPIs
     break down by (status, currency, decline class, holdout, matured)."""
-    rows = tx.query(
-        "SELECT first_failure_at >= :mid AS current, status,"
-        " COALESCE(currency, recovered_currency) AS currency, decline_class, holdout,"
-        " (status <> 'open' OR first_failure_at <= :mature) AS matured, count(*) AS cases,"
-        " COALESCE(sum(recovered_amount_minor) FILTER (WHERE status = 'recovered'), 0) AS recovered,"
-        " COALESCE(sum(incentive_cost_minor), 0) AS incentive_cost"
-        " FROM recovery_cases WHERE first_failure_at >= :start AND first_failure_at <= :now"
-        " GROUP BY 1, 2, 3, 4, 5, 6",
-        mid=now - window, start=now - 2 * window, now=now, mature=now - RECOVERY_WINDOW)
+    rows = tx.query(KPI_GROUPS_SQL, **kpi_group_params(now, window))
     current: list[StatusCount] = []
     previous: list[StatusCount] = []
     for row in rows:

@@ -472,17 +472,13 @@ class Bench:
         from chalicelib.api.cases import export_csv, list_cases
         from chalicelib.api.kpis import get_kpis
         from chalicelib.http import json_response
+        from chalicelib.measurement import KPI_GROUPS_SQL, kpi_group_params
 
         args = self.args
         company = self.load_cases()
         window = timedelta(days=30)
-        kpi_sql = ("SELECT first_failure_at >= :mid AS current, status,"
-                   " COALESCE(currency, recovered_currency) AS currency, count(*) AS cases,"
-                   " COALESCE(sum(recovered_amount_minor) FILTER (WHERE status = 'recovered'), 0)"
-                   " AS recovered"
-                   " FROM recovery_cases WHERE first_failure_at >= :start AND first_failure_at <= :now"
-                   " GROUP BY 1, 2, 3")
-        kpi_params = {"mid": self.now - window, "start": self.now - 2 * window, "now": self.now}
+        kpi_sql = KPI_GROUPS_SQL  # the route's own query (issue 10 added its breakdowns), run bare
+        kpi_params = kpi_group_params(self.now, window)
         if self.wanted("kpi_vs_sql"):
             ctx = self._ctx(company, {"window_days": "30"})
             t_route, t_sql = median_pair(lambda: json_response(get_kpis(ctx)),
