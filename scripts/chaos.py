@@ -44,6 +44,7 @@ if str(ROOT) not in sys.path:
 from scripts.harness import local_stack, script_env  # noqa: E402
 
 script_env("ReboundChaos")
+os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")  # thousands of EMF lines would bury the report
 
 DAY = timedelta(days=1)
 CONSUME_EVERY = 500  # deliveries between consumer runs
