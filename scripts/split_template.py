@@ -55,8 +55,8 @@ VPC_ACTIONS = ["ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces",
                "ec2:DeleteNetworkInterface", "ec2:AssignPrivateIpAddresses",
                "ec2:UnassignPrivateIpAddresses"]
 HANDLER_IDS = {"process_events": "ProcessEvents", "process_reminders": "ProcessReminders"}
-# The webhook route's rejections (webhooks.verify reasons) plus malformed bodies: a spike means
-# a wrong secret after rotation, a clock problem, or someone probing the endpoint.
+# The webhook route's rejections (webhooks.verify reasons, all 401): a spike means a wrong secret
+# after rotation, a clock problem, or someone probing the endpoint.
 # (A signed but unusable body is acknowledged, Webhook_ignored_unusable: Whop did nothing wrong.)
 WEBHOOK_REJECTIONS = ("Webhook_rejected_missing_headers", "Webhook_rejected_bad_timestamp",
                       "Webhook_rejected_stale_timestamp", "Webhook_rejected_bad_signature")
@@ -388,7 +388,7 @@ def metric_alarms(settings: FunctionSettings, namespace: str, api: str, stage: s
         "WebhookRejectedSpikeAlarm": {
             "Type": "AWS::CloudWatch::Alarm",
             "Properties": {
-                "AlarmDescription": "Over 20 webhooks refused (401/400) in 5 minutes: secret rotated on "
+                "AlarmDescription": "Over 20 webhooks refused (401) in 5 minutes: secret rotated on "
                                     "one side only, clock skew, or probing (docs/runbook.md)",
                 "Metrics": [*rejected, {"Id": "rejected", "Expression": f"SUM([{ids}])",
                                         "Label": "webhooks refused", "ReturnData": True}],
