@@ -115,6 +115,25 @@ def test_a_send_that_whop_refuses_emits_effects_failed(pipeline: Pipeline, owner
     assert values["EffectsFailed"] >= 1 and values["EffectsSent"] == 0
 
 
+def test_a_case_whose_payment_succeeded_before_its_failure_arrived_counts_as_recovered(
+        pipeline: Pipeline, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    # Whop's deliveries can arrive out of order: the case opens already recovered.
+    pipeline.deliver(*payment_event("payment.succeeded", at=NOW, membership="mem_order", payment="pay_o"))
+    pipeline.drain()
+    capsys.readouterr()
+    pipeline.deliver(*payment_event("payment.failed", at=NOW - timedelta(hours=1), membership="mem_order",
+                                    payment="pay_o"))
+    pipeline.drain()
+    values = metric_values(emf(capsys.readouterr().out))
+    assert has(values, {"EventsApplied": 1, "CasesOpened": 1, "CasesRecovered": 1})
+    # Another success notice for the same payment: the case is already recovered, not again.
+    pipeline.deliver(*payment_event("payment.succeeded", at=NOW, membership="mem_order", payment="pay_o",
+                                    msg_id="msg_order_again"))
+    pipeline.drain()
+    again = metric_values(emf(capsys.readouterr().out))
+    assert "CasesRecovered" not in again and "CasesOpened" not in again
+
+
 # --- alarms watch metrics the code emits ----------------------------------------------------------
 
 
