@@ -107,6 +107,29 @@ class Context:
     public_base_url: str
 
 
+# --- metrics: sends by channel and outcome --------------------------------------------------------
+
+# One metric name per (channel, outcome), e.g. ``Send_push_sent``, rather than dimensions:
+# Powertools gives every metric of a flush the same dimensions (``single_metric`` would print one
+# EMF line per send), and both sets are fixed, so the names stay few and the dashboard lists them.
+SEND_CHANNELS = ("push", "dm", "incentive")
+SEND_OUTCOMES = ("sent", "failed", "retrying", "skipped")
+
+
+def send_metric(kind: str, channel: str | None, outcome: str) -> str | None:
+    """The metric an executed row's outcome counts in (None: not a send outcome, e.g. deferred)."""
+    if outcome not in SEND_OUTCOMES:
+        return None
+    label = "incentive" if kind == "incentive" else channel if channel in SEND_CHANNELS else "other"
+    return f"Send_{label}_{outcome}"
+
+
+def count_send(kind: str, channel: str | None, outcome: str) -> None:
+    name = send_metric(kind, channel, outcome)
+    if name is not None:
+        count(name)
+
+
 # --- claim ---------------------------------------------------------------------------------------
 
 _OWED = (
@@ -235,6 +258,7 @@ def claim(company_id: str, now: datetime, db: Database | None = None, *, case_id
             if verdict is not None and verdict[0] == "skip":
                 _settle(tx, row["action_id"], now, "skipped", "skipped", verdict[1])
                 stats.skipped += 1
+                count_send(row["kind"], row["channel"], "skipped")
                 continue
             if verdict is not None:
                 _keep_pending(tx, row["action_id"], verdict[1], None, "deferred")
@@ -496,9 +520,10 @@ def _record_all(company_id: str, performed: list[tuple[Claim, WhopResult]], now:
         for c, result in performed:
             _execute_one(company_id, c, result, now, db, stats)
         return
-    for status, touched in outcomes:
+    for (c, _), (status, touched) in zip(performed, outcomes, strict=True):
         outcome = status if touched else "lost"
         setattr(stats, outcome, getattr(stats, outcome) + 1)
+        count_send(c.kind, c.channel, outcome)
 
 
 def _row_failed(company_id: str, c: Claim, now: datetime, db: Database | None, stats: Stats,
@@ -523,6 +548,7 @@ def _execute_one(company_id: str, c: Claim, result: WhopResult, now: datetime, d
         _row_failed(company_id, c, now, db, stats, exc)
         return
     setattr(stats, outcome, getattr(stats, outcome) + 1)
+    count_send(c.kind, c.channel, outcome)
 
 
 def default_context() -> Context:

@@ -70,3 +70,24 @@ def test_webhook_health_checks_the_queue(health_client: Client, monkeypatch: pyt
         health.deep_cache.clear()  # answers are cached for a few seconds
         resp = health_client.http.get("/api/health?type=webhook", headers=AUTH)
         assert resp.status_code == 503 and json.loads(resp.body)["queue_reachable"] is False
+
+
+def test_deep_checks_work_with_the_secret_the_template_gives_the_health_function(
+        client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Deployed, the health function gets HEALTH_SECRET_SECRET_ARN (the template's generated
+    # HealthSecret), never the value: config reads it from Secrets Manager at cold start.
+    import boto3
+    from moto import mock_aws
+
+    with mock_aws():
+        sm = boto3.client("secretsmanager", region_name="us-east-1")
+        arn = sm.create_secret(Name="rebound/health", SecretString="generated-by-the-template")["ARN"]
+        monkeypatch.delenv("HEALTH_SECRET")
+        monkeypatch.delenv("SCHEDULER_SECRET", raising=False)
+        monkeypatch.setenv("HEALTH_SECRET_SECRET_ARN", arn)
+        config.reset_config()
+        assert client.http.get("/api/health?type=database", headers=AUTH).status_code == 401
+        resp = client.http.get("/api/health?type=database",
+                               headers={"authorization": "Bearer generated-by-the-template"})
+    assert resp.status_code == 200, resp.body
+    assert json.loads(resp.body)["reachable"] is True
