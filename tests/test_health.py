@@ -73,7 +73,7 @@ def test_webhook_health_checks_the_queue(health_client: Client, monkeypatch: pyt
 
 
 def test_deep_checks_work_with_the_secret_the_template_gives_the_health_function(
-        client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+        health_client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
     # Deployed, the health function gets HEALTH_SECRET_SECRET_ARN (the template's generated
     # HealthSecret), never the value: config reads it from Secrets Manager at cold start.
     import boto3
@@ -86,8 +86,8 @@ def test_deep_checks_work_with_the_secret_the_template_gives_the_health_function
         monkeypatch.delenv("SCHEDULER_SECRET", raising=False)
         monkeypatch.setenv("HEALTH_SECRET_SECRET_ARN", arn)
         config.reset_config()
-        assert client.http.get("/api/health?type=database", headers=AUTH).status_code == 401
-        resp = client.http.get("/api/health?type=database",
-                               headers={"authorization": "Bearer generated-by-the-template"})
+        assert health_client.http.get("/api/health?type=database", headers=AUTH).status_code == 401
+        resp = health_client.http.get("/api/health?type=database",
+                                      headers={"authorization": "Bearer generated-by-the-template"})
     assert resp.status_code == 200, resp.body
     assert json.loads(resp.body)["reachable"] is True
