@@ -173,7 +173,8 @@ def test_decline_class_combines_with_status_search_and_the_cursor(api: Api) -> N
 def test_the_export_holds_exactly_the_listed_cases_for_every_filter_across_parts(
         api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     api.rows(ALPHA, "INSERT INTO recovery_cases (company_id, membership_id, user_id, status,"
-                    " first_failure_at, last_failure_at, amount_minor, currency, link_token, decline_class, closed_at)"
+                    " first_failure_at, last_failure_at, amount_minor, currency, link_token, decline_class,"
+                    " closed_at)"
                     " SELECT :c, CASE WHEN g % 3 = 0 THEN 'mem_q' ELSE 'mem_r' END || g, 'user_' || g,"
                     "  CASE WHEN g % 2 = 0 THEN 'open' ELSE 'expired' END,"
                     "  CAST(:t AS timestamptz) - g * interval '7 minutes',"
