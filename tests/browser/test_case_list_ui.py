@@ -170,6 +170,7 @@ def test_export_with_filters_downloads_exactly_the_filtered_cases(ui: Ui,
     page.press("#search", "Enter")
     expect(page.locator("#case-rows tr")).to_have_count(8)  # 2 + 6 open authentication cases under mem_auth
     listed = page.locator("#case-rows tr").evaluate_all("rows => rows.map(r => r.dataset.case)")
+    page.fill("#search", "mem_other")  # typed, never searched: the export follows the list on screen
     with page.expect_download() as info:
         page.click("#export-btn")
     text = Path(info.value.path()).read_text(encoding="utf-8")
