@@ -15,9 +15,10 @@ from chalicelib import store
 from chalicelib.api import CreatorContext
 from chalicelib.api.schemas import (
     CaseDetail,
+    CaseFilters,
     CaseList,
+    CaseListItem,
     CaseListQuery,
-    CaseSummary,
     ExportQuery,
     TimelineItem,
 )
@@ -78,6 +79,12 @@ def _since(now: datetime, window_days: int | None) -> datetime | None:
     return now - timedelta(days=window_days) if window_days is not None else None
 
 
+def _filters(query: CaseFilters, now: datetime) -> dict[str, Any]:
+    """The store's filter arguments for a list or export query: both read the same ones."""
+    return {"now": now, "status": query.status, "decline_class": query.decline_class,
+            "since": _since(now, query.window_days), "q": query.q}
+
+
 # --- list and detail ----------------------------------------------------------------------------
 
 
@@ -86,10 +93,8 @@ def list_cases(ctx: CreatorContext) -> CaseList:
     after = decode_cursor(query.cursor) if query.cursor else None
     with tenant_transaction(ctx.company_id) as tx:
         # One row more than asked tells whether another page exists.
-        rows = store.list_cases(tx, now=ctx.now, status=query.status,
-                                since=_since(ctx.now, query.window_days), q=query.q, after=after,
-                                limit=query.limit + 1)
-    items = [CaseSummary.model_validate(r) for r in rows[:query.limit]]
+        rows = store.list_cases(tx, **_filters(query, ctx.now), after=after, limit=query.limit + 1)
+    items = [CaseListItem.model_validate(r) for r in rows[:query.limit]]
     more = len(rows) > query.limit
     next_cursor = encode_cursor(items[-1].first_failure_at, items[-1].id) if more and items else None
     return CaseList(items=items, next_cursor=next_cursor)
@@ -165,8 +170,7 @@ def _export_body(tx: Transaction, query: ExportQuery, now: datetime,
     """
     header = ",".join(EXPORT_COLUMNS) + "\r\n"
     parts, size, rows_out = [header], _wire_size(header), 0
-    filters: dict[str, Any] = {"now": now, "status": query.status, "since": _since(now, query.window_days),
-                               "limit": EXPORT_PAGE_ROWS}
+    filters = {**_filters(query, now), "limit": EXPORT_PAGE_ROWS}
     while True:
         page = store.export_csv_page(tx, EXPORT_COLUMNS, after=after, **filters)
         rows = int(page["rows"])
@@ -191,7 +195,9 @@ def _export_body(tx: Transaction, query: ExportQuery, now: datetime,
 
 
 def export_csv(ctx: CreatorContext) -> Response:
-    """The company's cases as CSV, newest first, read in keyset pages of ``EXPORT_PAGE_ROWS``.
+    """The company's cases as CSV, newest first, read in keyset pages of ``EXPORT_PAGE_ROWS``,
+    filtered like the list (status, decline class, window, search), so a download holds exactly
+    the cases the dashboard lists.
 
     Stops before the body would pass ``EXPORT_MAX_BYTES`` and returns what fits, with the
     ``X-Export-Next-Cursor`` header: the same request with ``?cursor=`` returns the rest.
