@@ -69,6 +69,8 @@ def whop_webhook() -> Response:
     result = accept_webhook(body, dict(request.headers),
                             get_config().WHOP_WEBHOOK_SECRET or "", datetime.now(UTC), get_queue)
     count(f"Webhook_{result.outcome}")
+    if result.event_type is not None:
+        count(f"WebhookType_{result.event_type}")
     logger.info("webhook", extra={"outcome": result.outcome, "webhook_id": result.webhook_id})
     if result.status_code == 200:
         return json_response({"status": "ignored" if result.outcome.startswith("ignored") else "queued"})

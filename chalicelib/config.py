@@ -31,7 +31,7 @@ REQUIRED_IN_PRODUCTION = (
 )
 # Settings that may be stored in Secrets Manager instead of the environment.
 SECRET_SETTINGS = ("DATABASE_URL", "MIGRATIONS_DATABASE_URL", "WHOP_API_KEY",
-                   "WHOP_WEBHOOK_SECRET", "SCHEDULER_SECRET")
+                   "WHOP_WEBHOOK_SECRET", "SCHEDULER_SECRET", "HEALTH_SECRET")
 
 # Defaults for development and test only: never used in production (see load_config).
 DEV_DEFAULTS: dict[str, str] = {

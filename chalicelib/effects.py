@@ -107,6 +107,29 @@ class Context:
     public_base_url: str
 
 
+# --- metrics: sends by channel and outcome --------------------------------------------------------
+
+# One metric name per (channel, outcome), e.g. ``Send_push_sent``, rather than dimensions:
+# Powertools gives every metric of a flush the same dimensions (``single_metric`` would print one
+# EMF line per send), and both sets are fixed, so the names stay few and the dashboard lists them.
+SEND_CHANNELS = ("push", "dm", "incentive")
+SEND_OUTCOMES = ("sent", "failed", "retrying", "skipped")
+
+
+def send_metric(kind: str, channel: str | None, outcome: str) -> str | None:
+    """The metric an executed row's outcome counts in (None: not a send outcome, e.g. deferred)."""
+    if outcome not in SEND_OUTCOMES:
+        return None
+    label = "incentive" if kind == "incentive" else channel if channel in SEND_CHANNELS else "other"
+    return f"Send_{label}_{outcome}"
+
+
+def count_send(kind: str, channel: str | None, outcome: str) -> None:
+    name = send_metric(kind, channel, outcome)
+    if name is not None:
+        count(name)
+
+
 # --- claim ---------------------------------------------------------------------------------------
 
 _OWED = (
@@ -119,23 +142,6 @@ _OWED = (
     " AND (CAST(:kinds AS text) IS NULL OR a.kind = ANY(string_to_array(CAST(:kinds AS text), ',')))"
     " ORDER BY a.due_at, a.id LIMIT :limit FOR UPDATE SKIP LOCKED"
 )
-
-
-def _finish(tx: Transaction, action_id: str, now: datetime, status: str, error_class: str | None = None,
-            detail: str | None = None, result: dict[str, Any] | None = None) -> None:
-    # completed_at is the injected clock: the frequency cap and incentive limit compare with it.
-    tx.execute(
-        "UPDATE recovery_actions SET status = :status, error_class = :ec, error_detail = :detail,"
-        " result = result || CAST(:result AS jsonb), claimed_until = NULL, completed_at = :now,"
-        " updated_at = now() WHERE id = CAST(:id AS uuid)",
-        status=status, ec=error_class, detail=detail, id=action_id, now=now,
-        result=json.dumps(result or {}, default=str))
-
-
-def _defer(tx: Transaction, action_id: str, until: datetime, reason: str) -> None:
-    tx.execute("UPDATE recovery_actions SET status = 'pending', due_at = :until, claimed_until = NULL,"
-               " error_detail = :reason, updated_at = now() WHERE id = CAST(:id AS uuid)",
-               until=until, reason=reason, id=action_id)
 
 
 def _member_cap(tx: Transaction, user_id: str, channel: str, exclude: str,
@@ -250,11 +256,12 @@ def claim(company_id: str, now: datetime, db: Database | None = None, *, case_id
             case = store.case_from_row(case_row)
             verdict = _gate(tx, row, case, settings, now, batch_sends)
             if verdict is not None and verdict[0] == "skip":
-                _finish(tx, row["action_id"], now, "skipped", "skipped", verdict[1])
+                _settle(tx, row["action_id"], now, "skipped", "skipped", verdict[1])
                 stats.skipped += 1
+                count_send(row["kind"], row["channel"], "skipped")
                 continue
             if verdict is not None:
-                _defer(tx, row["action_id"], verdict[1], "deferred")
+                _keep_pending(tx, row["action_id"], verdict[1], None, "deferred")
                 stats.deferred += 1
                 continue
             c = Claim(action_id=row["action_id"], kind=row["kind"], step=row["step"],
@@ -390,25 +397,31 @@ def _extend(ctx: Context, c: Claim) -> WhopResult:
 # the row must still be claimed by this executor.
 
 
-def _keep_pending(tx: Transaction, c: Claim, due: datetime, error_class: str, detail: str | None,
-                  *, attempted: bool = True) -> int:
+def _keep_pending(tx: Transaction, action_id: str, due: datetime, error_class: str | None,
+                  detail: str | None, *, token: str | None = None, give_back_attempt: bool = False) -> int:
+    """Back to pending until ``due``. With ``token``, only while this executor's claim holds.
+    A claim released unperformed gives its attempt back. No error class keeps the previous one."""
     return tx.execute(
         "UPDATE recovery_actions SET status = 'pending', claimed_until = NULL, claim_token = NULL,"
-        " due_at = :due, error_class = :ec, error_detail = :detail,"
-        " attempts = attempts - CASE WHEN :attempted THEN 0 ELSE 1 END, updated_at = now()"
-        " WHERE id = CAST(:id AS uuid) AND status = 'claimed' AND claim_token = CAST(:token AS uuid)",
-        due=due, ec=error_class, detail=detail, attempted=attempted, id=c.action_id, token=c.token)
+        " due_at = :due, error_class = COALESCE(:ec, error_class), error_detail = :detail,"
+        " attempts = attempts - CASE WHEN :give_back THEN 1 ELSE 0 END, updated_at = now()"
+        " WHERE id = CAST(:id AS uuid) AND (CAST(:token AS uuid) IS NULL"
+        "   OR (status = 'claimed' AND claim_token = CAST(:token AS uuid)))",
+        due=due, ec=error_class, detail=detail, give_back=give_back_attempt, id=action_id, token=token)
 
 
-def _settle(tx: Transaction, c: Claim, now: datetime, status: str, error_class: str | None = None,
-            detail: str | None = None, result: dict[str, Any] | None = None) -> int:
+def _settle(tx: Transaction, action_id: str, now: datetime, status: str, error_class: str | None = None,
+            detail: str | None = None, result: dict[str, Any] | None = None, *,
+            token: str | None = None) -> int:
+    """Final outcome. With ``token``, only while this executor's claim holds (else 0 rows)."""
     # completed_at is the injected clock: the frequency cap and incentive limit compare with it.
     return tx.execute(
         "UPDATE recovery_actions SET status = :status, error_class = :ec, error_detail = :detail,"
         " result = result || CAST(:result AS jsonb), claimed_until = NULL, claim_token = NULL,"
         " completed_at = :now, updated_at = now()"
-        " WHERE id = CAST(:id AS uuid) AND status = 'claimed' AND claim_token = CAST(:token AS uuid)",
-        status=status, ec=error_class, detail=detail, now=now, id=c.action_id, token=c.token,
+        " WHERE id = CAST(:id AS uuid) AND (CAST(:token AS uuid) IS NULL"
+        "   OR (status = 'claimed' AND claim_token = CAST(:token AS uuid)))",
+        status=status, ec=error_class, detail=detail, now=now, id=action_id, token=token,
         result=json.dumps(result or {}, default=str))
 
 
@@ -425,7 +438,7 @@ def _count_cause(cause: str) -> None:
 def _outcome(tx: Transaction, c: Claim, result: WhopResult, now: datetime) -> tuple[str, int]:
     """Apply the retry policy (module docstring); return (status, rows updated)."""
     if result.ok:
-        touched = _settle(tx, c, now, "sent", result={**result.data, **c.extra})
+        touched = _settle(tx, c.action_id, now, "sent", result={**result.data, **c.extra}, token=c.token)
         if touched and c.kind == "incentive":
             tx.execute("UPDATE recovery_cases SET incentive_days = :d, incentive_cost_minor = :cost,"
                        " updated_at = now() WHERE id = CAST(:id AS uuid)",
@@ -434,14 +447,15 @@ def _outcome(tx: Transaction, c: Claim, result: WhopResult, now: datetime) -> tu
     cause = result.cause
     if cause == "member" or cause is None:
         status = "skipped" if result.error_code == "no_push_experience" else "failed"
-        return status, _settle(tx, c, now, status, result.error_class or "permanent", result.error_code)
+        return status, _settle(tx, c.action_id, now, status, result.error_class or "permanent",
+                               result.error_code, token=c.token)
     _count_cause(cause)
     due = now + retry_delay(c.attempts, result.retry_after_s)
     if window_passed(c.case.first_failure_at, due):
         # The next try would come after the window: nothing may be sent then, so say so now.
         count("EffectsAbandoned")
-        return "skipped", _settle(tx, c, now, "skipped", "skipped", "window_passed")
-    return "retrying", _keep_pending(tx, c, due, cause, result.error_code)
+        return "skipped", _settle(tx, c.action_id, now, "skipped", "skipped", "window_passed", token=c.token)
+    return "retrying", _keep_pending(tx, c.action_id, due, cause, result.error_code, token=c.token)
 
 
 def record(company_id: str, c: Claim, result: WhopResult, now: datetime,
@@ -458,7 +472,8 @@ def release(company_id: str, c: Claim, now: datetime, db: Database | None = None
     """Give a claimed row back (pending): after our own error, or unperformed when out of time."""
     due = now + retry_delay(c.attempts) if attempted else now
     with tenant_transaction(company_id, db) as tx:
-        _keep_pending(tx, c, due, "error" if attempted else "released", error, attempted=attempted)
+        _keep_pending(tx, c.action_id, due, "error" if attempted else "released", error, token=c.token,
+                      give_back_attempt=not attempted)
 
 
 def execute_owed(ctx: Context, company_id: str, now: datetime, db: Database | None = None, *,
@@ -505,9 +520,10 @@ def _record_all(company_id: str, performed: list[tuple[Claim, WhopResult]], now:
         for c, result in performed:
             _execute_one(company_id, c, result, now, db, stats)
         return
-    for status, touched in outcomes:
+    for (c, _), (status, touched) in zip(performed, outcomes, strict=True):
         outcome = status if touched else "lost"
         setattr(stats, outcome, getattr(stats, outcome) + 1)
+        count_send(c.kind, c.channel, outcome)
 
 
 def _row_failed(company_id: str, c: Claim, now: datetime, db: Database | None, stats: Stats,
@@ -532,6 +548,7 @@ def _execute_one(company_id: str, c: Claim, result: WhopResult, now: datetime, d
         _row_failed(company_id, c, now, db, stats, exc)
         return
     setattr(stats, outcome, getattr(stats, outcome) + 1)
+    count_send(c.kind, c.channel, outcome)
 
 
 def default_context() -> Context:

@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from chalicelib.config import ConfigError
-from chalicelib.models import clean_text
+from chalicelib.models import EventType, clean_text
 from chalicelib.queue import EventQueue, QueueUnavailable
 from chalicelib.webhooks import (
     MalformedWebhook,
@@ -40,6 +40,14 @@ class Accepted:
     outcome: str  # metric-friendly: queued, ignored, ignored_unusable, rejected_<reason>, too_large, ...
     message: str
     webhook_id: str | None = None
+    # Set when Whop's delivery was accepted (200): its type for the "webhooks by type" metric.
+    event_type: str | None = None
+
+
+def type_label(event_type: EventType | None) -> str:
+    """``payment.failed`` -> ``payment_failed``; ``other`` for a type Rebound ignores. The labels
+    come from the EventType enum, never from the payload: metric names stay a small fixed set."""
+    return event_type.value.replace(".", "_") if event_type is not None else "other"
 
 
 def accept_webhook(body: bytes, headers: Mapping[str, str], secret: str, now: datetime,
@@ -62,9 +70,9 @@ def accept_webhook(body: bytes, headers: Mapping[str, str], secret: str, now: da
         return _send(queue, webhook_id, now, Accepted(200, "ignored_unusable", "ignored", webhook_id),
                      unusable=str(exc))
     if event is None:
-        return Accepted(200, "ignored", "event type not handled", webhook_id)
-    return _send(queue, webhook_id, now, Accepted(200, "queued", "queued", webhook_id),
-                 event=minimal_payload(event))
+        return Accepted(200, "ignored", "event type not handled", webhook_id, type_label(None))
+    queued = Accepted(200, "queued", "queued", webhook_id, type_label(event.type))
+    return _send(queue, webhook_id, now, queued, event=minimal_payload(event))
 
 
 def _send(queue: Callable[[], EventQueue], webhook_id: str, now: datetime, answer: Accepted,

@@ -59,6 +59,7 @@ class Outcome:
     company_id: str | None = None
     opened_case_ids: list[str] = field(default_factory=list)
     owed_actions: int = 0
+    recovered: int = 0  # cases this event moved to recovered (CasesRecovered)
     reason: str | None = None
 
 
@@ -108,9 +109,10 @@ def _apply(event: WhopEvent, now: datetime, db: Database | None) -> Outcome:
         history = store.insert_event(tx, event, minimal_payload(event))
         if not history:
             return Outcome(status="duplicate", company_id=event.company_id)
-        opened, owed = refold_membership(tx, event.company_id, event.membership_id, now, history)
+        refold = Refold()
+        opened, owed = refold_membership(tx, event.company_id, event.membership_id, now, history, refold)
     return Outcome(status="applied", company_id=event.company_id, opened_case_ids=opened,
-                   owed_actions=owed)
+                   owed_actions=owed, recovered=refold.recovered)
 
 
 def _poison(msg: QueuedWebhook, reason: str, error_class: str, db: Database | None) -> Outcome:
@@ -155,10 +157,19 @@ def _stored_events(payloads: list[dict[str, Any]]) -> list[WhopEvent]:
     return events
 
 
+@dataclass
+class Refold:
+    """What a re-fold did beyond its return value, for metrics counted after commit."""
+
+    recovered: int = 0
+
+
 def refold_membership(tx: Transaction, company_id: str, membership_id: str, now: datetime,
-                      history: store.History | None = None) -> tuple[list[str], int]:
+                      history: store.History | None = None,
+                      refold: Refold | None = None) -> tuple[list[str], int]:
     """Recompute a membership's cases from its stored events; return (opened case ids, owed rows).
     Only cases the fold changed are written; a new case and what it owes go in one statement."""
+    refold = refold if refold is not None else Refold()
     if history is None:
         history = store.History(payloads=store.membership_event_payloads(tx, membership_id),
                                 settings=store.get_settings(tx))
@@ -183,9 +194,10 @@ def refold_membership(tx: Transaction, company_id: str, membership_id: str, now:
                                     case_id, effects, last_reminder_offset=covered)
             opened.append(case_id)
             measurement.assign_new_case(tx, case_id, settings)  # holdout / experiment variant (issue 10)
+            refold.recovered += int(case.status is CaseStatus.RECOVERED)  # its success came first
             continue
         primary, *duplicates = own
-        _update_existing(tx, primary, case, settings)
+        refold.recovered += int(_update_existing(tx, primary, case, settings))
         for duplicate in duplicates:  # never expected (episodes only split); kept safe if it happens
             store.merge_duplicate_case(tx, str(duplicate["id"]), into=str(primary["id"]))
     return opened, owed
@@ -226,7 +238,8 @@ def _match(folded: list[Case], rows: list[dict[str, Any]],
     return matched
 
 
-def _update_existing(tx: Transaction, row: dict[str, Any], case: Case, settings: CreatorSettings) -> None:
+def _update_existing(tx: Transaction, row: dict[str, Any], case: Case, settings: CreatorSettings) -> bool:
+    """Write the re-folded case over its row if it changed; True when it became recovered."""
     if row["cancelled_by"] is not None and case.status is not CaseStatus.CANCELLED:
         # A creator stopped this case by hand, and cancelled is final (contract): later events
         # update its facts, never its status.
@@ -235,11 +248,12 @@ def _update_existing(tx: Transaction, row: dict[str, Any], case: Case, settings:
     episode = case.failure_ids[0] if row["episode_webhook_id"] is None and case.failure_ids else None
     next_at = next_action_at(case, settings, row["last_reminder_offset"])
     if store.case_unchanged(row, case, next_at, episode):
-        return  # the fold left it as stored (a past episode, a repeated fact): no write
+        return False  # the fold left it as stored (a past episode, a repeated fact): no write
     settle = None
     if case.status is not CaseStatus.OPEN:
         settle = "window_passed" if case.status is CaseStatus.EXPIRED else "case_closed"
     store.update_case(tx, str(row["id"]), case, next_at, episode=episode, settle=settle)
+    return case.status is CaseStatus.RECOVERED and row["status"] != CaseStatus.RECOVERED.value
 
 
 def send_opening_nudges(company_id: str, case_ids: list[str], now: datetime) -> None:
@@ -274,6 +288,8 @@ def _apply_record(record: SQSRecord, opened: dict[str, list[str]]) -> None:
     if outcome.opened_case_ids and outcome.company_id:
         count("CasesOpened", len(outcome.opened_case_ids))
         opened.setdefault(outcome.company_id, []).extend(outcome.opened_case_ids)
+    if outcome.recovered:  # counted once committed: a rolled-back fold recovered nothing
+        count("CasesRecovered", outcome.recovered)
     logger.info("webhook processed", extra={"outcome": outcome.status, "company_id": outcome.company_id,
                                              "opened": len(outcome.opened_case_ids)})
 

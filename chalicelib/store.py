@@ -393,6 +393,7 @@ CASE_VIEW_COLUMNS = (
 # when absent): an index range scan serves every page, never a scan from the newest case.
 _CASE_FILTERS = (
     " WHERE (CAST(:status AS text) IS NULL OR status = :status)"
+    " AND (CAST(:decline_class AS text) IS NULL OR decline_class = :decline_class)"
     " AND first_failure_at >= COALESCE(CAST(:since AS timestamptz), '-infinity')"
     " AND (CAST(:since AS timestamptz) IS NULL OR first_failure_at <= :now)"
     " AND (CAST(:q AS text) IS NULL OR membership_id LIKE :q OR user_id LIKE :q)"
@@ -401,43 +402,69 @@ _CASE_FILTERS = (
 )
 
 
+def _filter_params(*, now: datetime, status: str | None, decline_class: str | None,
+                   since: datetime | None, q: str | None, after: tuple[datetime, str] | None,
+                   limit: int) -> dict[str, Any]:
+    """The bound values of _CASE_FILTERS (the list and the export filter alike, so an export holds
+    exactly the cases the list shows)."""
+    return {"now": now, "status": status, "decline_class": decline_class, "since": since,
+            "q": like_prefix(q) if q else None, "after_at": after[0] if after else None,
+            "after_id": after[1] if after else None, "limit": limit}
+
+
 def like_prefix(text: str) -> str:
     """A LIKE pattern matching ``text`` exactly or as a prefix (wildcards in it escaped)."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-def list_cases(tx: Transaction, *, now: datetime, status: str | None = None, since: datetime | None = None,
-               q: str | None = None, after: tuple[datetime, str] | None = None,
-               limit: int = 25) -> list[dict[str, Any]]:
-    """Cases newest first (first_failure_at, then id, descending), after the keyset ``after``."""
+# Messages that reached Whop (the export's nudges_sent counts the same rows): every automatic
+# nudge and reminder and every manual nudge, each channel its own message.
+_SENT_MESSAGE = "a.kind IN ('nudge', 'reminder', 'manual_nudge') AND a.status = 'sent'"
+# A creator's own ledger rows (actor is their user id), whatever came of them.
+_CREATOR_ROW = "a.actor NOT IN ('system', 'member')"
+
+
+def list_cases(tx: Transaction, *, now: datetime, status: str | None = None,
+               decline_class: str | None = None, since: datetime | None = None, q: str | None = None,
+               after: tuple[datetime, str] | None = None, limit: int = 25) -> list[dict[str, Any]]:
+    """Cases newest first (first_failure_at, then id, descending), after the keyset ``after``,
+    each with ``nudges_sent`` and ``last_action_at``.
+
+    One statement per page: the lateral aggregate runs in a nested loop under the LIMIT, so it
+    reads the ledger rows (recovery_actions_by_case) of the page's cases only."""
     return tx.query(
-        "SELECT " + CASE_VIEW_COLUMNS + " FROM recovery_cases" + _CASE_FILTERS  # noqa: S608 - constants
-        + " ORDER BY first_failure_at DESC, id DESC LIMIT :limit",
-        status=status, since=since, now=now, q=like_prefix(q) if q else None,
-        after_at=after[0] if after else None, after_id=after[1] if after else None, limit=limit)
+        "SELECT " + CASE_VIEW_COLUMNS + ", s.nudges_sent, s.last_action_at"  # noqa: S608 - constants
+        " FROM recovery_cases CROSS JOIN LATERAL ("
+        "  SELECT count(*) FILTER (WHERE " + _SENT_MESSAGE + ") AS nudges_sent,"
+        "   max(COALESCE(a.completed_at, a.created_at)) AS last_action_at"
+        "  FROM recovery_actions a WHERE a.case_id = recovery_cases.id"
+        "   AND ((" + _SENT_MESSAGE + ") OR " + _CREATOR_ROW + ")) s"
+        + _CASE_FILTERS + " ORDER BY first_failure_at DESC, id DESC LIMIT :limit",
+        **_filter_params(now=now, status=status, decline_class=decline_class, since=since, q=q,
+                         after=after, limit=limit))
 
 
 # The export's rows (its contract columns by name); keyset pages of it are read below.
 EXPORT_SELECT = (
-    "SELECT id::text AS case_id, membership_id, user_id, status, first_failure_at, last_failure_at,"
+    "SELECT id::text AS case_id, membership_id, user_id, status, first_failure_at, last_failure_at,"  # noqa: S608
     " recovered_at, amount_minor, COALESCE(currency, recovered_currency) AS currency,"
     " recovered_amount_minor, failure_count, decline_code, failure_reason,"
     " (SELECT count(*) FROM recovery_actions a WHERE a.case_id = recovery_cases.id"
-    "   AND a.kind IN ('nudge', 'reminder', 'manual_nudge') AND a.status = 'sent') AS nudges_sent,"
+    "   AND " + _SENT_MESSAGE + ") AS nudges_sent,"
     " incentive_days, holdout, experiment_id::text AS experiment_id, variant, decline_class,"
     " link_clicks AS clicks FROM recovery_cases"
 )
 
 
 def export_cases(tx: Transaction, *, now: datetime, status: str | None = None,
-                 since: datetime | None = None, after: tuple[datetime, str] | None = None,
-                 limit: int = 1000) -> list[dict[str, Any]]:
+                 decline_class: str | None = None, since: datetime | None = None, q: str | None = None,
+                 after: tuple[datetime, str] | None = None, limit: int = 1000) -> list[dict[str, Any]]:
     """One keyset page of the CSV export, with each case's count of sent messages."""
     return tx.query(
         EXPORT_SELECT + _CASE_FILTERS  # constant fragments only
         + " ORDER BY first_failure_at DESC, id DESC LIMIT :limit",
-        status=status, since=since, now=now, q=None, after_at=after[0] if after else None,
-        after_id=after[1] if after else None, limit=limit)
+        **_filter_params(now=now, status=status, decline_class=decline_class, since=since, q=q,
+                         after=after, limit=limit))
 
 
 # Export columns whose values can never need quoting or neutralising (uuids, enums, lower-case
@@ -474,19 +501,20 @@ def _export_lines_sql(columns: tuple[str, ...]) -> str:
 
 
 def export_csv_lines(tx: Transaction, columns: tuple[str, ...], *, now: datetime,
-                     status: str | None = None, since: datetime | None = None,
-                     after: tuple[datetime, str] | None = None,
-                     limit: int = 1000) -> list[dict[str, Any]]:
+                     status: str | None = None, decline_class: str | None = None,
+                     since: datetime | None = None, q: str | None = None,
+                     after: tuple[datetime, str] | None = None, limit: int = 1000) -> list[dict[str, Any]]:
     """One keyset page of the export as finished CSV lines (``line``, with CRLF), formatted by
     Postgres (rebound_csv_cell/rebound_csv_time), and each row's keyset (``at_us``, microseconds
     since the epoch, and ``case_id``): Python parses no cell and no timestamp."""
-    return tx.query(
-        _export_lines_sql(columns), status=status, since=since, now=now, q=None,
-        after_at=after[0] if after else None, after_id=after[1] if after else None, limit=limit)
+    return tx.query(_export_lines_sql(columns),
+                    **_filter_params(now=now, status=status, decline_class=decline_class, since=since,
+                                     q=q, after=after, limit=limit))
 
 
 def export_csv_page(tx: Transaction, columns: tuple[str, ...], *, now: datetime,
-                    status: str | None = None, since: datetime | None = None,
+                    status: str | None = None, decline_class: str | None = None,
+                    since: datetime | None = None, q: str | None = None,
                     after: tuple[datetime, str] | None = None, limit: int = 1000) -> dict[str, Any]:
     """The same page as export_csv_lines, joined by Postgres into one ``text`` (one row to read,
     not ``limit``), with its row count ``rows`` and its last row's keyset (``at_us``, ``case_id``)."""
@@ -495,8 +523,8 @@ def export_csv_page(tx: Transaction, columns: tuple[str, ...], *, now: datetime,
         " (array_agg(y.at_us ORDER BY y.n DESC))[1] AS at_us,"
         " (array_agg(y.case_id ORDER BY y.n DESC))[1] AS case_id"
         " FROM (SELECT row_number() OVER () AS n, z.* FROM (" + _export_lines_sql(columns) + ") z) y",
-        status=status, since=since, now=now, q=None, after_at=after[0] if after else None,
-        after_id=after[1] if after else None, limit=limit)
+        **_filter_params(now=now, status=status, decline_class=decline_class, since=since, q=q,
+                         after=after, limit=limit))
     assert row is not None
     return row
 
@@ -518,8 +546,10 @@ EXPORT_SETTING_PREFIX = "rebound.export_"
 # _CASE_FILTERS for the parameterised queries): an unknown one is refused, never ignored.
 EXPORT_COPY_FILTERS: dict[str, str] = {
     "status": "status = current_setting('rebound.export_status')",
+    "decline_class": "decline_class = current_setting('rebound.export_decline_class')",
     "since": "first_failure_at >= CAST(current_setting('rebound.export_since') AS timestamptz)"
              " AND first_failure_at <= CAST(current_setting('rebound.export_now') AS timestamptz)",
+    # q is the search text, as the list takes it: a membership or user id or a prefix of one.
     "q": "(membership_id LIKE current_setting('rebound.export_q')"
          " OR user_id LIKE current_setting('rebound.export_q'))",
 }
@@ -600,6 +630,8 @@ def copy_export_rows(tx: Transaction, columns: tuple[str, ...], sink: SupportsWr
     unknown = set(given) - set(EXPORT_COPY_FILTERS)
     if unknown:
         raise ValueError(f"export filters without a COPY form: {', '.join(sorted(unknown))}")
+    if "q" in given:
+        given["q"] = like_prefix(given["q"])  # as _filter_params does for the list
     settings = {"now": now, **given, "limit": limit,
                 "after_at": after[0] if after else _NO_CURSOR[0],
                 "after_id": after[1] if after else _NO_CURSOR[1]}

@@ -15,7 +15,9 @@ Steps, each printed before it runs (``--dry-run`` prints them and runs none, tou
  5. Create a change set (CREATE for a new stack, UPDATE otherwise; CAPABILITY_IAM and
     CAPABILITY_AUTO_EXPAND for the SAM transform), wait for it, print its changes, execute it,
     wait for the stack. A change set with no changes is deleted and the deploy goes on.
- 6. Smoke test: ``GET {EndpointURL}api/health`` and ``?type=database`` must answer 200 ``ok``.
+ 6. Smoke test: ``GET {EndpointURL}api/health`` and ``?type=database`` must answer 200 ``ok``;
+    the deep check carries ``Authorization: Bearer`` with the stack's generated health secret
+    (output ``HealthSecretArn``, read from Secrets Manager; never printed).
 
 The parameters file is JSON ``{"ParameterKey": "value", ...}`` (lists as comma-separated
 strings), e.g. the secret ARNs, WhopAppId, PublicBaseUrl, SubnetIds, SecurityGroupIds.
@@ -154,12 +156,21 @@ def stack_output(cfn: Any, stack: str, key: str) -> str:
 # --- 6: smoke test -------------------------------------------------------------------------------
 
 
-def smoke(endpoint: str, timeout_s: float = 10.0) -> None:
+def health_bearer(cfn: Any, secrets: Any, stack: str) -> str:
+    """The deep health checks' bearer: the secret the template generated for the health function."""
+    arn = stack_output(cfn, stack, "HealthSecretArn")
+    return str(secrets.get_secret_value(SecretId=arn)["SecretString"])
+
+
+def smoke(endpoint: str, bearer: str | None = None, timeout_s: float = 10.0) -> None:
     base = endpoint if endpoint.endswith("/") else endpoint + "/"
     for query in ("", "?type=database"):
         url = f"{base}api/health{query}"
+        # Liveness is public; the deep check needs the bearer (chalicelib/health.py).
+        headers = {"Authorization": f"Bearer {bearer}"} if query and bearer else {}
         try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - our URL
+            request = urllib.request.Request(url, headers=headers)  # noqa: S310 - our URL
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - our URL
                 status, body = response.status, json.loads(response.read() or b"{}")
         except urllib.error.HTTPError as exc:
             raise DeployError(f"smoke test: {url} answered {exc.code}") from None
@@ -188,7 +199,10 @@ def plan(args: argparse.Namespace, clients: Callable[[], tuple[Any, Any]]) -> li
 
     def check() -> None:
         _, cfn = clients()
-        smoke(stack_output(cfn, stack, "EndpointURL"))
+        import boto3
+
+        secrets = boto3.client("secretsmanager", region_name=cfn.meta.region_name)
+        smoke(stack_output(cfn, stack, "EndpointURL"), health_bearer(cfn, secrets, stack))
 
     def gate() -> None:
         state["pending"] = "yes" if migrations_pending() else ""

@@ -16,7 +16,6 @@ member's cases: that is what erasure means. Output is JSON counts, never row con
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -25,7 +24,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from chalicelib.db import Database, get_database, tenant_transaction  # noqa: E402
-from scripts.purge_company import BadArgument, check_id  # noqa: E402
+from scripts.purge_company import check_id, report  # noqa: E402
 
 # The member's memberships in this company, from cases and events (the tenant transaction scopes it).
 _MEMBERSHIPS = ("SELECT membership_id FROM recovery_cases WHERE user_id = :u"
@@ -61,14 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("user_id")
     parser.add_argument("--dry-run", action="store_true", help="count the rows, change nothing")
     args = parser.parse_args(argv)
-    try:
-        counts = forget_member(args.company_id, args.user_id, args.dry_run)
-    except BadArgument as exc:
-        print(f"forget_member: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps({"company_id": args.company_id, "dry_run": args.dry_run,
-                      "would_delete" if args.dry_run else "deleted": counts}, sort_keys=True))
-    return 0
+    return report("forget_member", args.company_id, args.dry_run,
+                  lambda: forget_member(args.company_id, args.user_id, args.dry_run))
 
 
 if __name__ == "__main__":

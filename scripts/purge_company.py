@@ -17,6 +17,7 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,13 +91,20 @@ def main(argv: list[str] | None = None) -> int:
         print("purge_company: this deletes every row of the company; run with --dry-run first, "
               "then again with --yes", file=sys.stderr)
         return 2
+    return report("purge_company", args.company_id, args.dry_run,
+                  lambda: purge_company(args.company_id, args.dry_run))
+
+
+def report(tool: str, company_id: str, dry_run: bool, work: Callable[[], dict[str, int]]) -> int:
+    """The erasure tools' common ending: JSON counts on stdout (never row contents), or the
+    argument error on stderr with exit status 2."""
     try:
-        counts = purge_company(args.company_id, args.dry_run)
+        counts = work()
     except BadArgument as exc:
-        print(f"purge_company: {exc}", file=sys.stderr)
+        print(f"{tool}: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({"company_id": args.company_id, "dry_run": args.dry_run,
-                      "would_delete" if args.dry_run else "deleted": counts}, sort_keys=True))
+    print(json.dumps({"company_id": company_id, "dry_run": dry_run,
+                      "would_delete" if dry_run else "deleted": counts}, sort_keys=True))
     return 0
 
 

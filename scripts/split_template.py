@@ -22,6 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# The metric names the dashboard lists come from the code that emits them (fixed sets).
+from chalicelib.effects import SEND_CHANNELS, SEND_OUTCOMES
+from chalicelib.ingest import type_label
+from chalicelib.models import EventType
+
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS_FILE = ROOT / "infra" / "functions.toml"
 
@@ -31,6 +36,9 @@ SECRET_PARAMETERS = {
     "WHOP_API_KEY": "WhopApiKeySecretArn",
     "WHOP_WEBHOOK_SECRET": "WhopWebhookSecretArn",
     "SCHEDULER_SECRET": "SchedulerSecretArn",
+    # Not a parameter: the template generates this secret (infra/merge-template.json, HealthSecret);
+    # a Ref to it is its ARN all the same.
+    "HEALTH_SECRET": "HealthSecret",
 }
 # Secrets a function may run without (the route answers 404 when unset): never "required".
 OPTIONAL_SECRETS = {"SCHEDULER_SECRET"}
@@ -47,11 +55,11 @@ VPC_ACTIONS = ["ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces",
                "ec2:DeleteNetworkInterface", "ec2:AssignPrivateIpAddresses",
                "ec2:UnassignPrivateIpAddresses"]
 HANDLER_IDS = {"process_events": "ProcessEvents", "process_reminders": "ProcessReminders"}
-# The webhook route's rejections (webhooks.verify reasons) plus malformed bodies: a spike means
-# a wrong secret after rotation, a clock problem, or someone probing the endpoint.
+# The webhook route's rejections (webhooks.verify reasons, all 401): a spike means a wrong secret
+# after rotation, a clock problem, or someone probing the endpoint.
+# (A signed but unusable body is acknowledged, Webhook_ignored_unusable: Whop did nothing wrong.)
 WEBHOOK_REJECTIONS = ("Webhook_rejected_missing_headers", "Webhook_rejected_bad_timestamp",
-                      "Webhook_rejected_stale_timestamp", "Webhook_rejected_bad_signature",
-                      "Webhook_malformed")
+                      "Webhook_rejected_stale_timestamp", "Webhook_rejected_bad_signature")
 
 
 class SettingsError(ValueError):
@@ -380,7 +388,7 @@ def metric_alarms(settings: FunctionSettings, namespace: str, api: str, stage: s
         "WebhookRejectedSpikeAlarm": {
             "Type": "AWS::CloudWatch::Alarm",
             "Properties": {
-                "AlarmDescription": "Over 20 webhooks refused (401/400) in 5 minutes: secret rotated on "
+                "AlarmDescription": "Over 20 webhooks refused (401) in 5 minutes: secret rotated on "
                                     "one side only, clock skew, or probing (docs/runbook.md)",
                 "Metrics": [*rejected, {"Id": "rejected", "Expression": f"SUM([{ids}])",
                                         "Label": "webhooks refused", "ReturnData": True}],
@@ -449,6 +457,8 @@ def _widget(title: str, metrics: list[list[Any]], x: int, y: int, period: int = 
 def dashboard(plans: list[FunctionPlan], namespace: str, api: str, stage: str) -> dict[str, Any]:
     webhook_outcomes = ["Webhook_queued", "Webhook_ignored", "Webhook_ignored_unusable",
                         *WEBHOOK_REJECTIONS, "Webhook_too_large", "Webhook_queue_unavailable"]
+    webhook_types = [f"WebhookType_{type_label(t)}" for t in (*EventType, None)]
+    sends = [f"Send_{channel}_{outcome}" for channel in SEND_CHANNELS for outcome in SEND_OUTCOMES]
     queues = [["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", "${EventsQueue.QueueName}"],
               ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName",
                "${EventsDeadLetterQueue.QueueName}"],
@@ -460,30 +470,38 @@ def dashboard(plans: list[FunctionPlan], namespace: str, api: str, stage: str) -
               for p in plans]
     widgets = [
         _widget("Webhooks by outcome", _custom(namespace, webhook_outcomes), 0, 0),
-        _widget("Events queue: depth, DLQ, oldest message (s)", queues, 12, 0),
+        _widget("Webhooks by type (accepted)", _custom(namespace, webhook_types), 12, 0),
+        _widget("Events queue: depth, DLQ, oldest message (s)", queues, 0, 6),
         _widget("Processing: events by outcome", _custom(
             namespace, ["EventsApplied", "EventsDuplicate", "EventsIgnored", "EventsPoisoned",
-             "EventRecordsFailed"]), 0, 6),
+                        "EventRecordsFailed"]), 12, 6),
         _widget("Processing latency (process_events, ms)", [
             ["AWS/Lambda", "Duration", "FunctionName", "${ProcessEvents}", {"stat": "p50"}],
-            ["AWS/Lambda", "Duration", "FunctionName", "${ProcessEvents}", {"stat": "p99"}]], 12, 6),
-        _widget("Sends by outcome", _custom(
+            ["AWS/Lambda", "Duration", "FunctionName", "${ProcessEvents}", {"stat": "p99"}]], 0, 12),
+        _widget("Sends by outcome, Whop trouble", _custom(
             namespace, ["EffectsSent", "EffectsFailed", "EffectsRetrying", "EffectsDeferred",
-                        "EffectsSkipped", "WhopRateLimited", "WhopUnavailable", "WhopAuthRefused"]), 0, 12),
+                        "EffectsSkipped", "WhopRateLimited", "WhopUnavailable", "WhopAuthRefused"]), 12, 12),
+        _widget("Sends by channel and outcome", _custom(namespace, sends), 0, 18),
         _widget("Reminders per tick",
-                _custom(namespace, ["RemindersDue", "RemindersOwed", "CasesExpired"]), 12, 12),
-        _widget("Cases opened, nudges, clicks", _custom(
-            namespace, ["CasesOpened", "ManualNudges", "LinkClick_redirect"]), 0, 18),
-        _widget("Tick duration (ms)", _custom(namespace, ["TickDurationMs"], "Maximum"), 12, 18),
+                _custom(namespace, ["RemindersDue", "RemindersOwed", "CasesExpired"]), 12, 18),
+        _widget("Cases opened and recovered, manual nudges, link clicks", _custom(
+            namespace, ["CasesOpened", "CasesRecovered", "ManualNudges", "LinkClick_redirect"]), 0, 24),
+        _widget("Tick duration (ms)", _custom(namespace, ["TickDurationMs"], "Maximum"), 12, 24),
         _widget("API: 4xx, 5xx, latency", [
             ["AWS/ApiGateway", "4XXError", "ApiName", api, "Stage", stage, {"stat": "Sum"}],
             ["AWS/ApiGateway", "5XXError", "ApiName", api, "Stage", stage, {"stat": "Sum"}],
             ["AWS/ApiGateway", "Latency", "ApiName", api, "Stage", stage,
-             {"stat": "p99", "yAxis": "right"}]], 0, 24),
-        _widget("Duration per function (p99, ms)", durations, 12, 24),
-        _widget("Errors per function", errors, 0, 30),
+             {"stat": "p99", "yAxis": "right"}]], 0, 30),
+        _widget("Duration per function (p99, ms)", durations, 12, 30),
+        _widget("Errors per function", errors, 0, 36),
     ]
     body = json.dumps({"widgets": widgets}, separators=(",", ":"))
     return {"Type": "AWS::CloudWatch::Dashboard",
             "Properties": {"DashboardName": {"Fn::Sub": "${AWS::StackName}"},
                            "DashboardBody": {"Fn::Sub": body}}}
+
+
+def dashboard_metric_names(template: Mapping[str, Any], namespace: str = "Rebound") -> set[str]:
+    """The metric names in our namespace the dashboard shows (for tests and docs)."""
+    body = json.loads(template["Resources"]["OperationsDashboard"]["Properties"]["DashboardBody"]["Fn::Sub"])
+    return {str(m[1]) for w in body["widgets"] for m in w["properties"]["metrics"] if m[0] == namespace}

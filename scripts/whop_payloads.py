@@ -57,9 +57,10 @@ def payment_event(kind: str, *, company: str = "biz_alpha", membership: str = "m
 
 
 def membership_event(kind: str, *, company: str = "biz_alpha", membership: str = "mem_1",
-                     at: datetime, msg_id: str | None = None, **fields: Any) -> tuple[str, bytes]:
+                     at: datetime, msg_id: str | None = None, user: str = "user_1",
+                     **fields: Any) -> tuple[str, bytes]:
     msg_id = msg_id or f"msg_{uuid.uuid4().hex[:24]}"
-    data = {"id": membership, "status": fields.pop("status", "active"), "user": {"id": "user_1"},
+    data = {"id": membership, "status": fields.pop("status", "active"), "user": {"id": user},
             "company": {"id": company}, "manage_url": f"https://whop.com/orders/{membership}/manage",
             **fields}
     envelope = {"id": msg_id, "api_version": "v1", "timestamp": iso(at), "type": kind,

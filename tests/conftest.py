@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -87,3 +88,26 @@ def database(local_database: localdb.LocalDatabase, owner: Owner,
     db.reset_database()
     config.reset_config()
     owner.run("TRUNCATE " + ", ".join(TENANT_TABLES + OPS_TABLES) + " CASCADE")
+
+
+HEALTH_SECRET = "health-test-secret"
+HEALTH_SCHEDULER_SECRET = "scheduler-secret-for-tests"
+
+
+@pytest.fixture
+def health_client(database: db.Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The app's test client with both secrets that open health's deep checks set, and
+    the deep-check cache empty before and after."""
+    from chalice.test import Client
+
+    from app import app
+    from chalicelib import config, health
+
+    monkeypatch.setenv("HEALTH_SECRET", HEALTH_SECRET)
+    monkeypatch.setenv("SCHEDULER_SECRET", HEALTH_SCHEDULER_SECRET)
+    config.reset_config()
+    health.deep_cache.clear()
+    with Client(app) as c:
+        yield c
+    health.deep_cache.clear()
+    config.reset_config()

@@ -124,6 +124,24 @@ def test_stack_output_is_read_or_named_missing(aws: tuple[Any, Any]) -> None:
         deploy.stack_output(cfn, "rebound-out", "Missing")
 
 
+def test_the_smoke_tests_bearer_is_the_stacks_generated_health_secret(aws: tuple[Any, Any]) -> None:
+    _, cfn = aws
+    # moto's CloudFormation cannot generate a secret: make it, and let the stack output its ARN
+    # as the real template's HealthSecretArn output does.
+    secrets = boto3.client("secretsmanager", region_name="us-east-1")
+    arn = secrets.create_secret(Name="rebound/health", SecretString="generated-48-chars")["ARN"]
+    template = {**QUEUE_TEMPLATE, "Parameters": {"Name": {"Type": "String"}, "Arn": {"Type": "String"}},
+                "Outputs": {"HealthSecretArn": {"Value": {"Ref": "Arn"}}}}
+    cfn.create_stack(StackName="rebound-health", TemplateBody=json.dumps(template),
+                     Parameters=[{"ParameterKey": "Name", "ParameterValue": "rebound-q5"},
+                                 {"ParameterKey": "Arn", "ParameterValue": arn}])
+    assert deploy.health_bearer(cfn, secrets, "rebound-health") == "generated-48-chars"
+    cfn.create_stack(StackName="rebound-old", TemplateBody=json.dumps(QUEUE_TEMPLATE),
+                     Parameters=[{"ParameterKey": "Name", "ParameterValue": "rebound-q4"}])
+    with pytest.raises(deploy.DeployError, match="no output HealthSecretArn"):
+        deploy.health_bearer(cfn, secrets, "rebound-old")
+
+
 def test_parameters_file_lists_become_comma_separated(tmp_path: Path) -> None:
     (tmp_path / "p.json").write_text(json.dumps({"SubnetIds": ["subnet-1", "subnet-2"], "Days": 30}))
     assert deploy.load_parameters(tmp_path / "p.json") == [
@@ -136,9 +154,12 @@ def test_parameters_file_lists_become_comma_separated(tmp_path: Path) -> None:
 
 class Health(BaseHTTPRequestHandler):
     answers: ClassVar[dict[str, tuple[int, dict[str, Any]]]] = {}
+    bearer: ClassVar[str] = "the-health-secret"
 
     def do_GET(self) -> None:
         status, body = self.answers.get(self.path, (404, {}))
+        if "type=" in self.path and self.headers.get("Authorization") != f"Bearer {self.bearer}":
+            status, body = 401, {"error": {"code": "unauthorized"}}  # as chalicelib/health.py
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -163,12 +184,16 @@ def health_server() -> Iterator[str]:
 def test_smoke_test_passes_only_when_both_checks_are_ok(health_server: str) -> None:
     Health.answers = {"/api/api/health": (200, {"status": "ok"}),
                       "/api/api/health?type=database": (200, {"status": "ok"})}
-    deploy.smoke(health_server)
+    deploy.smoke(health_server, Health.bearer)
+    with pytest.raises(deploy.DeployError, match="401"):
+        deploy.smoke(health_server)  # the deep check without the health secret
+    with pytest.raises(deploy.DeployError, match="401"):
+        deploy.smoke(health_server, "a-guess")
     Health.answers["/api/api/health?type=database"] = (503, {"status": "error"})
     with pytest.raises(deploy.DeployError, match="503"):
-        deploy.smoke(health_server)
+        deploy.smoke(health_server, Health.bearer)
     Health.answers["/api/api/health?type=database"] = (200, {"status": "degraded"})
     with pytest.raises(deploy.DeployError, match="degraded"):
-        deploy.smoke(health_server)
+        deploy.smoke(health_server, Health.bearer)
     with pytest.raises(deploy.DeployError, match="URLError"):
         deploy.smoke("http://127.0.0.1:9/api/")

@@ -12,9 +12,11 @@ from typing import Any
 import pytest
 from chalice.test import Client
 
+from chalicelib import config, effects, queue
+from chalicelib.observability import metrics
 from scripts import split_template as st
 from tests.conftest import ROOT, Owner
-from tests.helpers import payment_event
+from tests.helpers import membership_event, payment_event, sign
 from tests.test_pipeline import NOW, Pipeline, pipeline  # noqa: F401 - the fixture is used by name
 
 # Named in alarms, emitted once issue 8 (lead) merges: see test_issue8_alarm_metrics_are_emitted.
@@ -42,13 +44,18 @@ def metric_values(docs: list[dict[str, Any]]) -> dict[str, float]:
     return values
 
 
+def has(values: dict[str, float], expected: dict[str, float]) -> bool:
+    """These metrics, with exactly these values (others may be there too)."""
+    return {name: values.get(name) for name in expected} == expected
+
+
 def test_accepted_webhook_and_applied_event_emit_their_metrics(
         pipeline: Pipeline, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
     capsys.readouterr()
     msg_id, body = payment_event("payment.failed", at=NOW - timedelta(hours=1), company="biz_alpha")
     assert pipeline.deliver(msg_id, body).status_code == 200
     accepted = metric_values(emf(capsys.readouterr().out))
-    assert accepted == {"Webhook_queued": 1}
+    assert accepted == {"Webhook_queued": 1, "WebhookType_payment_failed": 1}
 
     assert pipeline.drain() == (1, 0)
     applied = metric_values(emf(capsys.readouterr().out))
@@ -106,6 +113,25 @@ def test_a_send_that_whop_refuses_emits_effects_failed(pipeline: Pipeline, owner
         c.lambda_.invoke("process_reminders", event)
     values = metric_values(emf(capsys.readouterr().out))
     assert values["EffectsFailed"] >= 1 and values["EffectsSent"] == 0
+
+
+def test_a_case_whose_payment_succeeded_before_its_failure_arrived_counts_as_recovered(
+        pipeline: Pipeline, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    # Whop's deliveries can arrive out of order: the case opens already recovered.
+    pipeline.deliver(*payment_event("payment.succeeded", at=NOW, membership="mem_order", payment="pay_o"))
+    pipeline.drain()
+    capsys.readouterr()
+    pipeline.deliver(*payment_event("payment.failed", at=NOW - timedelta(hours=1), membership="mem_order",
+                                    payment="pay_o"))
+    pipeline.drain()
+    values = metric_values(emf(capsys.readouterr().out))
+    assert has(values, {"EventsApplied": 1, "CasesOpened": 1, "CasesRecovered": 1})
+    # Another success notice for the same payment: the case is already recovered, not again.
+    pipeline.deliver(*payment_event("payment.succeeded", at=NOW, membership="mem_order", payment="pay_o",
+                                    msg_id="msg_order_again"))
+    pipeline.drain()
+    again = metric_values(emf(capsys.readouterr().out))
+    assert "CasesRecovered" not in again and "CasesOpened" not in again
 
 
 # --- alarms watch metrics the code emits ----------------------------------------------------------
@@ -198,3 +224,193 @@ def test_every_alarm_watches_a_metric_the_code_emits() -> None:
                for alarm, names in watched.items()}
     assert not any(missing.values()), missing
 
+
+
+# --- every dashboard and alarm metric is emitted by a path this test drives ----------------------
+
+
+def _deliver_signed(pipeline: Pipeline, event: tuple[str, bytes], **sign_kw: Any) -> Any:  # noqa: F811
+    msg_id, body = event
+    return pipeline.client.http.post("/webhooks/whop", body=body, headers=sign(body, msg_id, **sign_kw))
+
+
+def _tick() -> None:
+    from app import app
+
+    with Client(app) as c:
+        event = c.events.generate_cw_event(source="aws.events", detail_type="Scheduled Event",
+                                           detail={}, resources=[])
+        c.lambda_.invoke("process_reminders", event)
+
+
+def test_every_dashboard_and_alarm_metric_is_emitted_by_a_real_path(
+        pipeline: Pipeline, owner: Owner, capsys: pytest.CaptureFixture[str],  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One tour through the routes, the consumer, the executor (fake Whop) and the tick, reading
+    the EMF lines each prints. Every metric the packaged dashboard or an alarm reads must appear,
+    and no line may carry a dimension other than ``service`` (never a company or member id)."""
+    seen: dict[str, float] = {}
+
+    def take() -> dict[str, float]:
+        values = metric_values(emf(capsys.readouterr().out))  # asserts the dimensions
+        for name, value in values.items():
+            seen[name] = seen.get(name, 0) + value
+        return values
+
+    company = "biz_alpha"
+    owner.run("INSERT INTO creator_settings (company_id, incentive_days) VALUES (:c, 3)"
+              " ON CONFLICT (company_id) DO UPDATE SET incentive_days = 3", c=company)
+    for member in ("ok", "retry", "late"):
+        pipeline.whop.add_membership(f"mem_{member}", company_id=company, user_id=f"user_{member}")
+    capsys.readouterr()
+
+    # A failure accepted by the route, applied by the consumer; its T+0 sends all go out.
+    msg_id, failed = payment_event("payment.failed", at=NOW - timedelta(hours=1), membership="mem_ok",
+                                   user="user_ok", payment="pay_ok", recovery_url="https://whop.com/pay/ok")
+    assert pipeline.deliver(msg_id, failed).status_code == 200
+    assert take() == {"Webhook_queued": 1, "WebhookType_payment_failed": 1}
+    assert pipeline.drain() == (1, 0)
+    applied = take()
+    assert applied["EventsApplied"] == 1 and applied["CasesOpened"] == 1
+    assert has(applied, {"Send_push_sent": 1, "Send_dm_sent": 1, "Send_incentive_sent": 1})
+
+    # Whop redelivers it: accepted again, applied once.
+    assert pipeline.deliver(msg_id, failed).status_code == 200
+    pipeline.drain()
+    assert take()["EventsDuplicate"] == 1
+
+    # The member follows the link in the nudge, then pays: the case is recovered.
+    token = pipeline.rows(company, "SELECT link_token FROM recovery_cases WHERE membership_id = 'mem_ok'")
+    assert pipeline.client.http.get(f"/r/{token[0]['link_token']}").status_code == 302
+    assert take() == {"LinkClick_redirect": 1}
+    paid = payment_event("payment.succeeded", at=NOW, membership="mem_ok", user="user_ok",
+                            payment="pay_ok")
+    assert _deliver_signed(pipeline, paid).status_code == 200
+    assert take()["WebhookType_payment_succeeded"] == 1
+    pipeline.drain()
+    assert take()["CasesRecovered"] == 1
+
+    # Every other handled type, and one Rebound ignores ("other": never the raw type).
+    for kind in ("membership.activated", "membership.deactivated", "membership.cancel_at_period_end_changed"):
+        event = membership_event(kind, membership="mem_types", at=NOW)
+        assert _deliver_signed(pipeline, event).status_code == 200
+    event = payment_event("payment.requires_action", at=NOW, membership="mem_types", user="user_types")
+    assert _deliver_signed(pipeline, event).status_code == 200
+    assert _deliver_signed(pipeline, payment_event("refund.created", at=NOW)).status_code == 200
+    types = take()
+    assert types == {"Webhook_queued": 4, "Webhook_ignored": 1, "WebhookType_membership_activated": 1,
+                     "WebhookType_membership_deactivated": 1, "WebhookType_payment_requires_action": 1,
+                     "WebhookType_membership_cancel_at_period_end_changed": 1, "WebhookType_other": 1}
+
+    # Signed but unusable: acknowledged, kept as a poison record by the consumer.
+    assert _deliver_signed(pipeline, ("msg_unusable", b"not json \x00")).status_code == 200
+    assert take() == {"Webhook_ignored_unusable": 1}
+    pipeline.drain()
+    assert take()["EventsPoisoned"] == 1
+
+    # Refused by the route: each verification failure, a huge body, the queue down.
+    event = payment_event("payment.failed", at=NOW, membership="mem_never")
+    msg_id, body = event
+    assert pipeline.client.http.post("/webhooks/whop", body=body, headers={}).status_code == 401
+    headers = {**sign(body, msg_id), "webhook-timestamp": "soon"}
+    assert pipeline.deliver(msg_id, body, headers).status_code == 401
+    assert _deliver_signed(pipeline, event, at=NOW - timedelta(hours=1)).status_code == 401
+    assert _deliver_signed(pipeline, event, secret="ws_someone_else").status_code == 401
+    assert pipeline.deliver("msg_big", b"{" + b" " * (256 * 1024) + b"}").status_code == 413
+    assert take() == {"Webhook_rejected_missing_headers": 1, "Webhook_rejected_bad_timestamp": 1,
+                      "Webhook_rejected_stale_timestamp": 1, "Webhook_rejected_bad_signature": 1,
+                      "Webhook_too_large": 1}
+    monkeypatch.setenv("EVENTS_QUEUE_URL", pipeline.queues.queue_url + "-missing")
+    config.reset_config()
+    queue.reset_queue()
+    assert _deliver_signed(pipeline, event).status_code == 503
+    assert take() == {"Webhook_queue_unavailable": 1}
+    monkeypatch.setenv("EVENTS_QUEUE_URL", pipeline.queues.queue_url)
+    config.reset_config()
+    queue.reset_queue()
+
+    # Straight into the queue: a message from before the minimised format (an ignored type), and
+    # one we never wrote (it fails until the DLQ takes it).
+    legacy = {"webhook_id": {"DataType": "String", "StringValue": "msg_legacy"},
+              "received_at": {"DataType": "String", "StringValue": NOW.isoformat()}}
+    old_body = json.dumps({"id": "msg_legacy", "type": "refund.created", "data": {}})
+    url = pipeline.queues.queue_url
+    pipeline.sqs.send_message(QueueUrl=url, MessageAttributes=legacy, MessageBody=old_body)
+    pipeline.sqs.send_message(QueueUrl=url, MessageBody="{}")
+    pipeline.drain()
+    stray = take()
+    assert stray["EventsIgnored"] == 1 and stray["EventRecordsFailed"] >= 1
+
+    # Whop is down at T+0: every send retries; then it refuses them for good (a tick).
+    pipeline.whop.inject("POST", "/.*", "500", times=None)
+    event = payment_event("payment.failed", at=NOW - timedelta(hours=2), membership="mem_retry",
+                          user="user_retry", payment="pay_retry")
+    assert _deliver_signed(pipeline, event).status_code == 200
+    pipeline.drain()
+    retrying = take()
+    assert has(retrying, {"Send_push_retrying": 1, "Send_dm_retrying": 1, "Send_incentive_retrying": 1})
+    assert retrying["WhopUnavailable"] == 3
+    owner.run("UPDATE recovery_actions SET due_at = now() - interval '1 minute' WHERE status = 'pending'")
+    pipeline.whop.clear_faults()
+    pipeline.whop.inject("POST", "/.*", "422", times=None)
+    _tick()
+    refused = take()
+    assert has(refused, {"Send_push_failed": 1, "Send_dm_failed": 1, "Send_incentive_failed": 1})
+    assert refused["EffectsFailed"] == 3 and refused["TickCompleted"] == 1
+
+    # Another member, and Whop in trouble each its own way (our key refused for the push, rate
+    # limits on DMs, down for the incentive) until the case's 14 days pass: every retry given up.
+    pipeline.whop.clear_faults()
+    pipeline.whop.inject("POST", "/notifications", "401", times=None)
+    pipeline.whop.inject("POST", "/messages", "429", times=None)
+    pipeline.whop.inject("POST", "/memberships/.*", "500", times=None)
+    event = payment_event("payment.failed", at=NOW - timedelta(hours=3), membership="mem_late",
+                          user="user_late", payment="pay_late")
+    assert _deliver_signed(pipeline, event).status_code == 200
+    pipeline.drain()
+    trouble = take()
+    assert has(trouble, {"WhopAuthRefused": 1, "WhopRateLimited": 1, "WhopUnavailable": 1})
+    stats = effects.execute_owed(effects.default_context(), company, NOW + timedelta(days=15))
+    metrics.flush_metrics()
+    late = take()
+    assert stats.skipped == 3
+    assert has(late, {"Send_push_skipped": 1, "Send_dm_skipped": 1, "Send_incentive_skipped": 1})
+    assert late["EffectsAbandoned"] == 3
+
+    # A creator's manual nudge (the tracked-link case is recovered: nudge the refused one).
+    pipeline.whop.clear_faults()
+    pipeline.whop.set_access("user_admin", company, "admin")
+    case_id = pipeline.rows(company, "SELECT id::text FROM recovery_cases WHERE membership_id = 'mem_retry'")
+    resp = pipeline.client.http.post(
+        f"/api/companies/{company}/cases/{case_id[0]['id']}/nudge", body=b"",
+        headers={"x-whop-user-token": pipeline.whop.mint_user_token("user_admin"),
+                 "content-type": "application/json"})
+    assert resp.status_code == 200, resp.body
+    assert take()["ManualNudges"] == 1
+
+    # What the packaged dashboard and alarms read (the same functions `make package` calls).
+    from app import app
+
+    template = st.split(chalice_template(), st.app_routes(app), st.load_settings())
+    shown = st.dashboard_metric_names(template, "Rebound")
+    alarmed = set().union(*st.alarm_metric_names(template, "Rebound").values())
+    assert len(shown) >= 40 and {"CasesRecovered", "WebhookType_other", "Send_incentive_failed"} <= shown
+    assert sorted((shown | alarmed) - set(seen)) == []
+
+
+def chalice_template() -> dict[str, Any]:
+    """The smallest template ``split`` accepts: what ``chalice package`` gives, without running it."""
+    from app import app
+
+    paths: dict[str, Any] = {}
+    for route in st.app_routes(app):
+        paths.setdefault(route.path, {})[route.method.lower()] = {
+            "x-amazon-apigateway-integration": {"uri": "chalice"}}
+    function = {"Type": "AWS::Serverless::Function", "Properties": {
+        "Handler": "app.app", "Environment": {"Variables": {"POWERTOOLS_METRICS_NAMESPACE": "Rebound"}}}}
+    return {"Resources": {
+        "APIHandler": function,
+        "ProcessEvents": json.loads(json.dumps(function)),
+        "ProcessReminders": json.loads(json.dumps(function)),
+        "RestAPI": {"Type": "AWS::Serverless::Api", "Properties": {
+            "StageName": "api", "DefinitionBody": {"info": {"title": "rebound"}, "paths": paths}}}}}

@@ -87,7 +87,14 @@ def test_creator_operations_document_auth_errors_parameters_and_rate_limits() ->
     export = DOC["paths"]["/api/companies/{company_id}/cases/export.csv"]["get"]
     assert "X-Export-Next-Cursor" in export["description"]
     assert "X-Export-Next-Cursor" in export["responses"]["200"]["headers"]
-    assert {p["name"] for p in export["parameters"]} == {"company_id", "status", "window_days", "cursor"}
+    filters = {"company_id", "status", "decline_class", "window_days", "q", "cursor"}
+    assert {p["name"] for p in export["parameters"]} == filters  # the list's filters (issue 11)
+    listing = DOC["paths"]["/api/companies/{company_id}/cases"]["get"]
+    assert {p["name"] for p in listing["parameters"]} == filters | {"limit"}
+    decline = next(p for p in listing["parameters"] if p["name"] == "decline_class")
+    assert decline["schema"]["enum"] == ["card_hard", "card_soft", "authentication", "unknown"]
+    item = DOC["components"]["schemas"]["CaseListItem"]
+    assert {"nudges_sent", "last_action_at"} <= set(item["required"])
     kpis = DOC["paths"]["/api/companies/{company_id}/kpis"]["get"]
     assert "denominator" in kpis["description"]
     window = next(p for p in kpis["parameters"] if p["name"] == "window_days")

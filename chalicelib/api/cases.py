@@ -15,9 +15,10 @@ from chalicelib import store
 from chalicelib.api import CreatorContext
 from chalicelib.api.schemas import (
     CaseDetail,
+    CaseFilters,
     CaseList,
+    CaseListItem,
     CaseListQuery,
-    CaseSummary,
     ExportQuery,
     TimelineItem,
 )
@@ -80,6 +81,12 @@ def _since(now: datetime, window_days: int | None) -> datetime | None:
     return now - timedelta(days=window_days) if window_days is not None else None
 
 
+def _filters(query: CaseFilters, now: datetime) -> dict[str, Any]:
+    """The store's filter arguments for a list or export query: both read the same ones."""
+    return {"now": now, "status": query.status, "decline_class": query.decline_class,
+            "since": _since(now, query.window_days), "q": query.q}
+
+
 # --- list and detail ----------------------------------------------------------------------------
 
 
@@ -88,10 +95,8 @@ def list_cases(ctx: CreatorContext) -> CaseList:
     after = decode_cursor(query.cursor) if query.cursor else None
     with tenant_transaction(ctx.company_id) as tx:
         # One row more than asked tells whether another page exists.
-        rows = store.list_cases(tx, now=ctx.now, status=query.status,
-                                since=_since(ctx.now, query.window_days), q=query.q, after=after,
-                                limit=query.limit + 1)
-    items = [CaseSummary.model_validate(r) for r in rows[:query.limit]]
+        rows = store.list_cases(tx, **_filters(query, ctx.now), after=after, limit=query.limit + 1)
+    items = [CaseListItem.model_validate(r) for r in rows[:query.limit]]
     more = len(rows) > query.limit
     next_cursor = encode_cursor(items[-1].first_failure_at, items[-1].id) if more and items else None
     return CaseList(items=items, next_cursor=next_cursor)
@@ -217,12 +222,10 @@ def _export_body(tx: Transaction, query: ExportQuery, now: datetime,
     planned once, and rows past the budget are few.
     """
     body = _ExportBody(",".join(EXPORT_COLUMNS) + "\r\n")
-    # The export's filters by name (None: not filtered).
-    filters: dict[str, Any] = {"status": query.status, "since": _since(now, query.window_days)}
+    filters = _filters(query, now)  # the list's filters: an export holds what the list shows
     limit = EXPORT_PAGE_ROWS
     while True:
-        copied = store.copy_export_rows(tx, EXPORT_COLUMNS, body, now=now, after=after, limit=limit,
-                                        **filters)
+        copied = store.copy_export_rows(tx, EXPORT_COLUMNS, body, after=after, limit=limit, **filters)
         body.flush()
         after = body.keyset() or after
         if body.full:
@@ -234,7 +237,9 @@ def _export_body(tx: Transaction, query: ExportQuery, now: datetime,
 
 
 def export_csv(ctx: CreatorContext) -> Response:
-    """The company's cases as CSV, newest first, read in keyset pages of ``EXPORT_PAGE_ROWS``.
+    """The company's cases as CSV, newest first, read in keyset pages of ``EXPORT_PAGE_ROWS``,
+    filtered like the list (status, decline class, window, search), so a download holds exactly
+    the cases the dashboard lists.
 
     Stops before the body would pass ``EXPORT_MAX_BYTES`` and returns what fits, with the
     ``X-Export-Next-Cursor`` header: the same request with ``?cursor=`` returns the rest.

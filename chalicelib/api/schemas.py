@@ -191,25 +191,27 @@ class KpiQuery(BaseModel):
 # --- cases --------------------------------------------------------------------------------------
 
 
-class CaseListQuery(BaseModel):
+class CaseFilters(BaseModel):
+    """The filters the list and the export share, so "Export CSV" exports what the list shows."""
+
     model_config = ConfigDict(extra="ignore")
 
     status: StatusFilter | None = Field(default=None, description="Only cases in this status.")
+    decline_class: DeclineClass | None = Field(default=None, description=(
+        "Only cases of this decline class: card_hard, card_soft, authentication or unknown."))
     window_days: int | None = Field(default=None, ge=1, le=365,
                                     description="Only cases whose first failure lies in the last N days.")
     q: PlainText | None = Field(default=None, min_length=1, max_length=255,
-                          description="A membership id or user id, exact or a prefix of it.")
+                                description="A membership id or user id, exact or a prefix of it.")
+
+
+class CaseListQuery(CaseFilters):
     limit: int = Field(default=25, ge=1, le=100, description="Page size (1–100).")
     cursor: PlainText | None = Field(default=None, max_length=200,
                                      description="next_cursor of the previous page (opaque).")
 
 
-class ExportQuery(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    status: StatusFilter | None = Field(default=None, description="Only cases in this status.")
-    window_days: int | None = Field(default=None, ge=1, le=365,
-                                    description="Only cases whose first failure lies in the last N days.")
+class ExportQuery(CaseFilters):
     cursor: PlainText | None = Field(default=None, max_length=200,
                                      description="The X-Export-Next-Cursor of the previous part (opaque).")
 
@@ -250,8 +252,20 @@ class CaseSummary(BaseModel):
         "(the bank asks the member to confirm) or unknown."))
 
 
+class CaseListItem(CaseSummary):
+    """A case as the list shows it: the summary and what has been done on it so far."""
+
+    nudges_sent: int = Field(ge=0, description=(
+        "Messages that reached Whop for this case: automatic nudges, reminders and manual nudges, "
+        "push and DM each counted (a nudge sent as a push and a DM is 2). The export's column of "
+        "the same name."))
+    last_action_at: AwareDatetime | None = Field(description=(
+        "When the newest message was sent or a creator last acted on the case (nudge, cancel, "
+        "membership cancel or terminate, whatever its outcome); null if neither has happened."))
+
+
 class CaseList(BaseModel):
-    items: list[CaseSummary]
+    items: list[CaseListItem]
     next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page.")
 
 

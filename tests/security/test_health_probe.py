@@ -4,7 +4,6 @@ the deep checks need the bearer secret (or an operator setting) and are cached."
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 from chalice.test import Client
@@ -12,26 +11,13 @@ from chalice.test import Client
 from chalicelib import config, db, health
 from chalicelib.db import Database
 from chalicelib.health import DatabaseHealth, DeepCheckCache
+from tests.conftest import HEALTH_SCHEDULER_SECRET, HEALTH_SECRET
 
-SECRET = "health-secret-for-tests"
-
-
-@pytest.fixture
-def client(database: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Client]:
-    from app import app
-
-    monkeypatch.setenv("HEALTH_SECRET", SECRET)
-    monkeypatch.setenv("SCHEDULER_SECRET", "scheduler-secret-for-tests")
-    config.reset_config()
-    health.deep_cache.clear()
-    with Client(app) as c:
-        yield c
-    health.deep_cache.clear()
-    config.reset_config()
+SECRET = HEALTH_SECRET
 
 
-def test_liveness_tells_nothing_about_version_environment_or_schema(client: Client) -> None:
-    resp = client.http.get("/api/health")
+def test_liveness_tells_nothing_about_version_environment_or_schema(health_client: Client) -> None:
+    resp = health_client.http.get("/api/health")
     body = json.loads(resp.body)
     assert resp.status_code == 200 and set(body) == {"status", "check", "uptime_s"}
     text = resp.body.decode()
@@ -42,43 +28,43 @@ def test_liveness_tells_nothing_about_version_environment_or_schema(client: Clie
 @pytest.mark.parametrize("check", ["database", "webhook"])
 @pytest.mark.parametrize("authorization", [None, "Bearer wrong", f"Basic {SECRET}", f"Bearer {SECRET}x",
                                            f"bearer {SECRET}", "Bearer "])
-def test_deep_checks_need_the_bearer_secret(client: Client, monkeypatch: pytest.MonkeyPatch, check: str,
-                                            authorization: str | None) -> None:
+def test_deep_checks_need_the_bearer_secret(health_client: Client, monkeypatch: pytest.MonkeyPatch,
+                                            check: str, authorization: str | None) -> None:
     def no_probe() -> None:
         raise AssertionError("an unauthenticated call must not reach the database or SQS")
 
     monkeypatch.setattr(health, "database_health", lambda _db: no_probe())
     monkeypatch.setattr(health, "webhook_health", lambda _cfg, _q: no_probe())
     headers = {"authorization": authorization} if authorization is not None else {}
-    resp = client.http.get(f"/api/health?type={check}", headers=headers)
+    resp = health_client.http.get(f"/api/health?type={check}", headers=headers)
     assert resp.status_code == 401
     assert json.loads(resp.body)["error"]["code"] == "unauthorized"
 
 
-@pytest.mark.parametrize("secret", [SECRET, "scheduler-secret-for-tests"])
-def test_the_health_or_scheduler_secret_opens_the_deep_checks(client: Client, secret: str) -> None:
-    resp = client.http.get("/api/health?type=database", headers={"authorization": f"Bearer {secret}"})
+@pytest.mark.parametrize("secret", [SECRET, HEALTH_SCHEDULER_SECRET])
+def test_the_health_or_scheduler_secret_opens_the_deep_checks(health_client: Client, secret: str) -> None:
+    resp = health_client.http.get("/api/health?type=database", headers={"authorization": f"Bearer {secret}"})
     assert resp.status_code == 200 and json.loads(resp.body)["reachable"] is True
 
 
-def test_an_operator_may_open_the_deep_checks(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_operator_may_open_the_deep_checks(health_client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HEALTH_PUBLIC", "true")
     config.reset_config()
     config.get_config()
-    assert client.http.get("/api/health?type=database").status_code == 200
+    assert health_client.http.get("/api/health?type=database").status_code == 200
 
 
-def test_with_no_secret_configured_the_deep_checks_stay_closed(client: Client,
+def test_with_no_secret_configured_the_deep_checks_stay_closed(health_client: Client,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HEALTH_SECRET")
     monkeypatch.delenv("SCHEDULER_SECRET")
     config.reset_config()
     config.get_config()
-    resp = client.http.get("/api/health?type=database", headers={"authorization": "Bearer "})
+    resp = health_client.http.get("/api/health?type=database", headers={"authorization": "Bearer "})
     assert resp.status_code == 401
 
 
-def test_deep_answers_are_cached_so_a_flood_costs_one_probe(client: Client,
+def test_deep_answers_are_cached_so_a_flood_costs_one_probe(health_client: Client,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     probes: list[object] = []
     real = health.database_health
@@ -89,7 +75,8 @@ def test_deep_answers_are_cached_so_a_flood_costs_one_probe(client: Client,
 
     monkeypatch.setattr(health, "database_health", counted)
     for _ in range(25):
-        resp = client.http.get("/api/health?type=database", headers={"authorization": f"Bearer {SECRET}"})
+        resp = health_client.http.get("/api/health?type=database",
+                                      headers={"authorization": f"Bearer {SECRET}"})
         assert resp.status_code == 200
     assert len(probes) == 1
 
@@ -105,11 +92,12 @@ def test_the_cache_expires() -> None:
     assert cache.probes == 2
 
 
-def test_an_unreachable_database_is_cached_as_unhealthy_too(client: Client, monkeypatch: pytest.MonkeyPatch,
+def test_an_unreachable_database_is_cached_as_unhealthy_too(health_client: Client,
+                                                             monkeypatch: pytest.MonkeyPatch,
                                                              tmp_path: object) -> None:
     monkeypatch.setenv("DATABASE_URL", f"postgresql://nobody@/rebound?host={tmp_path}")
     config.reset_config()
     db.reset_database()
     auth = {"authorization": f"Bearer {SECRET}"}
-    assert client.http.get("/api/health?type=database", headers=auth).status_code == 503
-    assert client.http.get("/api/health?type=database", headers=auth).status_code == 503
+    assert health_client.http.get("/api/health?type=database", headers=auth).status_code == 503
+    assert health_client.http.get("/api/health?type=database", headers=auth).status_code == 503

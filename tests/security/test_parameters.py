@@ -42,7 +42,8 @@ QUERY_PARAMS: list[tuple[str, str]] = [
     (f"{C}/cases", "q"), (f"{C}/cases", "cursor"), (f"{C}/cases", "status"), (f"{C}/cases", "limit"),
     (f"{C}/cases", "window_days"), (f"{C}/cases/export.csv", "status"), (f"{C}/cases/export.csv", "cursor"),
     (f"{C}/cases/export.csv", "window_days"), (f"{C}/kpis", "window_days"), ("/api/health", "type"),
-    (f"{C}/kpis/cohorts", "weeks"),
+    (f"{C}/kpis/cohorts", "weeks"), (f"{C}/cases", "decline_class"),
+    (f"{C}/cases/export.csv", "decline_class"), (f"{C}/cases/export.csv", "q"),
 ]
 PATH_PARAMS: list[tuple[str, str, str]] = [
     ("GET", f"{C}/settings", "company_id"), ("GET", f"{C}/cases/{{case_id}}", "case_id"),
@@ -83,7 +84,11 @@ def test_the_lists_cover_every_documented_parameter() -> None:
 
 @pytest.mark.parametrize(("template", "param"), QUERY_PARAMS,
                          ids=[f"{t[len(C):] or t}?{p}" for t, p in QUERY_PARAMS])
-def test_hostile_query_values(api: Api, template: str, param: str) -> None:
+def test_hostile_query_values(api: Api, template: str, param: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from chalicelib import ratelimit
+
+    monkeypatch.setenv("RATE_LIMIT_EXPORT", "100")  # every hostile value reaches the export's handler
+    ratelimit.reset_limits()
     api.open_case()
     path = template.format(company_id=ALPHA)
     for name, value in HOSTILE:
@@ -93,6 +98,9 @@ def test_hostile_query_values(api: Api, template: str, param: str) -> None:
             assert resp.status_code == 400, (name, resp.body)
             fields = json.loads(resp.body)["error"]["fields"]
             assert list(fields) == [param] and "must not contain control characters" in fields[param]
+        if param == "decline_class":  # an enum: nothing hostile is one of its values
+            assert resp.status_code == 400, (name, resp.body)
+            assert "decline_class" in json.loads(resp.body)["error"].get("fields", {}), (name, resp.body)
     # the SQL never ran: the table is there and so is the case
     assert api.rows(ALPHA, "SELECT count(*) AS n FROM recovery_cases")[0]["n"] == 1
 
