@@ -48,18 +48,28 @@ class History:
     start: FoldStart | None = None  # None: payloads and cases are the membership's whole history
 
 
-# The latest episode the events closed before the new event: a creator's cancellation
-# (cancelled_by) does not count, since the fold still sees that episode open. A late event older
-# than the last episode's end so starts at an earlier one, or at the top when none ended before
-# it. Rows from before episode identity (no episode_webhook_id) are matched by position, which
-# needs the whole history: with any, the fold starts at the top.
+# The latest episode the events closed before the new event, as a point to resume the fold
+# from. Its row is trusted only when every row up to it reads as the fold wrote it: closed, one
+# per episode, numbered 1..n in time order, each episode starting after the previous one ended.
+# That rules out a row a creator cancelled, and every row after it (the fold still sees that
+# episode open, and the creator's time is not the fold's end to check the next row against), a
+# row left behind when a late event joined two episodes (it overlaps its neighbour), a missing
+# row, and rows from before episode identity (matched by position: with any such row the fold
+# starts at the top). A late event older than that episode's end resumes from an earlier one,
+# or from the top.
 _FOLD_BOUNDARY = (
-    " b AS (SELECT k.closed_at AS after, k.seq FROM recovery_cases k"
-    "   WHERE k.membership_id = :membership_id AND k.status <> 'open' AND k.cancelled_by IS NULL"
-    "     AND k.closed_at < :occurred_at"
+    " r AS (SELECT seq, first_failure_at, closed_at,"
+    "   bool_and(seq = n AND status <> 'open' AND cancelled_by IS NULL AND episode_webhook_id IS NOT NULL"
+    "            AND first_failure_at > COALESCE(previous_end, '-infinity'))"
+    "     OVER (ORDER BY n) AS chain"
+    "   FROM (SELECT *, row_number() OVER w AS n, lag(closed_at) OVER w AS previous_end"
+    "         FROM recovery_cases WHERE membership_id = :membership_id"
+    "         WINDOW w AS (ORDER BY first_failure_at, created_at, id)) q),"
+    " b AS (SELECT closed_at AS after, seq FROM r"
+    "   WHERE chain AND closed_at < :occurred_at"
     "     AND NOT EXISTS (SELECT 1 FROM recovery_cases l WHERE l.membership_id = :membership_id"
     "                     AND l.episode_webhook_id IS NULL)"
-    "   ORDER BY k.first_failure_at DESC LIMIT 1)"
+    "   ORDER BY first_failure_at DESC LIMIT 1)"
 )
 
 
