@@ -198,7 +198,7 @@ def refold_membership(tx: Transaction, company_id: str, membership_id: str, now:
             continue
         primary, *duplicates = own
         refold.recovered += int(_update_existing(tx, primary, case, settings))
-        for duplicate in duplicates:  # never expected (episodes only split); kept safe if it happens
+        for duplicate in duplicates:  # a late event joined stored episodes: one row stays
             store.merge_duplicate_case(tx, str(duplicate["id"]), into=str(primary["id"]))
     return opened, owed
 

@@ -266,12 +266,26 @@ def settle_pending(tx: Transaction, case_id: str, reason: str) -> int:
 
 
 def merge_duplicate_case(tx: Transaction, case_id: str, into: str) -> None:
-    """A row whose episode turned out to be another row's: closed (history kept), owes nothing."""
-    tx.execute(
-        "UPDATE recovery_cases SET status = CASE WHEN status = 'open' THEN 'cancelled' ELSE status END,"
-        " closed_at = COALESCE(closed_at, now()), close_reason = COALESCE(close_reason, 'merged'),"
-        " next_action_at = NULL, updated_at = now() WHERE id = CAST(:id AS uuid)", id=case_id)
+    """A row whose episode turned out to be another row's (a late event joined two episodes):
+    its pending rows are settled, its ledger (what the member was sent, clicks, creator
+    actions) moves to the row that stays, with its clicks and incentive, and the row goes. A
+    kept duplicate would count the episode twice in KPIs, the list and the export. Links in
+    messages sent for it stop resolving; the case they were about continues under ``into``."""
     settle_pending(tx, case_id, f"merged_into:{into}")
+    tx.execute("UPDATE recovery_actions SET case_id = CAST(:into AS uuid) WHERE case_id = CAST(:id AS uuid)",
+               id=case_id, into=into)
+    tx.execute(
+        "WITH gone AS (DELETE FROM recovery_cases WHERE id = CAST(:id AS uuid)"
+        "   RETURNING link_clicks, last_clicked_at, incentive_days, incentive_cost_minor,"
+        "   last_reminder_offset)"
+        " UPDATE recovery_cases p SET link_clicks = p.link_clicks + g.link_clicks,"
+        " last_clicked_at = GREATEST(p.last_clicked_at, g.last_clicked_at),"
+        " incentive_days = p.incentive_days + g.incentive_days,"
+        " incentive_cost_minor = CASE WHEN p.incentive_cost_minor IS NULL AND g.incentive_cost_minor IS NULL"
+        "   THEN NULL ELSE COALESCE(p.incentive_cost_minor, 0) + COALESCE(g.incentive_cost_minor, 0) END,"
+        " last_reminder_offset = GREATEST(p.last_reminder_offset, g.last_reminder_offset),"
+        " updated_at = now() FROM gone g WHERE p.id = CAST(:into AS uuid)",
+        id=case_id, into=into)
 
 
 def case_from_row(row: dict[str, Any]) -> Case:
