@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from chalicelib.auth import MAX_TOKEN_LIFETIME_S  # noqa: E402
 from chalicelib.config import DEV_DEFAULTS  # noqa: E402
 from scripts import local_sqs, localdb  # noqa: E402
 from scripts.whop_payloads import membership_event, payment_event, sign  # noqa: E402
@@ -37,6 +38,9 @@ from scripts.whop_payloads import membership_event, payment_event, sign  # noqa:
 BIN = Path(sys.executable).parent
 DEMO_COMPANY = "biz_demo"
 DEMO_ADMIN = "user_demo_admin"
+# The printed dev token: as long as the app accepts (auth refuses longer-lived tokens, even in
+# dev), less a margin for clock rounding. Every start prints a fresh one.
+DEV_TOKEN_LIFETIME_S = MAX_TOKEN_LIFETIME_S - 600
 DEMO_EXPERIENCE = "exp_demo"
 
 
@@ -253,10 +257,11 @@ def main() -> int:
                 "webhook_secret": env["WHOP_WEBHOOK_SECRET"]}
         if own_whop:
             token = post_json(f"{fake}/_fake/token", {"user_id": DEMO_ADMIN,
-                                                       "expires_in": 7 * 24 * 3600})["token"]
+                                                       "expires_in": DEV_TOKEN_LIFETIME_S})["token"]
             info.update({"fake_whop": fake, "token": token})
             lines += [f"Dashboard    {dashboard}?token={token}", "",
-                      f"API token    x-whop-user-token: {token}  (valid 7 days, across restarts)",
+                      f"API token    x-whop-user-token: {token}"
+                      f"  (valid {DEV_TOKEN_LIFETIME_S // 3600} h, across restarts)",
                       f"Fake Whop    {fake}   what members received: {fake}/_fake/calls"]
         lines += [f"Local SQS    {queues.queue_url}  (DLQ {queues.dlq_url}; moto log: {data_dir}/moto.log)",
                   "", "Try          .venv/bin/python scripts/simulate.py story",

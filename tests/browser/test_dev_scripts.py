@@ -63,3 +63,13 @@ def test_the_banner_stands_apart() -> None:
     text = dev.banner(["Rebound is running", "", "Dashboard    http://127.0.0.1:8000/dashboard/biz_demo"])
     lines = text.splitlines()
     assert lines[0] == "" and lines[1].startswith("====") and lines[-1].startswith("====")
+
+
+def test_the_token_make_dev_prints_opens_the_creator_api(api: Api) -> None:
+    # make dev mints its banner token with DEV_TOKEN_LIFETIME_S: the app's verifier must take
+    # it (a 7-day token was once printed and every dashboard call answered 401 "lifetime").
+    token = api.token(ADMIN_A, expires_in=dev.DEV_TOKEN_LIFETIME_S)
+    resp = api.request("GET", f"/api/companies/{ALPHA}/kpis", token=token)
+    assert resp.status_code == 200, resp.body
+    too_long = api.token(ADMIN_A, expires_in=7 * 24 * 3600)
+    assert api.request("GET", f"/api/companies/{ALPHA}/kpis", token=too_long).status_code == 401
