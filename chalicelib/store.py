@@ -480,77 +480,10 @@ EXPORT_SELECT = (
 )
 
 
-def export_cases(tx: Transaction, *, now: datetime, status: str | None = None,
-                 decline_class: str | None = None, since: datetime | None = None, q: str | None = None,
-                 after: tuple[datetime, str] | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-    """One keyset page of the CSV export, with each case's count of sent messages."""
-    return tx.query(
-        EXPORT_SELECT + _CASE_FILTERS  # constant fragments only
-        + " ORDER BY first_failure_at DESC, id DESC LIMIT :limit",
-        **_filter_params(now=now, status=status, decline_class=decline_class, since=since, q=q,
-                         after=after, limit=limit))
-
-
 # Export columns whose values can never need quoting or neutralising (uuids, enums, lower-case
 # currency codes, counts and amounts that are never negative, a boolean): written as plain text.
 _CSV_PLAIN = frozenset({"case_id", "status", "currency", "amount_minor", "recovered_amount_minor",
                         "failure_count", "nudges_sent", "incentive_days", "holdout", "experiment_id"})
-
-
-def _csv_expression(column: str) -> str:
-    # Every exported ``…_at`` column is a timestamptz; any other column not known to be plain
-    # (a new one included) goes through the full cell rules.
-    if column.endswith("_at"):
-        return f"rebound_csv_time(x.{column})"
-    if column in _CSV_PLAIN:
-        return f"COALESCE(x.{column}::text, '')"
-    return f"rebound_csv_cell(x.{column}::text)"
-
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def keyset_time(at_us: int) -> datetime:
-    """The exact first_failure_at of an export row from its ``at_us``."""
-    return EPOCH + timedelta(microseconds=at_us)
-
-
-def _export_lines_sql(columns: tuple[str, ...]) -> str:
-    line = " || ',' || ".join(_csv_expression(c) for c in columns)  # constant column names
-    return (
-        "SELECT " + line + " || E'\\r\\n' AS line,"  # noqa: S608
-        " (extract(epoch FROM x.first_failure_at) * 1000000)::bigint AS at_us,"
-        " x.case_id FROM (" + EXPORT_SELECT + _CASE_FILTERS
-        + " ORDER BY first_failure_at DESC, id DESC LIMIT :limit) x")
-
-
-def export_csv_lines(tx: Transaction, columns: tuple[str, ...], *, now: datetime,
-                     status: str | None = None, decline_class: str | None = None,
-                     since: datetime | None = None, q: str | None = None,
-                     after: tuple[datetime, str] | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-    """One keyset page of the export as finished CSV lines (``line``, with CRLF), formatted by
-    Postgres (rebound_csv_cell/rebound_csv_time), and each row's keyset (``at_us``, microseconds
-    since the epoch, and ``case_id``): Python parses no cell and no timestamp."""
-    return tx.query(_export_lines_sql(columns),
-                    **_filter_params(now=now, status=status, decline_class=decline_class, since=since,
-                                     q=q, after=after, limit=limit))
-
-
-def export_csv_page(tx: Transaction, columns: tuple[str, ...], *, now: datetime,
-                    status: str | None = None, decline_class: str | None = None,
-                    since: datetime | None = None, q: str | None = None,
-                    after: tuple[datetime, str] | None = None, limit: int = 1000) -> dict[str, Any]:
-    """The same page as export_csv_lines, joined by Postgres into one ``text`` (one row to read,
-    not ``limit``), with its row count ``rows`` and its last row's keyset (``at_us``, ``case_id``)."""
-    row = tx.one(
-        "SELECT COALESCE(string_agg(y.line, '' ORDER BY y.n), '') AS text, count(*) AS rows,"  # noqa: S608
-        " (array_agg(y.at_us ORDER BY y.n DESC))[1] AS at_us,"
-        " (array_agg(y.case_id ORDER BY y.n DESC))[1] AS case_id"
-        " FROM (SELECT row_number() OVER () AS n, z.* FROM (" + _export_lines_sql(columns) + ") z) y",
-        **_filter_params(now=now, status=status, decline_class=decline_class, since=since, q=q,
-                         after=after, limit=limit))
-    assert row is not None
-    return row
 
 
 # --- the export through COPY ----------------------------------------------------------------------
@@ -670,19 +603,6 @@ def export_row_keyset(columns: tuple[str, ...], line: str) -> tuple[datetime, st
     """The keyset (first_failure_at, case_id) of one finished export row, read back from it."""
     cells = next(csv.reader(io.StringIO(line, newline="")))
     return datetime.fromisoformat(cells[columns.index("first_failure_at")]), cells[columns.index("case_id")]
-
-
-def export_csv_copy(tx: Transaction, columns: tuple[str, ...], *, now: datetime,
-                    after: tuple[datetime, str] | None = None, limit: int = 1000,
-                    **filters: Any) -> dict[str, Any]:
-    """One keyset page of the export as finished CSV (``text``, CRLF row ends), streamed by
-    ``COPY``: the same bytes as export_csv_page. Also ``rows`` and the keyset of its last row,
-    ``after`` (None for an empty page). ``columns`` must hold case_id and first_failure_at."""
-    stream = io.BytesIO()
-    copy_export_rows(tx, columns, stream, now=now, after=after, limit=limit, **filters)
-    data, rows, last = crlf_rows(stream.getvalue())
-    keyset = export_row_keyset(columns, data[last:].decode()) if rows else None
-    return {"text": data.decode(), "rows": rows, "after": keyset}
 
 
 def case_view(tx: Transaction, case_id: str, *, lock: bool = False) -> dict[str, Any] | None:

@@ -9,8 +9,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from chalicelib import store
-from chalicelib.api.cases import EXPORT_COLUMNS, csv_cell
+from chalicelib.api.cases import EXPORT_COLUMNS
 from chalicelib.db import Database, tenant_transaction
+from tests import export_reference as reference
+from tests.export_reference import csv_cell
 
 NOW = datetime(2026, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 TRICKY = [
@@ -41,15 +43,15 @@ def test_postgres_cells_match_the_python_rules(database: Database, offset_us: in
                 m=f"mem_{i}", u=text or None, at=at, d=text, r=text, amount=i * 100 if i % 2 else None,
                 status="recovered" if i % 3 == 0 else "open",
                 rec=at + timedelta(days=1) if i % 3 == 0 else None, cur="usd" if i % 3 == 0 else None)
-        expected = store.export_cases(tx, now=NOW, limit=100)
-        got = store.export_csv_lines(tx, EXPORT_COLUMNS, now=NOW, limit=100)
-        page = store.export_csv_page(tx, EXPORT_COLUMNS, now=NOW, limit=100)
+        expected = reference.export_cases(tx, now=NOW, limit=100)
+        got = reference.export_csv_lines(tx, EXPORT_COLUMNS, now=NOW, limit=100)
+        page = reference.export_csv_page(tx, EXPORT_COLUMNS, now=NOW, limit=100)
     assert len(got) == len(expected) == len(TRICKY)
     assert "".join(r["line"] for r in got) == _python_csv(expected) == page["text"]
     assert page["rows"] == len(TRICKY) and page["case_id"] == expected[-1]["case_id"]
-    assert store.keyset_time(page["at_us"]) == expected[-1]["first_failure_at"]
+    assert reference.keyset_time(page["at_us"]) == expected[-1]["first_failure_at"]
     for g, e in zip(got, expected, strict=True):
-        assert store.keyset_time(g["at_us"]) == e["first_failure_at"] and g["case_id"] == e["case_id"]
+        assert reference.keyset_time(g["at_us"]) == e["first_failure_at"] and g["case_id"] == e["case_id"]
 
 
 def test_a_page_that_does_not_fit_is_cut_between_rows_and_resumes(database: Database,
@@ -78,7 +80,7 @@ def test_a_page_that_does_not_fit_is_cut_between_rows_and_resumes(database: Data
     assert seen == [f"mem_{g}" for g in range(1, 26)]
 
 
-# --- the COPY path (store.export_csv_copy) -------------------------------------------------------
+# --- the COPY path (reference.export_csv_copy) ----------------------------------------------------
 
 # Cells that stress COPY's own CSV writer against the contract's: odd Unicode (no NUL: Postgres
 # text cannot hold one), separators, quotes, line breaks (a row ending inside a quoted cell),
@@ -113,9 +115,9 @@ def _insert_tricky(tx: object, company: str, *, same_time: bool = False) -> None
 def test_the_copy_page_is_byte_for_byte_the_formatted_page(database: Database) -> None:
     with tenant_transaction("biz_a", database) as tx:
         _insert_tricky(tx, "biz_a")
-        expected = store.export_cases(tx, now=NOW, limit=100)
-        old = store.export_csv_page(tx, EXPORT_COLUMNS, now=NOW, limit=100)
-        new = store.export_csv_copy(tx, EXPORT_COLUMNS, now=NOW, limit=100)
+        expected = reference.export_cases(tx, now=NOW, limit=100)
+        old = reference.export_csv_page(tx, EXPORT_COLUMNS, now=NOW, limit=100)
+        new = reference.export_csv_copy(tx, EXPORT_COLUMNS, now=NOW, limit=100)
     assert len(expected) == len(COPY_TRICKY)
     assert new["text"].encode() == old["text"].encode() == _python_csv(expected).encode()
     assert new["rows"] == old["rows"] == len(COPY_TRICKY)
@@ -128,10 +130,10 @@ def test_copy_pages_follow_the_keyset_through_ties_and_multi_line_rows(database:
     the keyset read back from each page's last row still resumes exactly after it."""
     with tenant_transaction("biz_a", database) as tx:
         _insert_tricky(tx, "biz_a", same_time=True)
-        whole = store.export_csv_page(tx, EXPORT_COLUMNS, now=NOW, limit=100)["text"]
+        whole = reference.export_csv_page(tx, EXPORT_COLUMNS, now=NOW, limit=100)["text"]
         texts, after = [], None
         for _ in range(len(COPY_TRICKY) + 2):
-            part = store.export_csv_copy(tx, EXPORT_COLUMNS, now=NOW, after=after, limit=page)
+            part = reference.export_csv_copy(tx, EXPORT_COLUMNS, now=NOW, after=after, limit=page)
             texts.append(part["text"])
             if part["rows"] < page:
                 break
@@ -149,17 +151,17 @@ def test_copy_filters_match_the_parameterised_query(database: Database) -> None:
                         {"status": "open", "since": since}, {"decline_class": "card_soft"},
                         {"decline_class": "card_hard", "status": "recovered"}, {"q": "mem_1"},
                         {"q": "mem_%"}, {"q": "="}, {"q": "\n"}, {"q": "mem_2", "since": since}):
-            old = store.export_csv_page(tx, EXPORT_COLUMNS, now=NOW, limit=100, **filters)
-            new = store.export_csv_copy(tx, EXPORT_COLUMNS, now=NOW, limit=100, **filters)
+            old = reference.export_csv_page(tx, EXPORT_COLUMNS, now=NOW, limit=100, **filters)
+            new = reference.export_csv_copy(tx, EXPORT_COLUMNS, now=NOW, limit=100, **filters)
             assert new["text"] == old["text"] and new["rows"] == old["rows"], filters
         # q is the list's search: the same cases as the list.
         for text in ("mem_1", "mem_%", "="):
             listed = [r["id"] for r in store.list_cases(tx, now=NOW, q=text, limit=100)]
-            new = store.export_csv_copy(tx, EXPORT_COLUMNS, now=NOW, limit=100, q=text)
+            new = reference.export_csv_copy(tx, EXPORT_COLUMNS, now=NOW, limit=100, q=text)
             assert [r[0] for r in csv.reader(io.StringIO(new["text"], newline=""))] == listed, text
             assert new["rows"] == len(listed)
         # A window that ends before some rows: the upper bound is `now`, as in the list.
-        early = store.export_csv_copy(tx, EXPORT_COLUMNS, now=NOW - timedelta(hours=5), limit=100,
+        early = reference.export_csv_copy(tx, EXPORT_COLUMNS, now=NOW - timedelta(hours=5), limit=100,
                                       since=since)
         assert early["rows"] == 6  # hours 5..10 before NOW, bounds included
 
@@ -168,18 +170,19 @@ def test_copy_sees_only_the_tenants_rows_and_refuses_unknown_filters(database: D
     with tenant_transaction("biz_b", database) as tx:
         _insert_tricky(tx, "biz_b")
     with tenant_transaction("biz_a", database) as tx:
-        assert store.export_csv_copy(tx, EXPORT_COLUMNS, now=NOW) == {"text": "", "rows": 0, "after": None}
+        empty = reference.export_csv_copy(tx, EXPORT_COLUMNS, now=NOW)
+        assert empty == {"text": "", "rows": 0, "after": None}
         with pytest.raises(ValueError, match="variant"):
-            store.export_csv_copy(tx, EXPORT_COLUMNS, now=NOW, variant="a")
+            reference.export_csv_copy(tx, EXPORT_COLUMNS, now=NOW, variant="a")
         # A filter given as None is no filter.
-        assert store.export_csv_copy(tx, EXPORT_COLUMNS, now=NOW, status=None)["rows"] == 0
+        assert reference.export_csv_copy(tx, EXPORT_COLUMNS, now=NOW, status=None)["rows"] == 0
     with tenant_transaction("biz_b", database) as tx:
-        assert store.export_csv_copy(tx, EXPORT_COLUMNS, now=NOW)["rows"] == len(COPY_TRICKY)
+        assert reference.export_csv_copy(tx, EXPORT_COLUMNS, now=NOW)["rows"] == len(COPY_TRICKY)
 
 
 def test_the_settings_that_carry_copy_values_end_with_the_transaction(database: Database) -> None:
     with tenant_transaction("biz_a", database) as tx:
-        store.export_csv_copy(tx, EXPORT_COLUMNS, now=NOW, status="open")
+        reference.export_csv_copy(tx, EXPORT_COLUMNS, now=NOW, status="open")
         assert tx.scalar("SELECT current_setting('rebound.export_status', true)") == "open"
     with tenant_transaction("biz_a", database) as tx:
         assert tx.scalar("SELECT current_setting('rebound.export_status', true)") in ("", None)
@@ -212,7 +215,7 @@ def test_export_parts_add_up_to_the_formatted_rows_whatever_the_chunk_and_budget
     with tenant_transaction("biz_a", database) as tx:
         _insert_tricky(tx, "biz_a", same_time=True)  # ties: the cursor must split them exactly
         _insert_tricky(tx, "biz_a")
-        whole = store.export_csv_page(tx, EXPORT_COLUMNS, now=NOW, limit=1000)["text"]
+        whole = reference.export_csv_page(tx, EXPORT_COLUMNS, now=NOW, limit=1000)["text"]
     monkeypatch.setattr(case_views, "_EXPORT_CHUNK_BYTES", chunk)
     monkeypatch.setattr(case_views, "EXPORT_MAX_BYTES", max_bytes)
     monkeypatch.setattr(case_views, "EXPORT_PAGE_ROWS", page_rows)

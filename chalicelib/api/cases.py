@@ -39,7 +39,6 @@ EXPORT_PAGE_ROWS = 1000
 # Rows are processed (line ends, size) this many bytes at a time: the memory beyond the body.
 _EXPORT_CHUNK_BYTES = 128 * 1024
 EXPORT_NEXT_CURSOR_HEADER = "X-Export-Next-Cursor"
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _EVENT_DETAIL = ("webhook_id", "payment_id", "amount_minor", "currency", "decline_code",
                  "cancel_at_period_end", "deactivation_cause", "occurred_at_inferred")
 
@@ -140,21 +139,6 @@ def _action_item(action: dict[str, Any]) -> TimelineItem:
 
 
 # --- CSV export ---------------------------------------------------------------------------------
-
-
-def csv_cell(value: Any) -> str:
-    """The export's cell rules in Python (Postgres applies the same ones, see migration 0009's
-    rebound_csv_cell; tests hold the two to each other). One CSV cell: ISO 8601 UTC for times,
-    and text that a spreadsheet could run as a formula
-    (starting with = + - @, tab or CR) prefixed with a single quote."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-    text = str(value)
-    return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
 def _wire_size(text: str) -> int:
