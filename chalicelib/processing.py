@@ -109,10 +109,9 @@ def _apply(event: WhopEvent, now: datetime, db: Database | None) -> Outcome:
         history = store.insert_event(tx, event, minimal_payload(event))
         if not history:
             return Outcome(status="duplicate", company_id=event.company_id)
-        refold = Refold()
-        opened, owed = refold_membership(tx, event.company_id, event.membership_id, now, history, refold)
-    return Outcome(status="applied", company_id=event.company_id, opened_case_ids=opened,
-                   owed_actions=owed, recovered=refold.recovered)
+        done = refold_membership(tx, event.company_id, event.membership_id, now, history)
+    return Outcome(status="applied", company_id=event.company_id, opened_case_ids=done.opened,
+                   owed_actions=done.owed, recovered=done.recovered)
 
 
 def _poison(msg: QueuedWebhook, reason: str, error_class: str, db: Database | None) -> Outcome:
@@ -158,18 +157,19 @@ def _stored_events(payloads: list[dict[str, Any]]) -> list[WhopEvent]:
 
 
 @dataclass
-class Refold:
-    """What a re-fold did beyond its return value, for metrics counted after commit."""
+class Refolded:
+    """What a re-fold wrote: the cases it opened, the rows they owe, and how many cases it
+    moved to recovered (for metrics counted after commit)."""
 
+    opened: list[str] = field(default_factory=list)
+    owed: int = 0
     recovered: int = 0
 
 
 def refold_membership(tx: Transaction, company_id: str, membership_id: str, now: datetime,
-                      history: store.History | None = None,
-                      refold: Refold | None = None) -> tuple[list[str], int]:
-    """Recompute a membership's cases from its stored events; return (opened case ids, owed rows).
-    Only cases the fold changed are written; a new case and what it owes go in one statement."""
-    refold = refold if refold is not None else Refold()
+                      history: store.History | None = None) -> Refolded:
+    """Recompute a membership's cases from its stored events. Only cases the fold changed are
+    written; a new case and what it owes go in one statement."""
     if history is None:
         history = store.History(payloads=store.membership_event_payloads(tx, membership_id),
                                 settings=store.get_settings(tx))
@@ -181,8 +181,7 @@ def refold_membership(tx: Transaction, company_id: str, membership_id: str, now:
     folded = fold(company_id, membership_id, _stored_events(history.payloads), now, resume=resume)
     rows = history.cases if history.cases is not None else store.membership_cases(tx, membership_id)
     matched = _match(folded, rows, resume.seq_before if resume else 0)
-    opened: list[str] = []
-    owed = 0
+    done = Refolded()
     for index, case in enumerate(folded):
         own = matched.get(index, [])
         if not own:
@@ -190,17 +189,17 @@ def refold_membership(tx: Transaction, company_id: str, membership_id: str, now:
             covered = covered_offset(case, settings, now)
             effects = [(e.kind, e.step, e.channel, e.due_at, e.idempotency_key(case_id))
                        for e in initial_effects(case, settings, now)]
-            owed += store.open_case(tx, case, next_action_at(case, settings, covered), new_link_token(),
+            done.owed += store.open_case(tx, case, next_action_at(case, settings, covered), new_link_token(),
                                     case_id, effects, last_reminder_offset=covered)
-            opened.append(case_id)
+            done.opened.append(case_id)
             measurement.assign_new_case(tx, case_id, settings)  # holdout / experiment variant (issue 10)
-            refold.recovered += int(case.status is CaseStatus.RECOVERED)  # its success came first
+            done.recovered += int(case.status is CaseStatus.RECOVERED)  # its success came first
             continue
         primary, *duplicates = own
-        refold.recovered += int(_update_existing(tx, primary, case, settings))
+        done.recovered += int(_update_existing(tx, primary, case, settings))
         for duplicate in duplicates:  # a late event joined stored episodes: one row stays
             store.merge_duplicate_case(tx, str(duplicate["id"]), into=str(primary["id"]))
-    return opened, owed
+    return done
 
 
 def _resume(start: store.FoldStart | None) -> Resume | None:
