@@ -28,7 +28,9 @@ def insert_case(api: Api, *, company: str = ALPHA, membership: str | None = None
         "currency": "usd", "link_token": secrets.token_urlsafe(32),
         "recovered_at": first + timedelta(hours=5) if status == "recovered" else None,
         "recovered_amount_minor": 1999 if status == "recovered" else None,
-        "closed_at": first + timedelta(hours=5) if status != "open" else None, **fields}
+        "closed_at": first + timedelta(hours=5) if status != "open" else None,
+        # issue 17: opened when it failed, with a holdout on (override to test eligibility)
+        "opened_at": first, "holdout_percent_at_open": 10, **fields}
     names = ", ".join(values)
     marks = ", ".join(f":{k}" for k in values)
     sql = f"INSERT INTO recovery_cases ({names}) VALUES ({marks}) RETURNING id::text AS id"
