@@ -36,8 +36,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from chalicelib import experiments, lift  # noqa: E402
-from chalicelib.kpis import StatusCount, lift_figures  # noqa: E402
+from chalicelib import experiments, lift
+from chalicelib.kpis import StatusCount, lift_figures
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 WINDOW = 14.0
@@ -96,19 +96,26 @@ def simulate_company(rng: random.Random) -> Company:
         age = now - t
         status = "expired" if age > WINDOW else "open"
         recovered = rng.random() < p
-        if recovered and (day := _recovery_day(rng)) <= age:
+        if recovered and _recovery_day(rng) <= age:
             status = "recovered"
         elif not recovered and rng.random() < 0.15 and rng.uniform(0, WINDOW) <= age:
             status = "cancelled"  # the member cancelled: closed early, not recovered
         if t < now - window:
             continue  # outside the window read (it still shaped nothing above)
         first, at_open = _day(t), _day(opened)
-        rows.append(StatusCount(
-            status=status, currency="usd", cases=1,
-            recovered_minor=amount if status == "recovered" else 0,
-            recovered_squares=amount * amount if status == "recovered" else 0,
-            holdout=held, matured=lift.matured(first, _day(now)),
-            in_lift=lift.in_lift(first, at_open, pct), contaminated=int(nudged_by_hand)))
+        rows.append(
+            StatusCount(
+                status=status,
+                currency="usd",
+                cases=1,
+                recovered_minor=amount if status == "recovered" else 0,
+                recovered_squares=amount * amount if status == "recovered" else 0,
+                holdout=held,
+                matured=lift.matured(first, _day(now)),
+                in_lift=lift.in_lift(first, at_open, pct),
+                contaminated=int(nudged_by_hand),
+            )
+        )
     truth = p1 - (holdout_hits / holdout_n if holdout_n else p0)
     return Company(truth, amount, rows)
 
@@ -122,8 +129,9 @@ def check_lift(companies: int, seed: int) -> dict[str, Any]:
         company = simulate_company(rng)
         # For contrast only: the same estimator under issue 10's flags (closed young cases counted
         # as matured; every case in an arm), to show what the new flags fix.
-        old = lift_figures([replace(r, matured=r.matured or r.status != "open", in_lift=True)
-                            for r in company.rows])
+        old = lift_figures(
+            [replace(r, matured=r.matured or r.status != "open", in_lift=True) for r in company.rows]
+        )
         if old.status == "ok" and old.interval is not None and old.incremental_rate is not None:
             old_shown += 1
             old_covered += old.interval[0] <= company.truth <= old.interval[1]
@@ -141,20 +149,24 @@ def check_lift(companies: int, seed: int) -> dict[str, Any]:
             expected = figures.treated_cases * company.truth * company.amount
             money_covered += usd.interval[0] <= expected <= usd.interval[1]
     bias = sum(errors) / len(errors) if errors else math.nan
-    return {"companies": companies, "lift_shown": shown,
-            "coverage": covered / shown if shown else math.nan,
-            "bias_pts": bias * 100,
-            "rmse_pts": math.sqrt(sum(e * e for e in errors) / len(errors)) * 100 if errors else math.nan,
-            "money_coverage": money_covered / money_shown if money_shown else math.nan,
-            "old_rule_coverage": old_covered / old_shown if old_shown else math.nan,
-            "old_rule_bias_pts": sum(old_errors) / len(old_errors) * 100 if old_errors else math.nan}
+    return {
+        "companies": companies,
+        "lift_shown": shown,
+        "coverage": covered / shown if shown else math.nan,
+        "bias_pts": bias * 100,
+        "rmse_pts": math.sqrt(sum(e * e for e in errors) / len(errors)) * 100 if errors else math.nan,
+        "money_coverage": money_covered / money_shown if money_shown else math.nan,
+        "old_rule_coverage": old_covered / old_shown if old_shown else math.nan,
+        "old_rule_bias_pts": sum(old_errors) / len(old_errors) * 100 if old_errors else math.nan,
+    }
 
 
 WEIGHTS = [[1, 1], [2, 1], [1, 1, 1], [2, 1, 1], [1, 1, 1, 1], [3, 2, 1, 1]]
 
 
-def run_experiment(rng: random.Random, rates: list[float], weights: list[int], max_cases: int,
-                   every: int = 10) -> dict[str, Any]:
+def run_experiment(
+    rng: random.Random, rates: list[float], weights: list[int], max_cases: int, every: int = 10
+) -> dict[str, Any]:
     """One experiment read every ``every`` new cases: what it said, and when."""
     names = [f"v{i}" for i in range(len(weights))]
     lag = int(WINDOW * rng.uniform(2, 12))  # cases that arrive while one matures
@@ -173,11 +185,19 @@ def run_experiment(rng: random.Random, rates: list[float], weights: list[int], m
             cases[a] += 1
         matured = [0] * len(weights)
         recovered = [0] * len(weights)
-        for a, hit in zip(arms[:max(0, n - lag)], hits, strict=False):
+        for a, hit in zip(arms[: max(0, n - lag)], hits, strict=False):
             matured[a] += 1
             recovered[a] += hit
-        counts = [experiments.ArmCounts(name=names[i], cases=cases[i], matured=matured[i],
-                                        recoveries=recovered[i], weight=weights[i]) for i in range(len(weights))]
+        counts = [
+            experiments.ArmCounts(
+                name=names[i],
+                cases=cases[i],
+                matured=matured[i],
+                recoveries=recovered[i],
+                weight=weights[i],
+            )
+            for i in range(len(weights))
+        ]
         verdict = experiments.decide(counts, running=True)
         srm = srm or verdict.decision == "sample_ratio_mismatch"
         if verdict.winner is not None:
@@ -206,10 +226,16 @@ def check_experiments(runs: int, seed: int, max_cases: int) -> dict[str, Any]:
         if out["winner"] == "v1":
             needed.append(out["at"])
     needed.sort()
-    return {"aa_runs": runs, "aa_reads_per_run": max_cases // 10, "aa_false_winner_share": named / runs,
-            "aa_srm_alarm_share": srm / runs, "power_runs": power_runs, "power_plus10_share": found / power_runs,
-            "power_wrong_winner_share": wrong / power_runs,
-            "power_median_cases_when_named": needed[len(needed) // 2] if needed else None}
+    return {
+        "aa_runs": runs,
+        "aa_reads_per_run": max_cases // 10,
+        "aa_false_winner_share": named / runs,
+        "aa_srm_alarm_share": srm / runs,
+        "power_runs": power_runs,
+        "power_plus10_share": found / power_runs,
+        "power_wrong_winner_share": wrong / power_runs,
+        "power_median_cases_when_named": needed[len(needed) // 2] if needed else None,
+    }
 
 
 GOALS = {"coverage": (0.93, 0.97), "bias_pts": (-1.0, 1.0), "aa_false_winner_share": (0.0, 0.05)}
@@ -224,7 +250,9 @@ def run(*, companies: int, aa_runs: int, max_cases: int, seed: int) -> dict[str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--companies", type=int, default=4000)
     parser.add_argument("--aa-runs", type=int, default=1000)
     parser.add_argument("--max-cases", type=int, default=2000, help="cases per A/A experiment")
