@@ -137,13 +137,17 @@ def stop_experiment(tx: Transaction, experiment_id: str, now: datetime) -> None:
 
 
 # Matured (lift.matured) and opened in time (lift.opened_in_time) as SQL over recovery_cases
-# (``t`` is a table alias and its dot, or ""): the window is exactly 14 × 24 h in both.
+# (``t`` is a table alias and its dot, or ""): the window is exactly 14 × 24 h in both. In hours,
+# because '14 days' added to a timestamptz follows the session time zone's DST changes.
+WINDOW_SQL = "interval '336 hours'"
+
+
 def matured_sql(t: str = "") -> str:
-    return f"{t}first_failure_at + interval '14 days' <= :now"
+    return f"{t}first_failure_at + {WINDOW_SQL} <= :now"
 
 
 def in_time_sql(t: str = "") -> str:
-    return f"{t}opened_at <= {t}first_failure_at + interval '14 days'"
+    return f"{t}opened_at <= {t}first_failure_at + {WINDOW_SQL}"
 
 
 def in_lift_sql(t: str = "") -> str:
