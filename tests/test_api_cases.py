@@ -38,6 +38,10 @@ def insert_case(api: Api, *, company: str = ALPHA, membership: str | None = None
     return str(rows[0]["id"])
 
 
+def _at(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 def add_ledger(api: Api, case_id: str, kind: str, status: str, channel: str | None = "dm",
                company: str = ALPHA) -> None:
     api.rows(company, "INSERT INTO recovery_actions (case_id, company_id, kind, step, channel, status,"
@@ -190,7 +194,8 @@ def test_export_has_the_contract_columns_iso_times_and_nudge_counts(api: Api) ->
     assert text.splitlines()[0] == ("case_id,membership_id,user_id,status,first_failure_at,last_failure_at,"
                                     "recovered_at,amount_minor,currency,recovered_amount_minor,failure_count,"
                                     "decline_code,failure_reason,nudges_sent,incentive_days,"
-                                    "holdout,experiment_id,variant,decline_class,clicks")
+                                    "holdout,experiment_id,variant,decline_class,clicks,"
+                                    "opened_at,holdout_percent_at_open,contaminated,incentive_cost_minor")
     (row,) = parse_csv(text)
     assert row["case_id"] == case_id and row["status"] == "open" and row["amount_minor"] == "1999"
     assert row["nudges_sent"] == "3"  # dm nudge, reminder, manual nudge sent; not failed/pending/incentive
@@ -200,6 +205,10 @@ def test_export_has_the_contract_columns_iso_times_and_nudge_counts(api: Api) ->
     parsed = datetime.fromisoformat(row["first_failure_at"].replace("Z", "+00:00"))
     assert abs(parsed - (NOW - 2 * DAY)) < timedelta(milliseconds=1) and parsed.tzinfo == UTC
     assert row["recovered_at"] == "" and "buyer@example.com" not in text and "Jane" not in text
+    # issue 17: opened now by the database clock (in time), no holdout, not nudged by hand, no cost
+    assert _at(row["opened_at"]) > parsed and row["opened_at"].endswith("Z")
+    assert (row["holdout_percent_at_open"], row["contaminated"]) == ("0", "false")
+    assert row["incentive_cost_minor"] == ""
 
 
 def test_export_neutralises_cells_a_spreadsheet_would_run(api: Api) -> None:
