@@ -17,6 +17,9 @@ cases mature 14 days after they arrive; the results are read after every 10 new 
 counts if any read names a winner. Also a +10 pts experiment (power) and the sample-ratio check's
 false alarms.
 
+**The analyst's test** of issue 17 (1,425 failed payments, ``analyst_company``), replicated: how
+often the truth is inside the interval and how far the headline treated rate lands from it.
+
     python scripts/stats_check.py            # 4,000 companies, 1,000 A/A runs (make stats-check)
     python scripts/stats_check.py --quick    # the seeded few-hundred-run version make test runs
 """
@@ -161,6 +164,65 @@ def check_lift(companies: int, seed: int) -> dict[str, Any]:
     }
 
 
+ANALYST_TREATED, ANALYST_HOLDOUT = 0.35, 0.194  # issue 17's truth: +15.6 pts
+
+
+def analyst_company(rng: random.Random, read_after: float) -> list[StatusCount]:
+    """Issue 17's analyst design (the same as the database test's): 1,425 failed payments
+    delivered over a few minutes, a 30% holdout switched on after the first 475, 20% first heard
+    of after their window, members deciding after reading their arm (messaged 35%, never messaged
+    19.4%), read ``read_after`` days after the deliveries."""
+    rows = []
+    delivered_at = 0.0
+    for i in range(1425):
+        late = rng.random() < 0.2
+        first = -(rng.uniform(15, 40) if late else rng.uniform(0.05, 13.5))
+        pct = 30 if i >= 475 else 0
+        held = rng.random() * 100 < pct
+        messaged = not held and delivered_at <= first + WINDOW
+        recovered = rng.random() < (ANALYST_TREATED if messaged else ANALYST_HOLDOUT)
+        at = first + rng.betavariate(1.0, 1.6) * 13.9
+        status = (
+            "recovered"
+            if recovered and at <= read_after
+            else ("expired" if read_after - first > WINDOW else "open")
+        )
+        rows.append(
+            StatusCount(
+                status=status,
+                currency="usd",
+                cases=1,
+                recovered_minor=1999 if status == "recovered" else 0,
+                recovered_squares=1999**2 if status == "recovered" else 0,
+                holdout=held,
+                matured=lift.matured(_day(first), _day(read_after)),
+                in_lift=lift.in_lift(_day(first), _day(delivered_at), pct),
+            )
+        )
+    return rows
+
+
+def check_analyst(replications: int, seed: int) -> dict[str, Any]:
+    """The analyst's test replicated: how often the truth is inside the interval, and how far the
+    headline treated rate lands from 35%, read 7 and 14 days after the deliveries."""
+    rng = random.Random(seed)
+    out: dict[str, Any] = {"analyst_replications": replications}
+    truth = ANALYST_TREATED - ANALYST_HOLDOUT
+    for read_after in (7, 14):
+        covered = within = 0
+        errors = []
+        for _ in range(replications):
+            figures = lift_figures(analyst_company(rng, read_after))
+            assert figures.interval is not None and figures.treated_rate is not None
+            covered += figures.interval[0] <= truth <= figures.interval[1]
+            errors.append(figures.treated_rate - ANALYST_TREATED)
+            within += abs(figures.treated_rate - ANALYST_TREATED) <= 0.03
+        out[f"analyst_{read_after}d_coverage"] = covered / replications
+        out[f"analyst_{read_after}d_treated_bias_pts"] = sum(errors) / replications * 100
+        out[f"analyst_{read_after}d_treated_within_3pts"] = within / replications
+    return out
+
+
 WEIGHTS = [[1, 1], [2, 1], [1, 1, 1], [2, 1, 1], [1, 1, 1, 1], [3, 2, 1, 1]]
 
 
@@ -242,9 +304,11 @@ GOALS = {"coverage": (0.93, 0.97), "bias_pts": (-1.0, 1.0), "aa_false_winner_sha
 QUICK_FLOORS = {"coverage": 0.90, "aa_false_winner_share": 0.08}
 
 
-def run(*, companies: int, aa_runs: int, max_cases: int, seed: int) -> dict[str, Any]:
+def run(*, companies: int, aa_runs: int, max_cases: int, seed: int, analyst: int = 0) -> dict[str, Any]:
     started = time.monotonic()
     out = {"seed": seed, **check_lift(companies, seed), **check_experiments(aa_runs, seed + 1, max_cases)}
+    if analyst:
+        out.update(check_analyst(analyst, seed + 2))
     out["seconds"] = round(time.monotonic() - started, 1)
     return out
 
@@ -257,11 +321,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--aa-runs", type=int, default=1000)
     parser.add_argument("--max-cases", type=int, default=2000, help="cases per A/A experiment")
     parser.add_argument("--seed", type=int, default=17)
+    parser.add_argument("--analyst", type=int, default=500, help="replications of the analyst's test")
     parser.add_argument("--quick", action="store_true", help="300 companies, 300 A/A runs of 1,000 cases")
     args = parser.parse_args(argv)
     if args.quick:
-        args.companies, args.aa_runs, args.max_cases = 300, 300, 1000
-    out = run(companies=args.companies, aa_runs=args.aa_runs, max_cases=args.max_cases, seed=args.seed)
+        args.companies, args.aa_runs, args.max_cases, args.analyst = 300, 300, 1000, 0
+    out = run(
+        companies=args.companies,
+        aa_runs=args.aa_runs,
+        max_cases=args.max_cases,
+        seed=args.seed,
+        analyst=args.analyst,
+    )
     print(json.dumps(out))
     missed = [name for name, (low, high) in GOALS.items() if not low <= out[name] <= high]
     for name, (low, high) in GOALS.items():
