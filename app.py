@@ -8,13 +8,20 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from chalice.app import Chalice, CloudWatchEvent, ConvertToMiddleware, Rate, Response, SQSEvent
+from chalice.app import Chalice, CloudWatchEvent, ConvertToMiddleware, Rate, Request, Response, SQSEvent
 
 from chalicelib.config import get_config
 from chalicelib.db import get_database
 from chalicelib.errors import NotFound, Unauthorized
 from chalicelib.health import health_check
-from chalicelib.http import bearer_matches, handle_errors, json_response, link_page, without_token_query
+from chalicelib.http import (
+    bearer_matches,
+    contract_method_not_allowed,
+    handle_errors,
+    json_response,
+    link_page,
+    without_token_query,
+)
 from chalicelib.ingest import accept_webhook
 from chalicelib.observability import count, logger, metrics
 from chalicelib.queue import EventQueue, get_queue
@@ -25,6 +32,14 @@ EVENTS_QUEUE_NAME = "rebound-events"
 app = Chalice(app_name="rebound", configure_logs=False)
 app.register_middleware(ConvertToMiddleware(logger.inject_lambda_context(clear_state=True)))
 app.register_middleware(ConvertToMiddleware(metrics.log_metrics))
+
+
+
+@app.middleware("http")
+def contract_errors(event: Request, get_response: Callable[[Request], Response]) -> Response:
+    # Every route's 405 in the contract's error shape (issue 17), not Chalice's own.
+    return contract_method_not_allowed(get_response(event))
+
 
 COMPANY = "/api/companies/{company_id}"
 # Bodies are parsed as JSON whatever the Content-Type (fetch sends text/plain for a string body),

@@ -53,6 +53,11 @@ class Conflict(AppError):
     code = "conflict"
 
 
+class MethodNotAllowed(AppError):
+    status = 405
+    code = "method_not_allowed"
+
+
 class PayloadTooLarge(AppError):
     status = 413
     code = "payload_too_large"

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from chalicelib.config import ConfigError
 from chalicelib.db import DatabaseUnavailable, TransientDatabaseError
-from chalicelib.errors import AppError, ServiceUnavailable, bad_request_from
+from chalicelib.errors import AppError, MethodNotAllowed, ServiceUnavailable, bad_request_from
 from chalicelib.observability import logger
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -54,6 +54,19 @@ def handle_errors(view: F) -> F:
             return error_response(AppError("internal error"))
 
     return wrapped  # type: ignore[return-value]
+
+
+def contract_method_not_allowed(response: Response) -> Response:
+    """Chalice answers a method a route lacks (PUT on an experiment, …) itself, before any view,
+    as ``{"Code", "Message"}``: give that 405 the contract's error shape, keeping its Allow."""
+    body = response.body
+    chalice_405 = isinstance(body, dict) and body.get("Code") == "MethodNotAllowedError"
+    if response.status_code != 405 or not chalice_405:
+        return response
+    allowed = str(response.headers.get("Allow", ""))
+    err = MethodNotAllowed(f"{body['Message']}; allowed: {allowed}",
+                           headers={"Allow": allowed})
+    return error_response(err)
 
 
 def bearer_matches(header: str | None, secret: str) -> bool:

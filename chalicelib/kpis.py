@@ -9,13 +9,18 @@ same window):
   expired);
 - ``active_cases``: those still ``open``; ``recoveries``: those ``recovered``;
 - ``recovery_rate`` = ``recoveries / total_cases`` (0 when there are no cases): open, expired
-  and cancelled cases are all in the denominator;
+  and cancelled cases are all in the denominator. It moves while young cases can still recover;
+- ``matured_cases`` / ``matured_recoveries`` / ``matured_recovery_rate``: the same over the
+  window's matured cases only (``first_failure_at + 14 days ≤ now``, whatever the status): the
+  rate that compares like with like between two windows. ``maturing_cases`` /
+  ``maturing_recoveries``: the younger cases, reported apart ("maturing: N cases, M recovered so
+  far");
 - ``recovered_revenue``: the sum of ``recovered_amount_minor`` of recovered cases, per case
   currency (the CSV's ``currency`` column), in minor units, sorted by currency;
 - ``incentive_cost``: the stored cost of the free days granted to the window's cases, per case
   currency;
 - ``by_decline_class``: cases, recoveries and recovery rate per decline class (same definitions);
-- ``lift``: treated versus holdout over the window's matured cases (``chalicelib.lift``).
+- ``lift``: treated versus holdout over the window's matured, eligible cases (``chalicelib.lift``).
 """
 
 from __future__ import annotations
@@ -46,15 +51,28 @@ class SignedMoney(BaseModel):
     amount_minor: int = Field(description="Minor units; negative when the holdout did better.")
 
 
+class MoneyInterval(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    currency: str = Field(pattern=r"^[a-z]{3}$", examples=["usd"])
+    interval: list[int] = Field(min_length=2, max_length=2, description="[low, high] in minor units.")
+
+
+_ELIGIBLE = ("matured (first_failure_at + 14 days ≤ now, whatever the status), opened by Rebound "
+             "before their window ended, and assigned while the holdout was above 0%")
+
+
 class LiftFigures(BaseModel):
-    """Treated versus holdout over the window's matured cases (≥ 14 days old, or closed)."""
+    """Treated versus holdout over the window's matured, eligible cases (matured cases only)."""
 
     model_config = ConfigDict(frozen=True)
 
     status: Literal["ok", "insufficient_data"] = Field(description=(
-        "insufficient_data until each arm has 30 matured cases: then only the counts are given."))
-    treated_cases: int = Field(ge=0, description="Matured cases that were not held out.")
-    holdout_cases: int = Field(ge=0, description="Matured cases in the holdout (no automatic message).")
+        "insufficient_data until each arm has 30 matured, eligible cases: then only the counts are "
+        "given."))
+    treated_cases: int = Field(ge=0, description=f"Cases not held out: {_ELIGIBLE}.")
+    holdout_cases: int = Field(ge=0, description=(
+        f"Cases in the holdout (no automatic message): {_ELIGIBLE}. Contaminated ones included."))
     treated_rate: float | None = Field(ge=0, le=1, description="Recovered / matured, treated arm.")
     holdout_rate: float | None = Field(ge=0, le=1, description="Recovered / matured, holdout arm.")
     incremental_rate: float | None = Field(ge=-1, le=1, description="treated_rate − holdout_rate.")
@@ -66,6 +84,21 @@ class LiftFigures(BaseModel):
         "matured cases."))
     net_incremental_revenue: list[SignedMoney] = Field(description=(
         "incremental_revenue − the incentive cost of the treated matured cases, per currency."))
+    incremental_revenue_interval: list[MoneyInterval] | None = Field(description=(
+        "95% interval of incremental_revenue per currency (delta method over the cases: "
+        "n_t·(ȳ_t − ȳ_h) ± 1.96·n_t·sqrt(s²_t/n_t + s²_h/n_h), y = a case's recovered amount in "
+        "that currency, s² the sample variances; rounded outwards); null while withheld."))
+    net_incremental_revenue_interval: list[MoneyInterval] | None = Field(description=(
+        "incremental_revenue_interval less the treated cases' incentive cost; null while withheld."))
+    contaminated_cases: int = Field(ge=0, description=(
+        "Holdout cases counted above that a creator nudged by hand (they stay in the holdout: "
+        "intention to treat)."))
+    maturing_cases: int = Field(ge=0, description=(
+        "Eligible cases of the window whose 14 days have not elapsed: left out of every rate."))
+    maturing_recoveries: int = Field(ge=0, description="Of those, recovered so far.")
+    not_eligible_cases: int = Field(ge=0, description=(
+        "Matured cases of the window left out: opened after their window ended (a late first "
+        "webhook: never messaged), or opened while no holdout was on."))
 
 
 class ClassFigures(BaseModel):
@@ -93,7 +126,15 @@ class KpiFigures(BaseModel):
     recoveries: int = Field(ge=0, description="Of those, cases recovered.")
     recovery_rate: float = Field(ge=0, le=1, description=(
         "recoveries / total_cases; 0 when there are no cases. Open, expired and cancelled cases "
-        "all count in the denominator."))
+        "all count in the denominator, so it moves while young cases can still recover."))
+    matured_cases: int = Field(ge=0, description=(
+        "Cases of the window whose 14 days have elapsed (first_failure_at + 14 days ≤ now), any status."))
+    matured_recoveries: int = Field(ge=0, description="Of those, cases recovered.")
+    matured_recovery_rate: float | None = Field(ge=0, le=1, description=(
+        "matured_recoveries / matured_cases (matured cases only): compare windows with this. Null "
+        "when the window has no matured case yet (it is still maturing)."))
+    maturing_cases: int = Field(ge=0, description="Cases of the window younger than 14 days.")
+    maturing_recoveries: int = Field(ge=0, description="Of those, recovered so far.")
     recovered_revenue: list[Money] = Field(description=(
         "Sum of recovered_amount_minor of the recovered cases, per case currency, sorted by currency."))
     incentive_cost: list[Money] = Field(description=(
@@ -123,6 +164,9 @@ class StatusCount:
     holdout: bool = False
     matured: bool = False
     incentive_cost_minor: int = 0
+    in_lift: bool = False  # opened in time, while a holdout was on (lift.in_lift)
+    contaminated: int = 0  # of these cases, holdout cases a creator nudged by hand
+    recovered_squares: int = 0  # Σ recovered_amount_minor² of the recovered ones
 
 
 def _money(pairs: Iterable[tuple[str, int]]) -> list[Money]:
@@ -134,35 +178,54 @@ def _signed(pairs: Iterable[tuple[str, int]]) -> list[SignedMoney]:
 
 
 def _arm(rows: list[StatusCount]) -> lift_math.Arm:
+    recovered = [r for r in rows if r.status == "recovered"]
     return lift_math.Arm(
         matured=sum(r.cases for r in rows),
-        recovered=sum(r.cases for r in rows if r.status == "recovered"),
-        revenue=tuple(lift_math.sum_by_currency(
-            [(r.currency, r.recovered_minor) for r in rows if r.status == "recovered"])),
-        incentive_cost=tuple(lift_math.sum_by_currency([(r.currency, r.incentive_cost_minor) for r in rows])))
+        recovered=sum(r.cases for r in recovered),
+        revenue=tuple(lift_math.sum_by_currency([(r.currency, r.recovered_minor) for r in recovered])),
+        incentive_cost=tuple(lift_math.sum_by_currency([(r.currency, r.incentive_cost_minor) for r in rows])),
+        revenue_squares=tuple(lift_math.sum_by_currency(
+            [(r.currency, r.recovered_squares) for r in recovered])))
+
+
+def _intervals(pairs: list[tuple[str, tuple[int, int]]]) -> list[MoneyInterval]:
+    return [MoneyInterval(currency=c, interval=[low, high]) for c, (low, high) in pairs]
 
 
 def lift_figures(rows: Iterable[StatusCount]) -> LiftFigures:
-    matured = [r for r in rows if r.matured]
+    rows = list(rows)
+    eligible = [r for r in rows if r.in_lift]
+    matured = [r for r in eligible if r.matured]
+    young = [r for r in eligible if not r.matured]
     result = lift_math.lift(_arm([r for r in matured if not r.holdout]),
                             _arm([r for r in matured if r.holdout]))
+    ok = result.status == "ok"
     return LiftFigures(
-        status="ok" if result.status == "ok" else "insufficient_data", treated_cases=result.treated_cases,
+        status="ok" if ok else "insufficient_data", treated_cases=result.treated_cases,
         holdout_cases=result.holdout_cases, treated_rate=result.treated_rate,
         holdout_rate=result.holdout_rate, incremental_rate=result.incremental_rate,
         interval=list(result.interval) if result.interval else None,
         incremental_revenue=_signed(result.incremental_revenue),
-        net_incremental_revenue=_signed(result.net_incremental_revenue))
+        net_incremental_revenue=_signed(result.net_incremental_revenue),
+        incremental_revenue_interval=_intervals(result.incremental_revenue_interval) if ok else None,
+        net_incremental_revenue_interval=_intervals(result.net_incremental_revenue_interval) if ok else None,
+        contaminated_cases=sum(r.contaminated for r in matured if r.holdout),
+        maturing_cases=sum(r.cases for r in young),
+        maturing_recoveries=sum(r.cases for r in young if r.status == "recovered"),
+        not_eligible_cases=sum(r.cases for r in rows if r.matured and not r.in_lift))
 
 
 def figures(rows: Iterable[StatusCount]) -> KpiFigures:
     """Fold aggregate rows of one window into its figures."""
     rows = list(rows)
-    total = active = recoveries = 0
+    total = active = recoveries = matured = matured_recoveries = 0
     revenue: dict[str, int] = {}
     classes: dict[str, list[int]] = {name: [0, 0] for name in DECLINE_CLASSES}
     for row in rows:
         total += row.cases
+        if row.matured:
+            matured += row.cases
+            matured_recoveries += row.cases if row.status == "recovered" else 0
         counts = classes.setdefault(row.decline_class, [0, 0])
         counts[0] += row.cases
         if row.status == "open":
@@ -177,7 +240,10 @@ def figures(rows: Iterable[StatusCount]) -> KpiFigures:
         for name, (n, r) in classes.items() if name in DECLINE_CLASSES})
     return KpiFigures(
         total_cases=total, active_cases=active, recoveries=recoveries,
-        recovery_rate=recoveries / total if total else 0.0,
+        recovery_rate=recoveries / total if total else 0.0, matured_cases=matured,
+        matured_recoveries=matured_recoveries,
+        matured_recovery_rate=matured_recoveries / matured if matured else None,
+        maturing_cases=total - matured, maturing_recoveries=recoveries - matured_recoveries,
         recovered_revenue=[Money(currency=c, amount_minor=revenue[c]) for c in sorted(revenue)],
         incentive_cost=_money(lift_math.sum_by_currency(
             [(r.currency, r.incentive_cost_minor) for r in rows])),

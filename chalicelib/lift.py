@@ -1,7 +1,15 @@
 """Holdout lift, cohorts and time to recovery: pure arithmetic (no database, no HTTP).
 
-**Lift** compares matured cases (≥ 14 days since the first failure, or closed) of the window:
-treated (every case not held out) against the holdout (cases that got no automatic message).
+**Lift** compares the window's matured, eligible cases (``case_flags``): treated (not held out)
+against the holdout (cases that got no automatic message).
+- **matured**: the case's 14-day window has elapsed, ``first_failure_at + 14 days ≤ now``,
+  whatever its status. A recovery closes a case at once but a non-recovery only at day 14, so
+  counting young closed cases would fill the denominators mostly with recoveries;
+- **eligible**: Rebound opened the case (``opened_at``) before its window ended (a case first
+  heard of later was never messaged, whatever its arm), and the holdout was on (> 0%) when it
+  opened (``holdout_percent_at_open``): before that every case was treated, and mixing those in
+  would compare different periods. A holdout case a creator nudged by hand stays in the holdout
+  (intention to treat) and is counted in ``contaminated_cases``;
 - rates: recovered / matured in each arm; ``incremental_rate`` = treated − holdout;
 - ``interval``: 95% interval of that difference by **Newcombe's hybrid score method** (method 10
   of Newcombe 1998, "Interval estimation for the difference between independent proportions"),
@@ -11,6 +19,11 @@ treated (every case not held out) against the holdout (cases that got no automat
   have at the holdout's rate. It may be negative;
 - ``net_incremental_revenue`` = incremental revenue − the incentive cost of the treated matured
   cases, per currency;
+- ``incremental_revenue_interval``: a 95% interval per currency by the **delta method**: with
+  ``y`` a case's recovered amount in that currency (0 otherwise), incremental revenue is
+  ``n_t·(ȳ_t − ȳ_h)``, whose variance is ``n_t²·(s²_t/n_t + s²_h/n_h)`` (sample variances). It is
+  what the treated cases would have recovered beyond the holdout's rate, give or take chance;
+  the net interval is the same one less the incentive cost actually spent;
 - with fewer than 30 matured cases in either arm every figure is withheld
   (``status: insufficient_data``, counts only).
 
@@ -25,11 +38,27 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Final
 
 Z95: Final = 1.959963984540054  # the 97.5% quantile of the standard normal
 MIN_MATURED_PER_ARM: Final = 30
 WINDOW_DAYS: Final = 14
+
+
+def matured(first_failure_at: datetime, now: datetime) -> bool:
+    """The case's window has elapsed (whatever its status)."""
+    return first_failure_at + timedelta(days=WINDOW_DAYS) <= now
+
+
+def opened_in_time(first_failure_at: datetime, opened_at: datetime) -> bool:
+    """Rebound opened the case while a success could still recover it (it could act)."""
+    return opened_at <= first_failure_at + timedelta(days=WINDOW_DAYS)
+
+
+def in_lift(first_failure_at: datetime, opened_at: datetime, holdout_percent_at_open: int | None) -> bool:
+    """Eligible for the lift: opened in time, while a holdout was on."""
+    return opened_in_time(first_failure_at, opened_at) and (holdout_percent_at_open or 0) > 0
 
 
 def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -62,6 +91,7 @@ class Arm:
     recovered: int = 0
     revenue: tuple[tuple[str, int], ...] = ()  # (currency, recovered minor units)
     incentive_cost: tuple[tuple[str, int], ...] = ()
+    revenue_squares: tuple[tuple[str, int], ...] = ()  # (currency, Σ recovered amount²)
 
 
 @dataclass(frozen=True)
@@ -75,20 +105,46 @@ class Lift:
     interval: tuple[float, float] | None
     incremental_revenue: list[tuple[str, int]]
     net_incremental_revenue: list[tuple[str, int]]
+    incremental_revenue_interval: list[tuple[str, tuple[int, int]]]
+    net_incremental_revenue_interval: list[tuple[str, tuple[int, int]]]
+
+
+def _sample_variance(total: float, squares: float, n: int) -> float:
+    """Σy and Σy² over n cases → the sample variance (n − 1 in the denominator)."""
+    if n < 2:
+        return 0.0
+    return max(0.0, (squares - total * total / n) / (n - 1))
+
+
+def revenue_interval(treated: Arm, holdout: Arm, currency: str, z: float = Z95) -> tuple[float, float]:
+    """The delta-method interval of ``n_t·(ȳ_t − ȳ_h)`` in one currency (module doc)."""
+    nt, nh = treated.matured, holdout.matured
+    t_sum, h_sum = dict(treated.revenue).get(currency, 0), dict(holdout.revenue).get(currency, 0)
+    t_sq = dict(treated.revenue_squares).get(currency, 0)
+    h_sq = dict(holdout.revenue_squares).get(currency, 0)
+    estimate = nt * (t_sum / nt - h_sum / nh)
+    se = nt * math.sqrt(_sample_variance(t_sum, t_sq, nt) / nt + _sample_variance(h_sum, h_sq, nh) / nh)
+    return estimate - z * se, estimate + z * se
 
 
 def lift(treated: Arm, holdout: Arm) -> Lift:
     if treated.matured < MIN_MATURED_PER_ARM or holdout.matured < MIN_MATURED_PER_ARM:
-        return Lift("insufficient_data", treated.matured, holdout.matured, None, None, None, None, [], [])
+        return Lift("insufficient_data", treated.matured, holdout.matured, None, None, None, None, [], [],
+                    [], [])
     t_rate = treated.recovered / treated.matured
     h_rate = holdout.recovered / holdout.matured
     scale = treated.matured / holdout.matured
     t_rev, h_rev, cost = dict(treated.revenue), dict(holdout.revenue), dict(treated.incentive_cost)
     incremental = {c: round(t_rev.get(c, 0) - h_rev.get(c, 0) * scale) for c in set(t_rev) | set(h_rev)}
     net = {c: incremental.get(c, 0) - cost.get(c, 0) for c in set(incremental) | set(cost)}
+    bounds = {c: revenue_interval(treated, holdout, c) for c in set(t_rev) | set(h_rev)}
+    interval = {c: (math.floor(lo), math.ceil(hi)) for c, (lo, hi) in bounds.items()}
+    net_interval = {c: (low - cost.get(c, 0), high - cost.get(c, 0))
+                    for c, (low, high) in ((c, interval.get(c, (0, 0))) for c in set(interval) | set(cost))}
     return Lift("ok", treated.matured, holdout.matured, t_rate, h_rate, t_rate - h_rate,
                 newcombe(treated.recovered, treated.matured, holdout.recovered, holdout.matured),
-                sorted(incremental.items()), sorted(net.items()))
+                sorted(incremental.items()), sorted(net.items()), sorted(interval.items()),
+                sorted(net_interval.items()))
 
 
 # --- time to recovery ---------------------------------------------------------------------------

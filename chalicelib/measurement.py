@@ -16,7 +16,7 @@ from chalicelib import experiments
 from chalicelib.db import Transaction
 from chalicelib.kpis import CaseTimes, StatusCount
 from chalicelib.messages import Copy, VariantCopy, render
-from chalicelib.models import RECOVERY_WINDOW, Case, CreatorSettings
+from chalicelib.models import Case, CreatorSettings
 from chalicelib.whop import WhopError, WhopPort
 
 MESSAGE_KINDS = ("nudge", "reminder", "manual_nudge")
@@ -31,12 +31,17 @@ class ExperimentRunning(Exception):
 
 
 def assign_new_case(tx: Transaction, case_id: str, settings: CreatorSettings) -> None:
-    """Put a new case in the holdout or, when an experiment runs, in one of its variants."""
-    if experiments.in_holdout(case_id, settings.holdout_percent):
-        tx.execute("UPDATE recovery_cases SET holdout = true WHERE id = CAST(:id AS uuid)", id=case_id)
-        return
-    running = tx.one("SELECT id::text AS id, variants FROM experiments WHERE status = 'running'")
-    if running is None:
+    """Put a new case in the holdout or, when an experiment runs, in one of its variants, and
+    record the holdout percent in force (the lift compares arms only over cases assigned while it
+    was above 0). One statement unless a variant is written: it also reads the running experiment."""
+    held = experiments.in_holdout(case_id, settings.holdout_percent)
+    running = tx.one(
+        "WITH u AS (UPDATE recovery_cases SET holdout = :held, holdout_percent_at_open = :pct"
+        "  WHERE id = CAST(:id AS uuid) RETURNING id)"
+        " SELECT (SELECT count(*) FROM u) AS updated, e.id::text AS id, e.variants"
+        " FROM (SELECT 1) one LEFT JOIN experiments e ON e.status = 'running' AND NOT :held",
+        held=held, pct=settings.holdout_percent, id=case_id)
+    if running is None or running["id"] is None:
         return
     weights = [(v["name"], int(v["weight"])) for v in running["variants"]]
     variant = experiments.assign_variant(running["id"], case_id, weights)
@@ -131,23 +136,50 @@ def stop_experiment(tx: Transaction, experiment_id: str, now: datetime) -> None:
                " WHERE id = CAST(:id AS uuid) AND status = 'running'", id=experiment_id, now=now)
 
 
-def variant_counts(tx: Transaction, experiment_id: str, now: datetime) -> dict[str, experiments.ArmCounts]:
-    """Per variant: cases, sends, clicked and messaged cases, matured cases and their recoveries."""
+# Matured (lift.matured) and opened in time (lift.opened_in_time) as SQL over recovery_cases
+# (``t`` is a table alias and its dot, or ""): the window is exactly 14 × 24 h in both. In hours,
+# because '14 days' added to a timestamptz follows the session time zone's DST changes.
+WINDOW_SQL = "interval '336 hours'"
+
+
+def matured_sql(t: str = "") -> str:
+    return f"{t}first_failure_at + {WINDOW_SQL} <= :now"
+
+
+def in_time_sql(t: str = "") -> str:
+    return f"{t}opened_at <= {t}first_failure_at + {WINDOW_SQL}"
+
+
+def in_lift_sql(t: str = "") -> str:
+    return f"({in_time_sql(t)} AND COALESCE({t}holdout_percent_at_open, 0) > 0)"
+
+
+def variant_counts(tx: Transaction, experiment_id: str, now: datetime,
+                   weights: dict[str, int] | None = None) -> dict[str, experiments.ArmCounts]:
+    """Per variant: cases (all assigned: the sample-ratio check), sends, clicked and messaged
+    cases, and over the cases opened in time, the matured ones and their recoveries and the
+    maturing ones and theirs."""
+    in_time, matured = in_time_sql("c."), matured_sql("c.")
     rows = tx.query(
-        "SELECT c.variant, count(*) AS cases, COALESCE(sum(s.sent), 0) AS sends,"
+        "SELECT c.variant, count(*) AS cases, COALESCE(sum(s.sent), 0) AS sends,"  # noqa: S608 - constants
         " count(*) FILTER (WHERE c.link_clicks > 0) AS clicks,"
         " count(*) FILTER (WHERE s.sent > 0) AS messaged,"
-        " count(*) FILTER (WHERE c.status <> 'open' OR c.first_failure_at <= :mature) AS matured,"
-        " count(*) FILTER (WHERE c.status = 'recovered') AS recoveries"
+        f" count(*) FILTER (WHERE {in_time} AND {matured}) AS matured,"
+        f" count(*) FILTER (WHERE {in_time} AND {matured} AND c.status = 'recovered') AS recoveries,"
+        f" count(*) FILTER (WHERE {in_time} AND NOT ({matured})) AS maturing,"
+        f" count(*) FILTER (WHERE {in_time} AND NOT ({matured}) AND c.status = 'recovered')"
+        " AS maturing_recoveries"
         " FROM recovery_cases c LEFT JOIN LATERAL (SELECT count(*) AS sent FROM recovery_actions a"
         "   WHERE a.case_id = c.id AND a.status = 'sent'"
         "   AND a.kind IN ('nudge', 'reminder', 'manual_nudge')) s ON true"
         " WHERE c.experiment_id = CAST(:id AS uuid) GROUP BY c.variant",
-        id=experiment_id, mature=now - RECOVERY_WINDOW)
+        id=experiment_id, now=now)
+    weights = weights or {}
     return {r["variant"]: experiments.ArmCounts(
         name=r["variant"], cases=int(r["cases"]), sends=int(r["sends"]), clicks=int(r["clicks"]),
-        messaged=int(r["messaged"]), matured=int(r["matured"]), recoveries=int(r["recoveries"]))
-        for r in rows}
+        messaged=int(r["messaged"]), matured=int(r["matured"]), recoveries=int(r["recoveries"]),
+        weight=weights.get(r["variant"], 1), maturing=int(r["maturing"]),
+        maturing_recoveries=int(r["maturing_recoveries"])) for r in rows}
 
 
 # --- KPIs and cohorts ------------------------------------------------------------------------------
@@ -155,24 +187,27 @@ def variant_counts(tx: Transaction, experiment_id: str, now: datetime) -> dict[s
 
 # The KPI route's one query (make bench times the route against this SQL run bare).
 KPI_GROUPS_SQL = (
-    "SELECT first_failure_at >= :mid AS current, status,"
+    "SELECT first_failure_at >= :mid AS current, status,"  # noqa: S608 - constant fragments
     " COALESCE(currency, recovered_currency) AS currency, decline_class, holdout,"
-    " (status <> 'open' OR first_failure_at <= :mature) AS matured, count(*) AS cases,"
+    f" ({matured_sql()}) AS matured, {in_lift_sql()} AS in_lift, count(*) AS cases,"
     " COALESCE(sum(recovered_amount_minor) FILTER (WHERE status = 'recovered'), 0) AS recovered,"
-    " COALESCE(sum(incentive_cost_minor), 0) AS incentive_cost"
+    " COALESCE(sum(CAST(recovered_amount_minor AS numeric) ^ 2) FILTER (WHERE status = 'recovered'), 0)"
+    " AS recovered_squares,"
+    " COALESCE(sum(incentive_cost_minor), 0) AS incentive_cost,"
+    " count(*) FILTER (WHERE contaminated) AS contaminated"
     " FROM recovery_cases WHERE first_failure_at >= :start AND first_failure_at <= :now"
-    " GROUP BY 1, 2, 3, 4, 5, 6"
+    " GROUP BY 1, 2, 3, 4, 5, 6, 7"
 )
 
 
 def kpi_group_params(now: datetime, window: timedelta) -> dict[str, datetime]:
-    return {"mid": now - window, "start": now - 2 * window, "now": now, "mature": now - RECOVERY_WINDOW}
+    return {"mid": now - window, "start": now - 2 * window, "now": now}
 
 
 def kpi_groups(tx: Transaction, *, now: datetime,
                window: timedelta) -> tuple[list[StatusCount], list[StatusCount]]:
     """Case counts for [now - window, now] and the window before, grouped by everything the KPIs
-    break down by (status, currency, decline class, holdout, matured)."""
+    break down by (status, currency, decline class, holdout, matured, eligible for the lift)."""
     rows = tx.query(KPI_GROUPS_SQL, **kpi_group_params(now, window))
     current: list[StatusCount] = []
     previous: list[StatusCount] = []
@@ -180,7 +215,9 @@ def kpi_groups(tx: Transaction, *, now: datetime,
         counted = StatusCount(status=row["status"], currency=row["currency"], cases=int(row["cases"]),
                               recovered_minor=int(row["recovered"]), decline_class=row["decline_class"],
                               holdout=bool(row["holdout"]), matured=bool(row["matured"]),
-                              incentive_cost_minor=int(row["incentive_cost"]))
+                              incentive_cost_minor=int(row["incentive_cost"]), in_lift=bool(row["in_lift"]),
+                              contaminated=int(row["contaminated"]),
+                              recovered_squares=int(row["recovered_squares"]))
         (current if row["current"] else previous).append(counted)
     return current, previous
 

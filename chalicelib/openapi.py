@@ -152,15 +152,23 @@ of the recovered cases per case currency (minor units, sorted by currency). Ever
 recomputed from `GET …/cases/export.csv?window_days=N` (rows by `status`, sums of \
 `recovered_amount_minor` by `currency`).
 
+**Matured cases only** for every comparison: `matured_cases`, `matured_recoveries` and \
+`matured_recovery_rate` count the cases whose 14-day window has elapsed (`first_failure_at + 14 \
+days ≤ now`, whatever the status); `maturing_cases` / `maturing_recoveries` are the younger ones \
+(their figures still move). Compare windows with `matured_recovery_rate`.
+
 **Measurement.** `incentive_cost` sums the stored cost of the free days granted to the window's \
-cases per currency. `by_decline_class` repeats cases / recoveries / recovery_rate per decline class \
-(CSV column `decline_class`). `lift` compares the window's **matured** cases (first failure ≥ 14 \
-days ago, or closed) that were not held out (treated) with those in the holdout (CSV `holdout`): \
-recovery rates, their difference with a 95% **Newcombe hybrid score** interval (from Wilson score \
-intervals, no continuity correction), incremental recovered revenue (treated revenue − holdout \
-revenue × treated/holdout matured cases) and that minus the treated cases' incentive cost. Until \
-each arm has 30 matured cases the figures are withheld (`status: insufficient_data`, counts \
-only). `previous` holds the same fields for the window before."""
+cases per currency (CSV `incentive_cost_minor`). `by_decline_class` repeats cases / recoveries / \
+recovery_rate per decline class (CSV column `decline_class`). `lift` compares the window's \
+**matured, eligible** cases — opened by Rebound before their window ended (CSV `opened_at`) and \
+assigned while the holdout was above 0% (CSV `holdout_percent_at_open`) — that were not held out \
+(treated) with those in the holdout (CSV `holdout`; a manually nudged holdout case stays there \
+and is counted in `contaminated_cases`): recovery rates, their difference with a 95% **Newcombe \
+hybrid score** interval (from Wilson score intervals, no continuity correction), incremental \
+recovered revenue (treated revenue − holdout revenue × treated/holdout matured cases) and that \
+minus the treated cases' incentive cost, each with a 95% interval per currency by the **delta \
+method**. Until each arm has 30 matured, eligible cases the figures are withheld (`status: \
+insufficient_data`, counts only). `previous` holds the same fields for the window before."""
 
 _COHORTS_DESCRIPTION = """\
 Cases grouped by the ISO week of their first failure, in the company's time zone (settings), the \
@@ -179,11 +187,17 @@ naming the field. Copy is plain text: in a DM markdown characters are shown as t
 Each case opened while the experiment runs (and not held out) gets a variant from a stable hash \
 of (experiment id, case id), proportional to the weights; every message of the case (first \
 nudge, reminders, manual nudges) uses it. One experiment runs at a time: creating a second → \
-409. Results per variant: cases, sends, clicks (cases that clicked), ctr (clicks / cases sent a \
-message), matured cases (≥ 14 days or closed), recoveries, recovery rate, and the Bayesian \
-beta-binomial `prob_best` / `expected_loss` (uniform priors, Monte Carlo with a fixed seed). \
-`winner` is named only at ≥ 95% with ≥ 50 matured cases per variant; `winner_reason` says why \
-(not)."""
+409. Results per variant: cases (all assigned), sends, clicks (cases that clicked), ctr (clicks / \
+cases sent a message), and over the cases opened before their window ended: matured cases (**matured \
+cases only**: first failure + 14 days ≤ now, whatever the status), recoveries, recovery rate, and \
+the maturing cases and their recoveries so far. `decision` is sequential-safe: a `winner` is named \
+only when, with ≥ 30 matured cases per variant, its always-valid 95% confidence sequence (normal \
+mixture, Howard et al. 2021; Bonferroni over the pairs) against every other variant lies above 0, \
+so reading the results daily keeps the false-winner rate ≤ 5%; `collecting` says how many more \
+matured cases per variant a +10 pts gap needs; `no_winner` when every pair differs by less than \
+10 pts or the experiment stopped without a winner; `sample_ratio_mismatch` when the cases per \
+variant do not follow the weights (chi-square p < 0.001). The beta-binomial `prob_best` / \
+`expected_loss` are descriptive only (null until every variant has a matured case)."""
 
 _EXPORT_DESCRIPTION = f"""\
 The company's cases as CSV (RFC 4180, UTF-8, header row first), newest first, filtered like the \

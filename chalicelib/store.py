@@ -408,7 +408,8 @@ CASE_VIEW_COLUMNS = (
     " amount_minor, currency, decline_code, failure_reason, recovered_at, recovered_amount_minor,"
     " recovered_currency, closed_at, close_reason, cancelled_by, incentive_days, link_clicks,"
     " last_clicked_at, next_action_at, created_at, updated_at,"
-    " holdout, experiment_id::text AS experiment_id, variant, decline_class"
+    " holdout, experiment_id::text AS experiment_id, variant, decline_class,"
+    " contaminated, opened_at, holdout_percent_at_open"  # issue 17
 )
 
 # Optional filters as bound parameters (NULL = no filter); the keyset is (first_failure_at, id).
@@ -476,14 +477,17 @@ EXPORT_SELECT = (
     " (SELECT count(*) FROM recovery_actions a WHERE a.case_id = recovery_cases.id"
     "   AND " + _SENT_MESSAGE + ") AS nudges_sent,"
     " incentive_days, holdout, experiment_id::text AS experiment_id, variant, decline_class,"
-    " link_clicks AS clicks FROM recovery_cases"
+    " link_clicks AS clicks,"
+    " opened_at, holdout_percent_at_open, contaminated, incentive_cost_minor"  # issue 17
+    " FROM recovery_cases"
 )
 
 
 # Export columns whose values can never need quoting or neutralising (uuids, enums, lower-case
 # currency codes, counts and amounts that are never negative, a boolean): written as plain text.
 _CSV_PLAIN = frozenset({"case_id", "status", "currency", "amount_minor", "recovered_amount_minor",
-                        "failure_count", "nudges_sent", "incentive_days", "holdout", "experiment_id"})
+                        "failure_count", "nudges_sent", "incentive_days", "holdout", "experiment_id",
+                        "holdout_percent_at_open", "contaminated", "incentive_cost_minor"})
 
 
 # --- the export through COPY ----------------------------------------------------------------------
@@ -517,7 +521,7 @@ _FORMULA_CODES = "(9, 13, 43, 45, 61, 64)"
 
 # Plain columns whose type COPY writes exactly as the contract does, and never empty (so never
 # COPY's quoted ""): no expression at all. A boolean is not one (COPY writes t/f).
-_COPY_NATIVE = _CSV_PLAIN - {"holdout"}
+_COPY_NATIVE = _CSV_PLAIN - {"holdout", "contaminated"}
 
 
 def _copy_expression(column: str) -> str:
@@ -648,6 +652,12 @@ def manual_nudge_wait_s(tx: Transaction, case_id: str, cooldown: timedelta) -> i
         "SELECT ceil(extract(epoch FROM max(created_at) + :cooldown - now())) FROM recovery_actions"
         " WHERE case_id = CAST(:id AS uuid) AND kind = 'manual_nudge'", id=case_id, cooldown=cooldown)
     return max(0, int(wait)) if wait is not None else 0
+
+
+def mark_contaminated(tx: Transaction, case_id: str) -> None:
+    """A creator nudged a holdout case by hand (issue 17)."""
+    tx.execute("UPDATE recovery_cases SET contaminated = true, updated_at = now()"
+               " WHERE id = CAST(:id AS uuid)", id=case_id)
 
 
 def close_case_by_creator(tx: Transaction, case_id: str, *, close_reason: str, user_id: str,

@@ -1,5 +1,6 @@
 """Print the measurement figures of a seeded example (issue 10's note): lift with its interval,
-an experiment's Bayesian read-out, decline classes and the time-to-recovery curve.
+an experiment's sequential decision and its descriptive Bayesian read-out, decline classes and
+the time-to-recovery curve.
 
 Pure: the same domain functions the API calls, on a synthetic company generated with a fixed
 seed (nothing is read from or written to a database).
@@ -45,13 +46,15 @@ def main() -> None:
             status, recovered_at = rng.choice(["expired", "expired", "expired", "cancelled"]), None
         else:
             status, recovered_at = "open", None
-        matured = status != "open" or age >= RECOVERY_WINDOW
+        matured = age >= RECOVERY_WINDOW  # the window has elapsed, whatever the status (issue 17)
         cost = 333 if not holdout and rng.random() < 0.3 else 0
         if age <= timedelta(days=30):
             rows.append(StatusCount(status=status, currency="usd", cases=1,
                                     recovered_minor=1999 if status == "recovered" else 0,
                                     decline_class=cls,
-                                    holdout=holdout, matured=matured, incentive_cost_minor=cost))
+                                    holdout=holdout, matured=matured, incentive_cost_minor=cost,
+                                    in_lift=True,
+                                    recovered_squares=1999 ** 2 if status == "recovered" else 0))
         times.append(CaseTimes(first_failure_at=first, status=status, recovered_at=recovered_at,
                                currency="usd", recovered_minor=1999 if status == "recovered" else 0,
                                decline_class=cls))
@@ -60,14 +63,16 @@ def main() -> None:
             arms[variant] = experiments.ArmCounts(
                 name=variant, cases=a.cases + 1, sends=a.sends + 2, clicks=a.clicks + (rng.random() < 0.4),
                 messaged=a.messaged + 1, matured=a.matured + matured,
-                recoveries=a.recoveries + (status == "recovered" and matured))
+                recoveries=a.recoveries + (status == "recovered" and matured),
+                maturing=a.maturing + (not matured),
+                maturing_recoveries=a.maturing_recoveries + (status == "recovered" and not matured))
     kpis = report(30, rows, [])
     result = experiments.results(list(arms.values()))
     weekly = cohorts(times, NOW, ZoneInfo("UTC"), 12)
     print(json.dumps({
         "kpis_30d": kpis.model_dump(mode="json", exclude={"previous"}),
         "experiment": {"variants": [v.__dict__ for v in result.variants], "winner": result.winner,
-                       "winner_reason": result.winner_reason},
+                       "decision": result.decision, "decision_reason": result.decision_reason},
         "time_to_recovery": [p.recovered_share for p in weekly.time_to_recovery],
         "maturing_weeks": [c.week for c in weekly.cohorts if c.maturing],
     }, indent=1))

@@ -28,12 +28,18 @@ def insert_case(api: Api, *, company: str = ALPHA, membership: str | None = None
         "currency": "usd", "link_token": secrets.token_urlsafe(32),
         "recovered_at": first + timedelta(hours=5) if status == "recovered" else None,
         "recovered_amount_minor": 1999 if status == "recovered" else None,
-        "closed_at": first + timedelta(hours=5) if status != "open" else None, **fields}
+        "closed_at": first + timedelta(hours=5) if status != "open" else None,
+        # issue 17: opened when it failed, with a holdout on (override to test eligibility)
+        "opened_at": first, "holdout_percent_at_open": 10, **fields}
     names = ", ".join(values)
     marks = ", ".join(f":{k}" for k in values)
     sql = f"INSERT INTO recovery_cases ({names}) VALUES ({marks}) RETURNING id::text AS id"
     rows = api.rows(company, sql, **values)
     return str(rows[0]["id"])
+
+
+def _at(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def add_ledger(api: Api, case_id: str, kind: str, status: str, channel: str | None = "dm",
@@ -188,7 +194,8 @@ def test_export_has_the_contract_columns_iso_times_and_nudge_counts(api: Api) ->
     assert text.splitlines()[0] == ("case_id,membership_id,user_id,status,first_failure_at,last_failure_at,"
                                     "recovered_at,amount_minor,currency,recovered_amount_minor,failure_count,"
                                     "decline_code,failure_reason,nudges_sent,incentive_days,"
-                                    "holdout,experiment_id,variant,decline_class,clicks")
+                                    "holdout,experiment_id,variant,decline_class,clicks,"
+                                    "opened_at,holdout_percent_at_open,contaminated,incentive_cost_minor")
     (row,) = parse_csv(text)
     assert row["case_id"] == case_id and row["status"] == "open" and row["amount_minor"] == "1999"
     assert row["nudges_sent"] == "3"  # dm nudge, reminder, manual nudge sent; not failed/pending/incentive
@@ -198,6 +205,10 @@ def test_export_has_the_contract_columns_iso_times_and_nudge_counts(api: Api) ->
     parsed = datetime.fromisoformat(row["first_failure_at"].replace("Z", "+00:00"))
     assert abs(parsed - (NOW - 2 * DAY)) < timedelta(milliseconds=1) and parsed.tzinfo == UTC
     assert row["recovered_at"] == "" and "buyer@example.com" not in text and "Jane" not in text
+    # issue 17: opened now by the database clock (in time), no holdout, not nudged by hand, no cost
+    assert _at(row["opened_at"]) > parsed and row["opened_at"].endswith("Z")
+    assert (row["holdout_percent_at_open"], row["contaminated"]) == ("0", "false")
+    assert row["incentive_cost_minor"] == ""
 
 
 def test_export_neutralises_cells_a_spreadsheet_would_run(api: Api) -> None:

@@ -196,20 +196,70 @@ def test_bayesian_figures_match_the_exact_two_arm_computation() -> None:
     assert sum(three) == pytest.approx(1) and all(abs(p - 1 / 3) < 0.02 for p in three)
 
 
-def test_winner_needs_95_percent_and_50_matured_cases_per_variant() -> None:
+def test_a_winner_needs_30_matured_cases_and_an_always_valid_interval_above_0() -> None:
     arm = experiments.ArmCounts
     few = experiments.results([arm("a", cases=30, matured=12, recoveries=2),
-                               arm("b", cases=60, matured=55, recoveries=40)])
-    assert few.winner is None and few.winner_reason == "needs 50 matured cases per variant; has 12"
-    close = experiments.results([arm("a", matured=200, recoveries=100),
-                                 arm("b", matured=200, recoveries=104)])
-    assert close.winner is None and close.winner_reason.startswith("no variant is 95% likely")
+                               arm("b", cases=32, matured=29, recoveries=25)])
+    assert few.winner is None and few.decision == "collecting"
+    assert few.decision_reason.startswith("Needs 30 matured cases in every variant before any decision; "
+                                          "the smallest has 12.")
+    assert f"About {few.cases_needed_per_variant - 12} more matured cases per variant to detect +10 pts" \
+        in few.decision_reason
+    # 50% vs 52%: collecting, and it says how many matured cases a +10 pts gap needs.
+    close = experiments.results([arm("a", cases=200, matured=200, recoveries=100),
+                                 arm("b", cases=200, matured=200, recoveries=104)])
+    assert close.winner is None and close.decision == "collecting"
+    assert close.decision_reason.startswith("No variant is ahead beyond chance yet")
+    assert close.cases_needed_per_variant is not None and close.cases_needed_per_variant > 200
+    # The old rule named b at prob_best 0.99 here; the always-valid interval does not (yet).
+    early = experiments.results([arm("a", cases=60, matured=60, recoveries=18),
+                                 arm("b", cases=60, matured=60, recoveries=30)])
+    assert early.variants[1].prob_best is not None and early.variants[1].prob_best > 0.95
+    assert early.winner is None and early.decision == "collecting"
     clear = experiments.results([arm("a", cases=210, sends=400, clicks=50, messaged=200, matured=200,
                                      recoveries=60),
                                  arm("b", cases=205, matured=200, recoveries=120)])
-    assert clear.winner == "b" and "b has the best recovery rate" in clear.winner_reason
+    assert clear.winner == "b" and clear.decision == "winner"
+    assert clear.decision_reason.startswith("b recovers more than every other variant")
+    assert clear.winner_reason == clear.decision_reason
     a = clear.variants[0]
     assert (a.ctr, a.recovery_rate) == (0.25, 0.3) and a.prob_best is not None and a.prob_best < 0.01
+    # The same data once stopped still names b; a stopped one without a winner says so.
+    assert experiments.results(
+        [arm("a", cases=210, matured=200, recoveries=60), arm("b", cases=205, matured=200, recoveries=120)],
+        running=False).decision == "winner"
+    stopped = experiments.results([arm("a", cases=200, matured=200, recoveries=100),
+                                   arm("b", cases=200, matured=200, recoveries=104)], running=False)
+    assert (stopped.decision, stopped.winner) == ("no_winner", None)
+    assert stopped.decision_reason.startswith("Stopped before the data named a winner.")
+    assert "No winner yet" not in stopped.decision_reason
+
+
+def test_an_empty_experiment_shows_no_chance_of_being_best() -> None:
+    arm = experiments.ArmCounts
+    empty = experiments.results([arm("a"), arm("b")])
+    assert [(v.prob_best, v.expected_loss) for v in empty.variants] == [(None, None), (None, None)]
+    one_sided = experiments.results([arm("a", cases=5, matured=5, recoveries=2), arm("b", cases=4)])
+    assert [v.prob_best for v in one_sided.variants] == [None, None]
+    # A zero-weight variant that never got a case is not compared (nor does it hide the figures).
+    zero = experiments.results([arm("a", cases=40, matured=40, recoveries=10, weight=1),
+                                arm("b", weight=0), arm("c", cases=41, matured=41, recoveries=12, weight=1)])
+    assert zero.variants[1].prob_best is None and zero.variants[0].prob_best is not None
+
+
+def test_a_broken_split_is_a_sample_ratio_mismatch_and_names_no_winner() -> None:
+    arm = experiments.ArmCounts
+    skewed = experiments.results([arm("a", cases=500, matured=400, recoveries=80),
+                                  arm("b", cases=400, matured=330, recoveries=200)])
+    assert skewed.decision == "sample_ratio_mismatch" and skewed.winner is None
+    assert skewed.srm_p_value is not None and skewed.srm_p_value < 0.001
+    assert "not split as the weights say" in skewed.decision_reason
+    # The same counts under weights 5:4 are the split asked for: b wins.
+    weighted = experiments.results([arm("a", cases=500, matured=400, recoveries=80, weight=5),
+                                    arm("b", cases=400, matured=330, recoveries=200, weight=4)])
+    assert weighted.decision == "winner" and weighted.srm_p_value == pytest.approx(1.0)
+    leak = experiments.results([arm("a", cases=50, weight=1), arm("b", cases=3, weight=0)])
+    assert leak.decision == "sample_ratio_mismatch" and leak.srm_p_value == 0.0
 
 
 def test_kaplan_meier_on_a_hand_checked_example() -> None:
@@ -259,12 +309,14 @@ def test_create_list_get_stop_and_one_running_at_a_time(api: Api) -> None:
     _, created = api.call("POST", EXPS, body={"name": "Short copy", "variants": VARIANTS}, status=201)
     assert created["status"] == "running" and created["stopped_at"] is None
     assert [v["name"] for v in created["results"]] == ["control", "short"]
-    assert created["winner"] is None
-    assert created["winner_reason"] == "needs 50 matured cases per variant; has 0"
+    assert created["winner"] is None and created["decision"] == "collecting"
+    assert created["winner_reason"].startswith("Needs 30 matured cases in every variant before any decision")
+    assert [v["prob_best"] for v in created["results"]] == [None, None]  # nothing to describe yet
     _, err = api.call("POST", EXPS, body={"name": "Another", "variants": VARIANTS}, status=409)
     assert "already running" in err["error"]["message"]
     _, stopped = api.call("POST", STOP, params={"experiment_id": created["id"]}, status=200)
     assert stopped["status"] == "stopped" and stopped["stopped_at"] is not None
+    assert stopped["decision"] == "no_winner" and "No winner yet" not in stopped["decision_reason"]
     _, again = api.call("POST", STOP, params={"experiment_id": created["id"]}, status=200)
     assert again == stopped  # stopping twice changes nothing
     _, second = api.call("POST", EXPS, body={"name": "Second", "variants": VARIANTS}, status=201)
@@ -452,10 +504,13 @@ def _seed_measured(api: Api) -> None:
         insert_case(api, first=NOW - timedelta(days=2 + i), holdout=i % 2 == 0, decline_class="card_soft")
 
 
-def _lift_from_csv(rows: list[dict[str, str]]) -> dict[str, Any]:
-    mature_before = NOW - timedelta(days=14)
-    matured = [r for r in rows if r["status"] != "open"
-               or datetime.fromisoformat(r["first_failure_at"].replace("Z", "+00:00")) <= mature_before]
+def _lift_from_csv(rows: list[dict[str, str]], now: datetime = NOW) -> dict[str, Any]:
+    def at(text: str) -> datetime:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+    matured = [r for r in rows if at(r["first_failure_at"]) + timedelta(days=14) <= now
+               and at(r["opened_at"]) <= at(r["first_failure_at"]) + timedelta(days=14)
+               and int(r["holdout_percent_at_open"] or 0) > 0]
     arms = {flag: [r for r in matured if r["holdout"] == flag] for flag in ("true", "false")}
     t, h = arms["false"], arms["true"]
     t_rec = sum(r["status"] == "recovered" for r in t)
@@ -525,7 +580,10 @@ def test_lift_is_withheld_until_each_arm_has_30_matured_cases(api: Api) -> None:
     _, kpis = api.call("GET", KPIS, status=200)
     assert kpis["lift"] == {"status": "insufficient_data", "treated_cases": 6, "holdout_cases": 29,
                             "treated_rate": None, "holdout_rate": None, "incremental_rate": None,
-                            "interval": None, "incremental_revenue": [], "net_incremental_revenue": []}
+                            "interval": None, "incremental_revenue": [], "net_incremental_revenue": [],
+                            "incremental_revenue_interval": None, "net_incremental_revenue_interval": None,
+                            "contaminated_cases": 0, "maturing_cases": 0, "maturing_recoveries": 0,
+                            "not_eligible_cases": 0}
     assert kpis["previous"]["lift"]["status"] == "insufficient_data"
     assert kpis["previous"]["window_days"] == kpis["window_days"] == 30
 
@@ -547,9 +605,10 @@ def test_experiment_results_count_each_variant(api: Api) -> None:
     assert (a["cases"], a["sends"], a["clicks"], a["matured_cases"], a["recoveries"]) == (12, 5, 3, 12, 8)
     assert a["ctr"] == pytest.approx(3 / 5) and a["recovery_rate"] == pytest.approx(8 / 12)
     assert (b["cases"], b["matured_cases"], b["recovery_rate"], b["ctr"]) == (3, 0, None, None)
-    assert a["prob_best"] > b["prob_best"]  # 9/14 posterior mean against an uninformed 1/2
-    assert shown["winner"] is None
-    assert shown["winner_reason"] == "needs 50 matured cases per variant; has 0"
+    assert (b["maturing_cases"], b["maturing_recoveries"]) == (3, 0)
+    assert a["prob_best"] is None and b["prob_best"] is None  # b has nothing matured to compare
+    assert shown["winner"] is None and shown["decision"] == "no_winner"  # stopped
+    assert shown["winner_reason"].startswith("Stopped before the data named a winner. Needs 30 matured")
     _, text = api.call("GET", EXPORT, status=200)
     by_variant = Counter(r["variant"] for r in parse_csv(text) if r["experiment_id"] == exp_id)
     assert by_variant == {"a": 12, "b": 3}

@@ -96,6 +96,9 @@ def _owe_manual_nudge(ctx: CreatorContext, case_id: str) -> list[str]:
         if wait > 0:
             raise NudgeCooldown("a manual nudge was sent for this case in the last hour",
                                 headers={"Retry-After": str(wait)})
+        if row["holdout"] and not row["contaminated"]:
+            # It stays in the holdout (intention to treat); the lift says how many were nudged.
+            store.mark_contaminated(tx, case_id)
         step = f"m{uuid.uuid4().hex}"  # the cooldown, not the key, stops a second nudge
         keys = []
         for channel in enabled:

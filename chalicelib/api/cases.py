@@ -32,7 +32,9 @@ EXPORT_COLUMNS = ("case_id", "membership_id", "user_id", "status", "first_failur
                   "recovered_at", "amount_minor", "currency", "recovered_amount_minor", "failure_count",
                   "decline_code", "failure_reason", "nudges_sent", "incentive_days",
                   # measurement (issue 10): appended, never reordered
-                  "holdout", "experiment_id", "variant", "decline_class", "clicks")
+                  "holdout", "experiment_id", "variant", "decline_class", "clicks",
+                  # measurement eligibility (issue 17): appended, never reordered
+                  "opened_at", "holdout_percent_at_open", "contaminated", "incentive_cost_minor")
 # Lambda answers at most 6 MB (the body travels JSON-escaped): stop well before and hand a cursor.
 EXPORT_MAX_BYTES = 5_500_000
 EXPORT_PAGE_ROWS = 1000

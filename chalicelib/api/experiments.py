@@ -24,14 +24,17 @@ from chalicelib.http import json_response
 
 def _view(tx: Transaction, row: dict[str, Any], ctx: CreatorContext) -> Experiment:
     variants = [VariantBody.model_validate(v) for v in row["variants"]]
-    counted = measurement.variant_counts(tx, row["id"], ctx.now)
-    arms = [counted.get(v.name, domain.ArmCounts(name=v.name)) for v in variants]
-    result = domain.results(arms)
+    weights = {v.name: v.weight for v in variants}
+    counted = measurement.variant_counts(tx, row["id"], ctx.now, weights)
+    arms = [counted.get(v.name, domain.ArmCounts(name=v.name, weight=v.weight)) for v in variants]
+    result = domain.results(arms, running=row["status"] == "running")
     return Experiment(
         id=row["id"], name=row["name"], status=row["status"], variants=variants,
         created_at=row["created_at"], stopped_at=row["stopped_at"],
         results=[VariantResult.model_validate(r, from_attributes=True) for r in result.variants],
-        winner=result.winner, winner_reason=result.winner_reason)
+        winner=result.winner, winner_reason=result.winner_reason, decision=result.decision,
+        decision_reason=result.decision_reason, cases_needed_per_variant=result.cases_needed_per_variant,
+        srm_p_value=result.srm_p_value)
 
 
 def create_experiment(ctx: CreatorContext) -> Response:

@@ -245,6 +245,14 @@ class CaseSummary(BaseModel):
     created_at: AwareDatetime
     updated_at: AwareDatetime
     holdout: bool = Field(description="In the holdout: no automatic message, reminder or incentive.")
+    contaminated: bool = Field(description=(
+        "A holdout case a creator nudged by hand: it stays in the holdout (intention to treat)."))
+    opened_at: AwareDatetime = Field(description=(
+        "When Rebound opened the case (its clock). A case opened after its 14-day window ended is "
+        "in no arm."))
+    holdout_percent_at_open: int | None = Field(description=(
+        "The holdout percent in force when the case was assigned; null when not known (cases from "
+        "before it was recorded). Lift counts only cases assigned while it was above 0."))
     experiment_id: str | None = Field(description="The copy experiment running when the case opened.")
     variant: str | None = Field(description="Its variant for this case (null without an experiment).")
     decline_class: DeclineClass = Field(description=(
@@ -410,14 +418,22 @@ class VariantResult(BaseModel):
     sends: int = Field(ge=0, description="Messages sent to them (nudges, reminders, manual nudges).")
     clicks: int = Field(ge=0, description="Cases whose tracked link was clicked at least once.")
     ctr: float | None = Field(ge=0, le=1, description="clicks / cases sent at least one message.")
-    matured_cases: int = Field(ge=0, description="Cases ≥ 14 days past their first failure, or closed.")
-    recoveries: int = Field(ge=0, description="Recovered within 14 days.")
-    recovery_rate: float | None = Field(ge=0, le=1, description="recoveries / matured_cases.")
+    matured_cases: int = Field(ge=0, description=(
+        "Matured cases only: first_failure_at + 14 days ≤ now (whatever the status), opened by "
+        "Rebound before their window ended."))
+    recoveries: int = Field(ge=0, description="Of the matured cases, those recovered (within 14 days).")
+    recovery_rate: float | None = Field(ge=0, le=1, description=(
+        "recoveries / matured_cases (matured cases only); null without matured cases."))
     prob_best: float | None = Field(ge=0, le=1, description=(
-        "Posterior probability that this variant has the best recovery rate (Beta-binomial, "
-        "uniform priors; Monte Carlo with a fixed seed)."))
+        "Descriptive only (decides nothing): posterior probability that this variant has the best "
+        "recovery rate (Beta-binomial, uniform priors; Monte Carlo with a fixed seed). Null until "
+        "every variant has a matured case."))
     expected_loss: float | None = Field(ge=0, le=1, description=(
-        "Expected recovery-rate shortfall from the best variant if this one is chosen."))
+        "Descriptive only: expected recovery-rate shortfall from the best variant if this one is "
+        "chosen. Null until every variant has a matured case."))
+    maturing_cases: int = Field(ge=0, description=(
+        "Cases opened in time whose 14 days have not elapsed: left out of every rate."))
+    maturing_recoveries: int = Field(ge=0, description="Of those, recovered so far.")
 
 
 class Experiment(BaseModel):
@@ -430,9 +446,24 @@ class Experiment(BaseModel):
     created_at: AwareDatetime
     stopped_at: AwareDatetime | None
     results: list[VariantResult] = Field(description="Per variant, in the order of `variants`.")
-    winner: str | None = Field(description="Named only at ≥ 95% prob_best with ≥ 50 matured cases per "
-                                           "variant.")
+    winner: str | None = Field(description=(
+        "Named only by the sequential rule: with ≥ 30 matured cases per variant, the variant whose "
+        "always-valid 95% confidence sequence against every other variant lies above 0 "
+        "(Bonferroni over the pairs). Its false-winner rate stays ≤ 5% however often it is read."))
     winner_reason: str = Field(description="Why there is (or is not yet) a winner, in plain words.")
+    decision: Literal["collecting", "winner", "no_winner", "sample_ratio_mismatch"] = Field(description=(
+        "collecting: running, no decision yet; winner: see winner; no_winner: every pair differs by "
+        "less than 10 pts, or stopped without a winner; sample_ratio_mismatch: the cases are not "
+        "split as the weights say (chi-square p < 0.001), so no result can be trusted."))
+    decision_reason: str = Field(description=(
+        "The decision in plain words, with what the method still needs (matured cases per variant "
+        "to detect +10 pts)."))
+    cases_needed_per_variant: int | None = Field(ge=0, description=(
+        "Matured cases per variant at which a true +10 pts gap would be named about 80% of the "
+        "time, at the current pooled recovery rate."))
+    srm_p_value: float | None = Field(ge=0, le=1, description=(
+        "Sample-ratio check: chi-square p-value of the cases per variant against the weights; null "
+        "while some variant expects fewer than 5 cases."))
 
 
 class ExperimentList(BaseModel):

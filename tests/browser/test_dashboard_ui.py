@@ -96,12 +96,15 @@ def test_tiles_equal_the_kpi_api_for_each_window(ui: Ui) -> None:
         if window != "30":
             page.select_option("#window", window)
         _, k = ui.api.call("GET", KPIS, query=f"window_days={window}", status=200)
-        for key in ("active_cases", "recoveries", "recovery_rate", "recovered_revenue"):
+        for key in ("active_cases", "recoveries", "recovered_revenue"):
             expect(page.locator(f'[data-kpi="{key}"]')).to_have_attribute("data-value", compact(k[key]))
         expect(page.locator('[data-kpi="active_cases"] .value')).to_have_text(str(k["active_cases"]))
         expect(page.locator('[data-kpi="recoveries"] .value')).to_have_text(str(k["recoveries"]))
         rate = page.locator('[data-kpi="recovery_rate"] .value')
-        expect(rate).to_have_text(f"{k['recovery_rate'] * 100:.1f}%")
+        matured = k["matured_recovery_rate"]
+        expect(rate).to_have_text("–" if matured is None else f"{matured * 100:.1f}%")
+        shown = page.locator('[data-kpi="recovery_rate"]').get_attribute("data-value")
+        assert json.loads(shown or "") == matured  # the matured rate (JSON: 0 and 0.0 alike)
         prev = k["previous"]
         expect(page.locator('[data-kpi="recoveries"] .trend')).to_contain_text(
             f"vs {prev['recoveries']} in the previous {window} days")
@@ -320,7 +323,8 @@ def test_an_experiment_is_created_shows_results_and_is_stopped(ui: Ui) -> None:
     page.click("#exp-form button[type=submit]")
     expect(page.locator("#exp-detail")).to_be_visible()
     expect(page.locator("#exp-results tbody tr")).to_have_count(2)
-    expect(page.locator("#exp-winner")).to_contain_text("No winner yet")
+    expect(page.locator("#exp-winner")).to_contain_text("Collecting data.")
+    expect(page.locator("#exp-winner")).to_contain_text("more matured cases per variant to detect +10 pts")
     expect(page.locator("#v1-push_body-err")).to_be_empty()
     _, listed = ui.api.call("GET", EXPERIMENTS, status=200)
     (exp,) = listed["items"]
@@ -337,6 +341,8 @@ def test_an_experiment_is_created_shows_results_and_is_stopped(ui: Ui) -> None:
                              status=200)
     assert stopped["status"] == "stopped"
     expect(page.locator(f'#exp-rows tr[data-experiment="{exp["id"]}"]')).to_contain_text("Stopped")
+    expect(page.locator("#exp-winner")).to_contain_text("No winner. Stopped before the data named a winner.")
+    expect(page.locator("#exp-winner")).not_to_contain_text("No winner yet")
 
 
 def test_lift_is_withheld_with_the_reason_and_one_click_turns_on_a_holdout(ui: Ui) -> None:
