@@ -159,9 +159,11 @@ KPI_GROUPS_SQL = (
     " COALESCE(currency, recovered_currency) AS currency, decline_class, holdout,"
     " (status <> 'open' OR first_failure_at <= :mature) AS matured, count(*) AS cases,"
     " COALESCE(sum(recovered_amount_minor) FILTER (WHERE status = 'recovered'), 0) AS recovered,"
-    " COALESCE(sum(incentive_cost_minor), 0) AS incentive_cost"
+    " COALESCE(sum(incentive_cost_minor), 0) AS incentive_cost,"
+    # issue 18: the recovery's credit (by_recovery_source); recovered before 0013 = other
+    " CASE WHEN status = 'recovered' THEN COALESCE(recovered_by, 'other') END AS recovered_by"
     " FROM recovery_cases WHERE first_failure_at >= :start AND first_failure_at <= :now"
-    " GROUP BY 1, 2, 3, 4, 5, 6"
+    " GROUP BY 1, 2, 3, 4, 5, 6, 10"
 )
 
 
@@ -180,7 +182,8 @@ def kpi_groups(tx: Transaction, *, now: datetime,
         counted = StatusCount(status=row["status"], currency=row["currency"], cases=int(row["cases"]),
                               recovered_minor=int(row["recovered"]), decline_class=row["decline_class"],
                               holdout=bool(row["holdout"]), matured=bool(row["matured"]),
-                              incentive_cost_minor=int(row["incentive_cost"]))
+                              incentive_cost_minor=int(row["incentive_cost"]),
+                              recovered_by=row["recovered_by"])
         (current if row["current"] else previous).append(counted)
     return current, previous
 
