@@ -65,6 +65,7 @@ class World:
     p: Pipeline
     owner: Owner
     clock: list[datetime]
+    relay: str  # where the fake Whop (and simulate.py) send webhooks
 
     @property
     def fake(self) -> FakeWhop:
@@ -144,7 +145,8 @@ def world(pipeline: Pipeline, owner: Owner, monkeypatch: pytest.MonkeyPatch) -> 
     relay.pipeline = pipeline
     thread = threading.Thread(target=relay.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
-    pipeline.whop.webhook_target = f"http://127.0.0.1:{relay.server_address[1]}/webhooks/whop"
+    origin = f"http://127.0.0.1:{relay.server_address[1]}"
+    pipeline.whop.webhook_target = f"{origin}/webhooks/whop"
     clock = [datetime(2026, 3, 10, 12, tzinfo=UTC)]
 
     class _Clock(datetime):
@@ -158,7 +160,7 @@ def world(pipeline: Pipeline, owner: Owner, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(api_module, "datetime", _Clock)
     pipeline.whop.clock = lambda: clock[0]
     recovery_exec.clear_paid_cache()
-    yield World(pipeline, owner, clock)
+    yield World(pipeline, owner, clock, origin)
     relay.shutdown()
     relay.server_close()
     thread.join(timeout=5)
@@ -288,6 +290,26 @@ def test_no_attach_for_a_held_out_case_a_closed_case_or_with_smart_retry_off(wor
     assert [(r["status"], r["error_detail"]) for r in world.ledger("mem_hold", "payment_retry")] == [
         ("skipped", "holdout")]
     assert world.ledger("mem_off", "payment_retry", BRAVO) == []
+
+
+def test_simulate_card_updated_recovers_a_simulated_failure(world: World, tmp_path: Any,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from scripts import simulate
+
+    monkeypatch.setenv("REBOUND_DATA_DIR", str(tmp_path))  # no make dev here: the flags say where
+    world.clock[0] = datetime.now(UTC)  # simulate.py dates its webhooks now: the real clock here
+    world.fake.clock = None
+    common = ["--base", world.relay, "--fake-whop", world.fake.origin, "--company", ALPHA,
+              "--user", "user_sim"]
+    assert simulate.main(["failure", "--membership", "mem_sim", *common]) == 0
+    world.drain()
+    assert simulate.main(["card-updated", "--payment-method", "payt_sim", *common]) == 0
+    world.drain()
+
+    (patch,) = calls(world.fake, "PATCH", PATCH)
+    assert patch.path == "/api/v1/memberships/mem_sim" and patch.json == {"payment_method_id": "payt_sim"}
+    world.whop_answers()
+    assert world.case("mem_sim")["recovered_by"] == "rebound_retry"
 
 
 # --- the payday retry ---------------------------------------------------------------------------------
