@@ -144,7 +144,7 @@ _GAPS = (
     "SELECT l.result ->> 'permission' AS permission, l.completed_at FROM ("  # noqa: S608 - constants
     " SELECT DISTINCT ON (kind) kind, error_detail, result, completed_at FROM recovery_actions"
     " WHERE kind IN " + _KINDS + " AND status IN ('sent', 'failed')"
-    " ORDER BY kind, completed_at DESC) l WHERE l.error_detail = 'permission_missing'"
+    " ORDER BY kind, completed_at DESC, updated_at DESC) l WHERE l.error_detail = 'permission_missing'"
     " ORDER BY l.completed_at")
 
 

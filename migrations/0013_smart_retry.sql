@@ -38,7 +38,7 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
         SELECT DISTINCT ON (a.company_id, a.kind) a.error_detail, a.result
           FROM recovery_actions a
          WHERE a.kind IN ('card_attach', 'payment_retry') AND a.status IN ('sent', 'failed')
-         ORDER BY a.company_id, a.kind, a.completed_at DESC
+         ORDER BY a.company_id, a.kind, a.completed_at DESC, a.updated_at DESC
     ) l
     WHERE l.error_detail = 'permission_missing' AND l.result ->> 'permission' IS NOT NULL
     GROUP BY 1
