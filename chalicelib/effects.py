@@ -35,6 +35,9 @@ Retry policy, by why Whop said no (``whop.failure_cause``):
 |                |                                           | alone; metric ``EffectRowFailed``     |
 Backoff: 1 min doubling per attempt, at most 1 h; there is no attempt limit for the last four
 causes — a Whop outage of any length delays a nudge, it never abandons one inside its window.
+Smart retry's rows (``card_attach``, ``payment_retry``: ``chalicelib.recovery_exec``) follow this
+table with two differences: a 403 is final (``permission_missing``, the missing Whop permission
+shown on the dashboard and the health check), and a refusal keeps Whop's reason in the row.
 """
 
 from __future__ import annotations
