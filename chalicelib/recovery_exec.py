@@ -164,13 +164,11 @@ def outcome(tx: Transaction, c: Claim, result: WhopResult, now: datetime) -> tup
             return "deferred", _keep_pending(tx, c.action_id, verdict[1], None, "deferred", token=c.token,
                                              give_back_attempt=True)
         return "skipped", _settle(tx, c.action_id, now, "skipped", "skipped", str(verdict[1]), token=c.token)
-    label = METRIC_LABEL[c.kind]
     if result.ok:
         touched = _settle(tx, c.action_id, now, "sent", result={**_answer(result), **keep}, token=c.token)
         if touched:
             recovery_store.credit_case(tx, c.case_id, attempted_at=keep.get("attempted_at"),
                                        reason=REASON.get(c.step))
-        count(f"SmartRetry_{label}_sent")
         return "sent", touched
     reason = _whop_reason(result)
     if result.status_code == 403:
@@ -183,7 +181,6 @@ def outcome(tx: Transaction, c: Claim, result: WhopResult, now: datetime) -> tup
                                  result={"permission": permission, "status_code": 403, "whop_reason": reason,
                                          **keep}, token=c.token)
     if result.cause == "member":
-        count(f"SmartRetry_{label}_failed")
         return "failed", _settle(tx, c.action_id, now, "failed", "permanent", result.error_code,
                                  result={"status_code": result.status_code, "whop_reason": reason, **keep},
                                  token=c.token)

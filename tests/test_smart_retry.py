@@ -251,6 +251,32 @@ def test_a_card_saved_before_the_failure_arrives_is_used_when_the_case_opens(wor
     assert world.case("mem_1")["recovered_by"] == "rebound_retry"
 
 
+def test_a_card_saved_while_the_failure_is_being_applied_is_never_missed(world: World) -> None:
+    """The consumer applies the failure and the saved card at the same moment (two Lambda
+    instances): the member lock they share means whichever commits second sees the other."""
+    from chalicelib.queue import QueuedWebhook
+
+    def apply(pair: tuple[str, bytes]) -> None:
+        processing.process_webhook(QueuedWebhook(pair[0], world.now, pair[1]), world.now, world.p.db)
+
+    for n in range(20):  # without the shared lock, a few of 20 races lose the attach
+        membership, user = f"mem_race_{n}", f"user_race_{n}"
+        failure = payment_event("payment.failed", membership=membership, user=user,
+                                at=world.now - timedelta(hours=1), payment=f"pay_{membership}")
+        card = card_saved_event(user=user, payment_method=f"payt_race_{n}", at=world.now)
+        pending = [failure, card]
+        taking = threading.Lock()
+
+        def take_one(pending: list[tuple[str, bytes]] = pending, taking: threading.Lock = taking) -> None:
+            with taking:
+                pair = pending.pop()
+            apply(pair)
+
+        run_concurrently(take_one, 2, after=world.p.db.close)
+        (row,) = world.ledger(membership, "card_attach")
+        assert row["idempotency_key"] == attach_key(ALPHA, membership, f"payt_race_{n}")
+
+
 def test_a_card_saved_in_one_company_attaches_only_that_companys_membership(world: World) -> None:
     world.member("mem_a", "user_1", company=ALPHA)
     world.member("mem_b", "user_1", company=BRAVO)
