@@ -303,6 +303,14 @@ def terminate_membership(company_id: str, case_id: str) -> Response:
     return serve(app.current_request, company_id, "actions", actions.terminate, case_id)
 
 
+@app.route(f"{COMPANY}/cases/{{case_id}}/retry", methods=["POST"], content_types=ANY_BODY)
+@handle_errors
+def retry_payment(company_id: str, case_id: str) -> Response:
+    from chalicelib.api import recovery, serve
+
+    return serve(app.current_request, company_id, "actions", recovery.retry, case_id)
+
+
 @app.route(f"{COMPANY}/memberships/{{membership_id}}", methods=["GET"], content_types=ANY_BODY)
 @handle_errors
 def get_membership(company_id: str, membership_id: str) -> Response:

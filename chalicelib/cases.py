@@ -49,6 +49,7 @@ TYPE_RANK: Final[dict[EventType, int]] = {
     EventType.MEMBERSHIP_ACTIVATED: 3,
     EventType.MEMBERSHIP_CANCEL_AT_PERIOD_END_CHANGED: 4,
     EventType.MEMBERSHIP_DEACTIVATED: 5,
+    EventType.SETUP_INTENT_SUCCEEDED: 6,  # a member's saved card: never part of a membership's fold
 }
 
 
@@ -214,4 +215,5 @@ _RULES: Final[dict[EventType, Callable[[_State, WhopEvent], None]]] = {
     EventType.MEMBERSHIP_ACTIVATED: _on_success,
     EventType.MEMBERSHIP_CANCEL_AT_PERIOD_END_CHANGED: _on_cancel_at_period_end,
     EventType.MEMBERSHIP_DEACTIVATED: _on_deactivated,
+    EventType.SETUP_INTENT_SUCCEEDED: lambda _state, _event: None,  # owes an attach, changes no case
 }

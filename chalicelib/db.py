@@ -491,16 +491,21 @@ class Database:
         raise AssertionError("unreachable")
 
     @contextmanager
-    def transaction(self, company_id: str | None, lock: str | None = None) -> Iterator[Transaction]:
+    def transaction(self, company_id: str | None,
+                    lock: str | tuple[str, ...] | None = None) -> Iterator[Transaction]:
         conn = self._begin()
         broken = False
+        locks = (lock,) if isinstance(lock, str) else tuple(lock or ())
         try:
             tx = Transaction(conn, self.statements)
             try:
-                if company_id is not None and lock is not None:
-                    # Tenant and lock in one round trip (the consumer's per-membership lock).
-                    tx.query("SELECT set_config('app.company_id', :cid, true),"
-                             " pg_advisory_xact_lock(hashtextextended(:lock, 0))", cid=company_id, lock=lock)
+                if company_id is not None and locks:
+                    # Tenant and locks in one round trip (the consumer's per-membership lock, and
+                    # the per-member one a failure shares with a saved card: issue 18), in order.
+                    taken = ", ".join(f"pg_advisory_xact_lock(hashtextextended(:lock{i}, 0))"
+                                      for i in range(len(locks)))
+                    tx.query("SELECT set_config('app.company_id', :cid, true), " + taken, cid=company_id,
+                             **{f"lock{i}": key for i, key in enumerate(locks)})
                 elif company_id is not None:
                     tx.query("SELECT set_config('app.company_id', :cid, true)", cid=company_id)
                 yield tx
@@ -558,9 +563,10 @@ def reset_database() -> None:
 
 @contextmanager
 def tenant_transaction(company_id: str, db: Database | None = None, *,
-                       lock: str | None = None) -> Iterator[Transaction]:
-    """A transaction in which RLS shows and accepts only ``company_id``'s rows; with ``lock``, it
-    also holds the advisory lock on that key until it ends (taken in the same round trip)."""
+                       lock: str | tuple[str, ...] | None = None) -> Iterator[Transaction]:
+    """A transaction in which RLS shows and accepts only ``company_id``'s rows; with ``lock`` (a key
+    or several, taken in order), it also holds those advisory locks until it ends (taken in the
+    same round trip)."""
     if not company_id:
         raise ValueError("company_id is required for a tenant transaction")
     with (db or get_database()).transaction(company_id, lock) as tx:

@@ -35,6 +35,9 @@ Retry policy, by why Whop said no (``whop.failure_cause``):
 |                |                                           | alone; metric ``EffectRowFailed``     |
 Backoff: 1 min doubling per attempt, at most 1 h; there is no attempt limit for the last four
 causes — a Whop outage of any length delays a nudge, it never abandons one inside its window.
+Smart retry's rows (``card_attach``, ``payment_retry``: ``chalicelib.recovery_exec``) follow this
+table with two differences: a 403 is final (``permission_missing``, the missing Whop permission
+shown on the dashboard and the health check), and a refusal keeps Whop's reason in the row.
 """
 
 from __future__ import annotations
@@ -48,12 +51,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from chalicelib import measurement, store
+from chalicelib import measurement, recovery_exec, store
 from chalicelib.attribution import window_passed
 from chalicelib.db import Database, Transaction, tenant_transaction
 from chalicelib.messages import VariantCopy
 from chalicelib.models import Case, CaseStatus, CreatorSettings
 from chalicelib.observability import count, logger
+from chalicelib.recovery_policy import RECOVERY_KINDS
 from chalicelib.reminders import FREQUENCY_CAP, quiet_until, retry_delay
 from chalicelib.whop import WhopError, WhopPermanentError, WhopPort, WhopResult
 
@@ -121,6 +125,7 @@ def send_metric(kind: str, channel: str | None, outcome: str) -> str | None:
     if outcome not in SEND_OUTCOMES:
         return None
     label = "incentive" if kind == "incentive" else channel if channel in SEND_CHANNELS else "other"
+    label = recovery_exec.METRIC_LABEL.get(kind, label)  # issue 18: Send_attach_*, Send_retry_*
     return f"Send_{label}_{outcome}"
 
 
@@ -254,7 +259,8 @@ def claim(company_id: str, now: datetime, db: Database | None = None, *, case_id
                 unwritten = []
             case_row = cases[row["case_id"]]
             case = store.case_from_row(case_row)
-            verdict = _gate(tx, row, case, settings, now, batch_sends)
+            verdict = (recovery_exec.gate(tx, row, case, settings, now) if row["kind"] in RECOVERY_KINDS
+                       else _gate(tx, row, case, settings, now, batch_sends))  # issue 18: its own rules
             if verdict is not None and verdict[0] == "skip":
                 _settle(tx, row["action_id"], now, "skipped", "skipped", verdict[1])
                 stats.skipped += 1
@@ -326,7 +332,11 @@ def message_copy(ctx: Context, c: Claim, now: datetime) -> dict[str, str]:
 def pin_copy(ctx: Context, company_id: str, c: Claim, now: datetime, db: Database | None = None) -> None:
     """Store the message before its first attempt. Every retry then sends the same body under
     the same Idempotency-Key, even if the case changed in between (a late event moved its first
-    failure, say): Whop refuses a reused key with other content, and a new key would send twice."""
+    failure, say): Whop refuses a reused key with other content, and a new key would send twice.
+    An attach/retry row instead reads Whop and pins when it was first attempted (issue 18)."""
+    if c.kind in RECOVERY_KINDS:
+        recovery_exec.prepare(ctx, company_id, c, now, db)
+        return
     if c.kind not in MESSAGE_KINDS or c.copy is not None:
         return
     c.copy = message_copy(ctx, c, now)
@@ -365,6 +375,11 @@ def perform(ctx: Context, c: Claim, now: datetime) -> WhopResult:
     try:
         if c.kind == "incentive":
             return _extend(ctx, c)
+        if c.kind in RECOVERY_KINDS:
+            return recovery_exec.perform(ctx, c)
+        if c.kind == "reminder" and recovery_exec.payment_already_paid(ctx.whop, c.case):
+            # issue 18: Whop already shows the payment paid (its success webhook is late).
+            return WhopResult(ok=False, error_class="permanent", error_code="already_paid")
         copy = c.copy or message_copy(ctx, c, now)
         assert c.case.user_id is not None
         if c.channel == "push":
@@ -437,6 +452,10 @@ def _count_cause(cause: str) -> None:
 
 def _outcome(tx: Transaction, c: Claim, result: WhopResult, now: datetime) -> tuple[str, int]:
     """Apply the retry policy (module docstring); return (status, rows updated)."""
+    if c.kind in RECOVERY_KINDS:
+        recorded = recovery_exec.outcome(tx, c, result, now)
+        if recorded is not None:
+            return recorded
     if result.ok:
         touched = _settle(tx, c.action_id, now, "sent", result={**result.data, **c.extra}, token=c.token)
         if touched and c.kind == "incentive":
@@ -446,7 +465,7 @@ def _outcome(tx: Transaction, c: Claim, result: WhopResult, now: datetime) -> tu
         return "sent", touched
     cause = result.cause
     if cause == "member" or cause is None:
-        status = "skipped" if result.error_code == "no_push_experience" else "failed"
+        status = "skipped" if result.error_code in ("no_push_experience", "already_paid") else "failed"
         return status, _settle(tx, c.action_id, now, status, result.error_class or "permanent",
                                result.error_code, token=c.token)
     _count_cause(cause)

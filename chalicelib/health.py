@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from chalicelib.config import Settings
-from chalicelib.db import Database, DatabaseError, ping
+from chalicelib.db import Database, DatabaseError, ping, service_transaction
 from chalicelib.errors import BadRequest, Unauthorized
 from chalicelib.queue import EventQueue, QueueUnavailable
 
@@ -40,6 +40,9 @@ class DatabaseHealth(BaseModel):
     latency_ms: float | None = None
     schema_version: str | None = None
     error: str | None = None  # the error class only: messages may name hosts or users
+    # issue 18: per Whop permission, how many companies' latest card attach or payment retry Whop
+    # refused for lacking it (403): "grant member:payment_methods:manage". Counts, never ids.
+    whop_permissions_missing: dict[str, int] | None = None
 
 
 class WebhookHealth(BaseModel):
@@ -78,7 +81,19 @@ def database_health(db: Database | None) -> DatabaseHealth:
     except DatabaseError as exc:
         return DatabaseHealth(status="error", reachable=False, error=type(exc).__name__)
     return DatabaseHealth(status="ok", reachable=True, latency_ms=round(latency_ms, 2),
-                          schema_version=version)
+                          schema_version=version, whop_permissions_missing=_permission_gaps(db))
+
+
+def _permission_gaps(db: Database) -> dict[str, int] | None:
+    """What Whop refused smart retry for, across companies (None when it cannot be read: the
+    database answered the ping, which is what this check is about)."""
+    from chalicelib.recovery_store import permission_gaps_everywhere
+
+    try:
+        with service_transaction(db) as tx:
+            return permission_gaps_everywhere(tx)
+    except DatabaseError:
+        return None
 
 
 Deep = DatabaseHealth | WebhookHealth

@@ -20,7 +20,9 @@ same window):
 - ``incentive_cost``: the stored cost of the free days granted to the window's cases, per case
   currency;
 - ``by_decline_class``: cases, recoveries and recovery rate per decline class (same definitions);
-- ``lift``: treated versus holdout over the window's matured, eligible cases (``chalicelib.lift``).
+- ``lift``: treated versus holdout over the window's matured, eligible cases (``chalicelib.lift``);
+- ``by_recovery_source`` (issue 18): the window's recoveries and recovered revenue by who gets
+  the credit (the CSV's ``recovered_by``: ``rebound_retry``, ``after_click``, ``other``).
 """
 
 from __future__ import annotations
@@ -118,6 +120,46 @@ class ByDeclineClass(BaseModel):
     unknown: ClassFigures
 
 
+# --- by recovery source (issue 18: smart retry) ------------------------------------------------------
+
+
+class SourceFigures(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    recoveries: int = Field(ge=0)
+    recovered_revenue: list[Money] = Field(description="Per case currency, sorted by currency.")
+
+
+class ByRecoverySource(BaseModel):
+    """Recovered cases by ``recovered_by``: ``rebound_retry`` (the success followed Rebound's
+    card attach or payment retry), ``after_click`` (the member followed a Rebound link first),
+    ``other`` (Whop's own retry or the member alone)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    rebound_retry: SourceFigures
+    after_click: SourceFigures
+    other: SourceFigures
+
+
+def recovery_sources(rows: Iterable[StatusCount]) -> ByRecoverySource:
+    """Fold aggregate rows into the recoveries per source (a recovered row without a source
+    counts as ``other``: a case recovered before sources were recorded)."""
+    counts: dict[str, list[tuple[str, int]]] = {name: [] for name in ByRecoverySource.model_fields}
+    recoveries = dict.fromkeys(counts, 0)
+    for row in rows:
+        if row.status != "recovered":
+            continue
+        source = row.recovered_by if row.recovered_by in counts else "other"
+        recoveries[source] += row.cases
+        if row.currency is not None:
+            counts[source].append((row.currency, row.recovered_minor))
+    return ByRecoverySource.model_validate({
+        name: SourceFigures(recoveries=recoveries[name],
+                            recovered_revenue=_money(lift_math.sum_by_currency(pairs)))
+        for name, pairs in counts.items()})
+
+
 class KpiFigures(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -142,6 +184,8 @@ class KpiFigures(BaseModel):
         "case currency."))
     by_decline_class: ByDeclineClass = Field(description="The same counts per decline class.")
     lift: LiftFigures
+    by_recovery_source: ByRecoverySource = Field(description=(
+        "Recoveries and recovered revenue by who gets the credit (the CSV's recovered_by)."))
 
 
 class KpiWindow(KpiFigures):
@@ -167,6 +211,7 @@ class StatusCount:
     in_lift: bool = False  # opened in time, while a holdout was on (lift.in_lift)
     contaminated: int = 0  # of these cases, holdout cases a creator nudged by hand
     recovered_squares: int = 0  # Σ recovered_amount_minor² of the recovered ones
+    recovered_by: str | None = None  # issue 18: rebound_retry | after_click | other (recovered only)
 
 
 def _money(pairs: Iterable[tuple[str, int]]) -> list[Money]:
@@ -247,7 +292,7 @@ def figures(rows: Iterable[StatusCount]) -> KpiFigures:
         recovered_revenue=[Money(currency=c, amount_minor=revenue[c]) for c in sorted(revenue)],
         incentive_cost=_money(lift_math.sum_by_currency(
             [(r.currency, r.incentive_cost_minor) for r in rows])),
-        by_decline_class=by_class, lift=lift_figures(rows))
+        by_decline_class=by_class, lift=lift_figures(rows), by_recovery_source=recovery_sources(rows))
 
 
 def report(window_days: int, current: Iterable[StatusCount], previous: Iterable[StatusCount]) -> Kpis:

@@ -194,9 +194,11 @@ KPI_GROUPS_SQL = (
     " COALESCE(sum(CAST(recovered_amount_minor AS numeric) ^ 2) FILTER (WHERE status = 'recovered'), 0)"
     " AS recovered_squares,"
     " COALESCE(sum(incentive_cost_minor), 0) AS incentive_cost,"
-    " count(*) FILTER (WHERE contaminated) AS contaminated"
+    " count(*) FILTER (WHERE contaminated) AS contaminated,"
+    # issue 18: the recovery's credit (by_recovery_source); recovered before 0013 = other
+    " CASE WHEN status = 'recovered' THEN COALESCE(recovered_by, 'other') END AS recovered_by"
     " FROM recovery_cases WHERE first_failure_at >= :start AND first_failure_at <= :now"
-    " GROUP BY 1, 2, 3, 4, 5, 6, 7"
+    " GROUP BY 1, 2, 3, 4, 5, 6, 7, 13"
 )
 
 
@@ -217,7 +219,8 @@ def kpi_groups(tx: Transaction, *, now: datetime,
                               holdout=bool(row["holdout"]), matured=bool(row["matured"]),
                               incentive_cost_minor=int(row["incentive_cost"]), in_lift=bool(row["in_lift"]),
                               contaminated=int(row["contaminated"]),
-                              recovered_squares=int(row["recovered_squares"]))
+                              recovered_squares=int(row["recovered_squares"]),
+                              recovered_by=row["recovered_by"])
         (current if row["current"] else previous).append(counted)
     return current, previous
 

@@ -49,6 +49,9 @@ class EventType(StrEnum):
     MEMBERSHIP_ACTIVATED = "membership.activated"
     MEMBERSHIP_DEACTIVATED = "membership.deactivated"
     MEMBERSHIP_CANCEL_AT_PERIOD_END_CHANGED = "membership.cancel_at_period_end_changed"
+    # issue 18: a member saved a payment method. It belongs to a member, not a membership: it
+    # never folds into a case; it owes an attach to the member's open cases (chalicelib.recovery).
+    SETUP_INTENT_SUCCEEDED = "setup_intent.succeeded"
 
 
 FAILURE_TYPES = frozenset({EventType.PAYMENT_FAILED, EventType.PAYMENT_REQUIRES_ACTION})
@@ -79,6 +82,8 @@ class WhopEvent(BaseModel):
     recovery_url: str | None = None
     manage_url: str | None = None
     cancel_at_period_end: bool | None = None
+    # issue 18: the saved payment method of a setup_intent.succeeded (Whop's id, never card data).
+    payment_method_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,100}$")
     deactivation_cause: DeactivationCause | None = None
     occurred_at: AwareDatetime
     occurred_at_inferred: bool = False  # the payload had no usable time: receipt time stands in
@@ -181,4 +186,5 @@ class CreatorSettings(BaseModel):
     quiet_hours: QuietHours | None = None
     push_experience_id: str | None = None
     holdout_percent: int = Field(default=0, ge=0, le=50)
+    smart_retry: bool = True  # issue 18: attach saved cards, one payday retry for soft declines
     updated_at: datetime | None = None

@@ -33,6 +33,7 @@ from chalicelib.api.schemas import (
     ManageUrl,
     MembershipView,
     NudgeResult,
+    RetryResult,
     Settings,
     SettingsUpdate,
     TerminateRequest,
@@ -220,6 +221,16 @@ manual nudge per case per hour, else 429 with `Retry-After`. Each channel's outc
 `actions` (`pending` means Whop was busy: the scheduler retries it)."""
 
 
+_RETRY_DESCRIPTION = """\
+Asks Whop to charge the case's unpaid payment again now (`POST /payments/{id}/retry`: its original \
+payment method). Once per payment, ever: the automatic payday retry and this share one key. The \
+user's admin access is checked with Whop again, uncached. 409 (with the reason) when it is not \
+possible: the case is not open or past its 14-day window, is held out, has no payment, Rebound \
+already retried it (or attached a card the member saved: Whop retried it then), Whop shows the \
+payment paid or not retryable, or Whop refuses the retry (recorded on the timeline with Whop's \
+reason). `pending` means Whop was busy: the scheduler retries it."""
+
+
 _HEALTH = {"anyOf": [{"$ref": REF.format(model=m)}
                      for m in ("ApplicationHealth", "DatabaseHealth", "WebhookHealth")]}
 
@@ -314,6 +325,9 @@ OPERATIONS: tuple[Op, ...] = (
              errors=(404, 409, 413, 502), body=TerminateRequest,
              description="Requires the body `{\"confirm\": true}` exactly. Asks Whop to cancel "
                          "immediately (idempotent), then cancels the case. Recovered or expired → 409."),
+    _creator("post", f"{_C}/cases/{{case_id}}/retry", "retryPayment", "Retry the case's payment now",
+             "actions", "actions", Resp("What the retry did, and Whop's answer.", RetryResult),
+             errors=(404, 409), description=_RETRY_DESCRIPTION),
     _creator("get", f"{_C}/memberships/{{membership_id}}", "getMembership", "A membership, from Whop",
              "memberships", "reads", Resp("The membership (no PII).", MembershipView), errors=(404, 502)),
     _creator("get", f"{_C}/memberships/{{membership_id}}/manage-url", "getManageUrl",

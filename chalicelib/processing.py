@@ -36,7 +36,7 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from pydantic import ValidationError
 
-from chalicelib import measurement, store
+from chalicelib import measurement, models, recovery, store
 from chalicelib.cases import Resume, fold, order_key
 from chalicelib.db import (
     ConstraintViolation,
@@ -61,6 +61,7 @@ class Outcome:
     owed_actions: int = 0
     recovered: int = 0  # cases this event moved to recovered (CasesRecovered)
     reason: str | None = None
+    owed_case_ids: list[str] = field(default_factory=list)  # issue 18: cases a saved card owes an attach
 
 
 class Unusable(Exception):
@@ -91,6 +92,11 @@ def process_webhook(msg: QueuedWebhook, now: datetime, db: Database | None = Non
         event = _event(msg)
         if event is None:
             return Outcome(status="ignored")
+        if event.type is models.EventType.SETUP_INTENT_SUCCEEDED:
+            # issue 18: a member's saved card, not a membership's event
+            saved = recovery.apply_card_saved(event, now, db)
+            return Outcome(status=saved.status, company_id=event.company_id,
+                           owed_case_ids=saved.owed_case_ids)
         if event.membership_id is None:
             raise Unusable("malformed webhook: membership_id missing or invalid")
         return _apply(event, now, db)
@@ -103,9 +109,13 @@ def process_webhook(msg: QueuedWebhook, now: datetime, db: Database | None = Non
 
 def _apply(event: WhopEvent, now: datetime, db: Database | None) -> Outcome:
     assert event.membership_id is not None
-    # Tenant and per-membership lock in one round trip; the insert reads the history back.
-    with tenant_transaction(event.company_id, db,
-                            lock=f"{event.company_id}/{event.membership_id}") as tx:
+    # Tenant and per-membership lock in one round trip; the insert reads the history back. A
+    # failure also takes its member's lock, which a saved card takes too (issue 18): whichever
+    # commits second sees the other, so a card saved as the failure arrives is never missed.
+    locks: tuple[str, ...] = (f"{event.company_id}/{event.membership_id}",)
+    if event.is_failure and event.user_id:
+        locks += (recovery.member_lock(event.company_id, event.user_id),)
+    with tenant_transaction(event.company_id, db, lock=locks) as tx:
         history = store.insert_event(tx, event, minimal_payload(event))
         if not history:
             return Outcome(status="duplicate", company_id=event.company_id)
@@ -189,10 +199,13 @@ def refold_membership(tx: Transaction, company_id: str, membership_id: str, now:
             covered = covered_offset(case, settings, now)
             effects = [(e.kind, e.step, e.channel, e.due_at, e.idempotency_key(case_id))
                        for e in initial_effects(case, settings, now)]
+            effects += recovery.payday_effects(case, settings, now)  # issue 18: soft declines
             done.owed += store.open_case(tx, case, next_action_at(case, settings, covered), new_link_token(),
                                     case_id, effects, last_reminder_offset=covered)
             done.opened.append(case_id)
             measurement.assign_new_case(tx, case_id, settings)  # holdout / experiment variant (issue 10)
+            # issue 18: a card the member saved shortly before this failure arrived is attached now
+            done.owed += recovery.owe_saved_card(tx, case_id, case, settings, now, history.saved_cards)
             done.recovered += int(case.status is CaseStatus.RECOVERED)  # its success came first
             continue
         primary, *duplicates = own
@@ -287,6 +300,8 @@ def _apply_record(record: SQSRecord, opened: dict[str, list[str]]) -> None:
     if outcome.opened_case_ids and outcome.company_id:
         count("CasesOpened", len(outcome.opened_case_ids))
         opened.setdefault(outcome.company_id, []).extend(outcome.opened_case_ids)
+    if outcome.owed_case_ids and outcome.company_id:  # issue 18: attaches go out with the T+0s
+        opened.setdefault(outcome.company_id, []).extend(outcome.owed_case_ids)
     if outcome.recovered:  # counted once committed: a rolled-back fold recovered nothing
         count("CasesRecovered", outcome.recovered)
     logger.info("webhook processed", extra={"outcome": outcome.status, "company_id": outcome.company_id,

@@ -14,6 +14,7 @@ from typing import Any
 from chalicelib.db import SupportsWrite, Transaction
 from chalicelib.kpis import StatusCount
 from chalicelib.models import Case, CreatorSettings, QuietHours, WhopEvent
+from chalicelib.recovery_store import RECOVERED_BY_VIEW, recovered_by_sql
 
 # --- events --------------------------------------------------------------------------------------
 
@@ -46,6 +47,9 @@ class History:
     settings: CreatorSettings
     cases: list[dict[str, Any]] | None = None  # as membership_cases returns them (after ``start``)
     start: FoldStart | None = None  # None: payloads and cases are the membership's whole history
+    # issue 18: the member's latest saved cards in this company, (payment method, saved at), newest
+    # first: a case that opens attaches one saved shortly before its failure. None: not read.
+    saved_cards: list[tuple[str, datetime]] | None = None
 
 
 # The latest episode the events closed before the new event, as a point to resume the fold
@@ -101,6 +105,11 @@ def insert_event(tx: Transaction, event: WhopEvent, payload: dict[str, Any]) -> 
         "                          WHERE n.membership_id = :membership_id AND n.occurred_at <= b.after"
         "                            AND n.payload ->> 'manage_url' IS NOT NULL)) AS manage_url_payloads,"
         " (SELECT to_jsonb(s) FROM creator_settings s WHERE EXISTS (SELECT 1 FROM ins)) AS settings,"
+        # issue 18: read after the per-member lock the transaction took (see processing._apply).
+        " (SELECT COALESCE(jsonb_agg(jsonb_build_array(k.payload ->> 'payment_method_id', k.occurred_at)"
+        "   ORDER BY k.occurred_at DESC, k.id DESC), '[]'::jsonb) FROM (SELECT payload, occurred_at, id"
+        "   FROM events WHERE type = 'setup_intent.succeeded' AND user_id = :user_id"
+        "   AND EXISTS (SELECT 1 FROM ins) ORDER BY occurred_at DESC, id DESC LIMIT 5) k) AS saved_cards,"
         " (SELECT COALESCE(jsonb_agg(to_jsonb(c) - 'created_at' - 'row_id' ORDER BY c.created_at, c.row_id),"
         "   '[]'::jsonb) FROM (SELECT created_at, recovery_cases.id AS row_id, " + _STORED_CASE
         + " FROM recovery_cases"
@@ -117,8 +126,9 @@ def insert_event(tx: Transaction, event: WhopEvent, payload: dict[str, Any]) -> 
     if row["after"] is not None:
         start = FoldStart(after=row["after"], seq_before=int(row["seq_before"]),
                           manage_url_payloads=row["manage_url_payloads"])
+    saved = [(str(m), datetime.fromisoformat(at)) for m, at in row["saved_cards"] if m]
     return History(payloads=[*row["payloads"], payload], settings=settings_from_row(row["settings"]),
-                   cases=[_case_from_json(c) for c in row["cases"]], start=start)
+                   cases=[_case_from_json(c) for c in row["cases"]], start=start, saved_cards=saved)
 
 
 _CASE_TIMES = ("first_failure_at", "last_failure_at", "recovered_at", "closed_at", "next_action_at")
@@ -241,6 +251,8 @@ def update_case(tx: Transaction, case_id: str, case: Case, next_action_at: datet
     assignments = ", ".join(f"{c} = :{c}" for c in _CASE_COLUMNS)  # constant names, bound values
     update = (
         "UPDATE recovery_cases SET " + assignments  # noqa: S608
+        # issue 18: who gets the credit, re-read whenever a recovered case is written
+        + ", recovered_by = " + _RECOVERED_BY
         + ", seq = :seq, episode_webhook_id = COALESCE(episode_webhook_id, :episode),"
         " manage_url = COALESCE(:manage_url, manage_url), next_action_at = :next_action_at,"
         " updated_at = now() WHERE id = CAST(:id AS uuid)")
@@ -252,6 +264,9 @@ def update_case(tx: Transaction, case_id: str, case: Case, next_action_at: datet
     tx.execute("WITH u AS (" + update + " RETURNING id) " + _SETTLE + " AND case_id IN (SELECT id FROM u)",  # noqa: S608
                reason=settle, **params)
 
+
+_RECOVERED_BY = recovered_by_sql("CAST(:id AS uuid)", "CAST(:status AS text)",
+                                 "CAST(:recovered_at AS timestamptz)")
 
 # Pending rows of a closed case (claimed rows, a send in flight, are left to their executor).
 _SETTLE = ("UPDATE recovery_actions SET status = 'skipped', error_class = 'skipped', error_detail = :reason,"
@@ -373,7 +388,8 @@ def settings_from_row(row: dict[str, Any] | None) -> CreatorSettings:
         incentive_days=row["incentive_days"],
         reminder_offsets_days=tuple(row["reminder_offsets_days"]), timezone=row["timezone"],
         quiet_hours=quiet, push_experience_id=row["push_experience_id"],
-        holdout_percent=row["holdout_percent"], updated_at=row["updated_at"])
+        holdout_percent=row["holdout_percent"], smart_retry=row.get("smart_retry", True),
+        updated_at=row["updated_at"])
 
 
 def upsert_settings(tx: Transaction, company_id: str, settings: CreatorSettings) -> CreatorSettings:
@@ -382,21 +398,21 @@ def upsert_settings(tx: Transaction, company_id: str, settings: CreatorSettings)
     tx.execute(
         "INSERT INTO creator_settings (company_id, enable_push, enable_dm, incentive_days,"
         " reminder_offsets_days, timezone, quiet_hours_start, quiet_hours_end, push_experience_id,"
-        " holdout_percent)"
+        " holdout_percent, smart_retry)"
         " VALUES (:company_id, :enable_push, :enable_dm, :incentive_days, CAST(:offsets AS integer[]),"
         " :timezone, CAST(:quiet_start AS time), CAST(:quiet_end AS time), :push_experience_id,"
-        " :holdout_percent)"
+        " :holdout_percent, :smart_retry)"
         " ON CONFLICT (company_id) DO UPDATE SET enable_push = EXCLUDED.enable_push,"
         " enable_dm = EXCLUDED.enable_dm, incentive_days = EXCLUDED.incentive_days,"
         " reminder_offsets_days = EXCLUDED.reminder_offsets_days, timezone = EXCLUDED.timezone,"
         " quiet_hours_start = EXCLUDED.quiet_hours_start, quiet_hours_end = EXCLUDED.quiet_hours_end,"
         " push_experience_id = EXCLUDED.push_experience_id,"
-        " holdout_percent = EXCLUDED.holdout_percent, updated_at = now()",
+        " holdout_percent = EXCLUDED.holdout_percent, smart_retry = EXCLUDED.smart_retry, updated_at = now()",
         company_id=company_id, enable_push=settings.enable_push, enable_dm=settings.enable_dm,
         incentive_days=settings.incentive_days, offsets=list(settings.reminder_offsets_days),
         timezone=settings.timezone, quiet_start=quiet.start if quiet else None,
         quiet_end=quiet.end if quiet else None, push_experience_id=settings.push_experience_id,
-        holdout_percent=settings.holdout_percent)
+        holdout_percent=settings.holdout_percent, smart_retry=settings.smart_retry)
     return get_settings(tx)
 
 
@@ -409,7 +425,9 @@ CASE_VIEW_COLUMNS = (
     " recovered_currency, closed_at, close_reason, cancelled_by, incentive_days, link_clicks,"
     " last_clicked_at, next_action_at, created_at, updated_at,"
     " holdout, experiment_id::text AS experiment_id, variant, decline_class,"
-    " contaminated, opened_at, holdout_percent_at_open"  # issue 17
+    " contaminated, opened_at, holdout_percent_at_open,"  # issue 17
+    # issue 18 (smart retry): what Rebound did to the charge, and the recovery's credit
+    " retried_at, retry_reason, " + RECOVERED_BY_VIEW + " AS recovered_by"
 )
 
 # Optional filters as bound parameters (NULL = no filter); the keyset is (first_failure_at, id).
@@ -478,7 +496,8 @@ EXPORT_SELECT = (
     "   AND " + _SENT_MESSAGE + ") AS nudges_sent,"
     " incentive_days, holdout, experiment_id::text AS experiment_id, variant, decline_class,"
     " link_clicks AS clicks,"
-    " opened_at, holdout_percent_at_open, contaminated, incentive_cost_minor"  # issue 17
+    " opened_at, holdout_percent_at_open, contaminated, incentive_cost_minor,"  # issue 17
+    " retried_at, " + RECOVERED_BY_VIEW + " AS recovered_by"  # issue 18
     " FROM recovery_cases"
 )
 
@@ -487,7 +506,8 @@ EXPORT_SELECT = (
 # currency codes, counts and amounts that are never negative, a boolean): written as plain text.
 _CSV_PLAIN = frozenset({"case_id", "status", "currency", "amount_minor", "recovered_amount_minor",
                         "failure_count", "nudges_sent", "incentive_days", "holdout", "experiment_id",
-                        "holdout_percent_at_open", "contaminated", "incentive_cost_minor"})
+                        "holdout_percent_at_open", "contaminated", "incentive_cost_minor",
+                        "recovered_by"})
 
 
 # --- the export through COPY ----------------------------------------------------------------------
@@ -629,7 +649,10 @@ def case_actions(tx: Transaction, case_id: str, limit: int = 500) -> list[dict[s
     row a creator made (actor not system/member) however old, so member clicks or system rows
     can never push a creator's own action out of the timeline (issue 8)."""
     columns = ("id::text AS id, kind, step, channel, status, actor, attempts, error_class, error_detail,"
-               " created_at, completed_at")
+               " created_at, completed_at,"
+               # issue 18: Whop's answer to an attach or a retry (statuses and Whop's own text only)
+               " result ->> 'status' AS whop_status, result ->> 'failure_message' AS whop_failure,"
+               " result ->> 'whop_reason' AS whop_reason, result ->> 'permission' AS permission")
     return tx.query(
         "SELECT * FROM ("  # noqa: S608 - constant column list
         " (SELECT " + columns + " FROM recovery_actions WHERE case_id = CAST(:id AS uuid)"

@@ -14,6 +14,7 @@ Event time follows the contract ("Shapes and meanings"):
 | payment.failed, payment.requires_action | data.last_payment_attempt (dated: ..._at), else         |
 |                                         | data.created_at, else the envelope timestamp            |
 | membership.*                            | the envelope timestamp                                  |
+| setup_intent.succeeded                  | the envelope timestamp (issue 18: a saved card)         |
 | none of those usable                    | received_at, with occurred_at_inferred=True             |
 """
 
@@ -175,6 +176,7 @@ _TYPE_ALIASES: Final[Mapping[str, EventType]] = {
     "membership_went_invalid": EventType.MEMBERSHIP_DEACTIVATED,
     "membership.went_invalid": EventType.MEMBERSHIP_DEACTIVATED,
     "membership_cancel_at_period_end_changed": EventType.MEMBERSHIP_CANCEL_AT_PERIOD_END_CHANGED,
+    "setup_intent_succeeded": EventType.SETUP_INTENT_SUCCEEDED,
 }
 
 MEMBERSHIP_TYPES: Final = frozenset({
@@ -207,6 +209,8 @@ def normalise(body: bytes | Mapping[str, Any], webhook_id: str, received_at: dat
         return None
     data = _data(envelope)
     occurred_at, inferred = _occurred_at(event_type, envelope, data, received_at.astimezone(UTC))
+    if event_type is EventType.SETUP_INTENT_SUCCEEDED:
+        return _card_saved(envelope, data, webhook_id, occurred_at, inferred, received_at)
     amount_minor, currency = _amount(data)
     fields: dict[str, Any] = {
         "webhook_id": webhook_id,
@@ -229,8 +233,34 @@ def normalise(body: bytes | Mapping[str, Any], webhook_id: str, received_at: dat
 
 
 def minimal_payload(event: WhopEvent) -> dict[str, Any]:
-    """The stored, PII-free form of an event (what the ``events`` table keeps)."""
-    return event.model_dump(mode="json")
+    """The stored, PII-free form of an event (what the ``events`` table keeps). A field only a
+    saved card carries is left out of the other events, so their stored form stays as it was."""
+    unused = {"payment_method_id"} if event.payment_method_id is None else None
+    return event.model_dump(mode="json", exclude=unused)
+
+
+# A saved payment method (issue 18). Two shapes, like every event: legacy v1 nests
+# ``payment_method{id}`` and ``member{id, user{id}}``; the dated v1 SetupIntent is flat
+# (``payment_method_id``, ``member_id``, ``user{id}``), with ``account_id`` in the envelope.
+_PAYMENT_METHOD_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+
+
+def _card_saved(envelope: Mapping[str, Any], data: Mapping[str, Any], webhook_id: str,
+                occurred_at: datetime, inferred: bool, received_at: datetime) -> WhopEvent:
+    member = data.get("member")
+    user_id = _first_id(data.get("user_id"), _nested_id(data.get("user")),
+                        _nested_id(member.get("user")) if isinstance(member, Mapping) else None)
+    method = _first_id(data.get("payment_method_id"), _nested_id(data.get("payment_method")))
+    if method is not None and not _PAYMENT_METHOD_ID.fullmatch(method):
+        method = None  # it becomes part of an Idempotency-Key and a URL body: ids only
+    return _build({
+        "webhook_id": webhook_id, "type": EventType.SETUP_INTENT_SUCCEEDED,
+        "company_id": _required(_company_id(envelope, data), "company_id"),
+        "user_id": _required(user_id, "user_id"),
+        "payment_method_id": _required(method, "payment_method_id"),
+        "occurred_at": occurred_at, "occurred_at_inferred": inferred,
+        "received_at": received_at.astimezone(UTC), "api_version": _api_version(envelope),
+    })
 
 
 def event_from_payload(payload: Mapping[str, Any]) -> WhopEvent:
@@ -371,7 +401,7 @@ def _occurred_at(event_type: EventType, envelope: Mapping[str, Any], data: Mappi
                  received_at: datetime) -> tuple[datetime, bool]:
     if event_type is EventType.PAYMENT_SUCCEEDED:
         candidates: tuple[Any, ...] = (data.get("paid_at"),)
-    elif event_type in MEMBERSHIP_TYPES:
+    elif event_type in MEMBERSHIP_TYPES or event_type is EventType.SETUP_INTENT_SUCCEEDED:
         candidates = ()
     else:
         candidates = (data.get("last_payment_attempt"), data.get("last_payment_attempt_at"),

@@ -66,7 +66,8 @@ MAX_RETRY_AFTER_S = 3600.0
 _MAX_ERROR_MESSAGE = 300
 # Payment fields handed back to the domain (no card, e-mail, name or phone).
 _PAYMENT_FIELDS = ("id", "status", "substatus", "membership_id", "retryable", "payments_failed",
-                   "failure_message", "decline_code", "paid_at", "last_payment_attempt_at")
+                   "failure_message", "decline_code", "paid_at", "last_payment_attempt_at",
+                   "next_payment_attempt_at", "payment_method_id")
 
 Call = Callable[[RequestOptions], tuple[int, Any]]
 
@@ -91,6 +92,27 @@ class Membership(BaseModel):
     renewal_currency: str | None = None
     billing_period_days: int | None = None
     product_title: str | None = None  # for {product} in nudge copy
+
+
+class Payment(BaseModel):
+    """What Rebound needs of a Whop payment (issue 18: smart retry). No card, e-mail or name."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    status: str  # open, paid, pending, void, uncollectible, draft
+    substatus: str | None = None
+    membership_id: str | None = None
+    retryable: bool = False  # "open and Whop can attempt the charge again" (POST /payments/{id}/retry)
+    payments_failed: int | None = None
+    next_payment_attempt_at: AwareDatetime | None = None  # Whop's own next automatic attempt
+    last_payment_attempt_at: AwareDatetime | None = None
+    payment_method_id: str | None = None  # the stored method last charged (payt_…)
+    paid_at: AwareDatetime | None = None
+
+    @property
+    def paid(self) -> bool:
+        return self.status == "paid" or self.paid_at is not None
 
 
 class WhopResult(BaseModel):
@@ -183,6 +205,12 @@ class WhopPort(Protocol):
     def experience_company(self, experience_id: str) -> str | None: ...  # issue 9: push_experience_id
 
     def retry_payment(self, payment_id: str, idempotency_key: str) -> WhopResult: ...
+
+    # issue 18 (smart retry): read a payment; attach a saved method to a membership.
+    def retrieve_payment(self, payment_id: str) -> Payment: ...
+
+    def attach_payment_method(self, membership_id: str, payment_method_id: str,
+                              idempotency_key: str) -> WhopResult: ...
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,6 +329,28 @@ def membership_from_json(body: Mapping[str, Any]) -> Membership:
         renewal_currency=currency,
         billing_period_days=billing if isinstance(billing, int) and not isinstance(billing, bool) else None,
         product_title=_product_title(body.get("product")),
+    )
+
+
+def payment_from_json(body: Mapping[str, Any]) -> Payment:
+    """Parse a Whop payment (dated or legacy shape), keeping no card or member data."""
+    failed = body.get("payments_failed")
+    method = body.get("payment_method_id")
+    if method is None and isinstance(body.get("payment_method"), Mapping):
+        method = body["payment_method"].get("id")
+    return Payment(
+        id=str(body["id"]), status=str(body.get("status") or "unknown"),
+        substatus=body.get("substatus") if isinstance(body.get("substatus"), str) else None,
+        membership_id=_nested_id(body, "membership_id", "membership"),
+        retryable=body.get("retryable") is True,
+        payments_failed=(int(failed) if isinstance(failed, int | float) and not isinstance(failed, bool)
+                         else None),
+        next_payment_attempt_at=_parse_datetime(body.get("next_payment_attempt_at",
+                                                         body.get("next_payment_attempt"))),
+        last_payment_attempt_at=_parse_datetime(body.get("last_payment_attempt_at",
+                                                         body.get("last_payment_attempt"))),
+        payment_method_id=method if isinstance(method, str) and method else None,
+        paid_at=_parse_datetime(body.get("paid_at")),
     )
 
 
@@ -517,6 +567,17 @@ class WhopClient(WhopPort):
                                      status=200, error_code="invalid_response")
         return membership_from_json(body)
 
+    def retrieve_payment(self, payment_id: str) -> Payment:
+        def call(options: RequestOptions) -> tuple[int, Any]:
+            raw = self._sdk.payments.with_raw_response.retrieve(payment_id, request_options=options)
+            return raw.status_code, _response_json(raw.response)
+
+        body = self._read("retrieve_payment", call)
+        if not isinstance(body, Mapping) or "id" not in body:
+            raise WhopPermanentError("Whop retrieve_payment failed: invalid_response",
+                                     status=200, error_code="invalid_response")
+        return payment_from_json(body)
+
     def check_access(self, user_id: str, resource_id: str) -> AccessLevel:
         def call(options: RequestOptions) -> tuple[int, Any]:
             raw = self._sdk.users.with_raw_response.check_access(user_id, resource_id,
@@ -655,6 +716,23 @@ class WhopClient(WhopPort):
         outcome = self._execute("retry_payment", call, key)
         body = outcome.body if isinstance(outcome.body, Mapping) else {}
         return self._result(outcome, {name: body[name] for name in _PAYMENT_FIELDS if name in body})
+
+
+    def attach_payment_method(self, membership_id: str, payment_method_id: str,
+                              idempotency_key: str) -> WhopResult:
+        """``PATCH /memberships/{id}`` with ``payment_method_id``: future renewals charge it and
+        Whop retries the open past-due payment on it right away (issue 18; needs the
+        ``member:payment_methods:manage`` permission, a 403 without it)."""
+        key = check_idempotency_key(idempotency_key)
+
+        def call(options: RequestOptions) -> tuple[int, Any]:
+            raw = self._sdk.memberships.with_raw_response.update(
+                membership_id, payment_method_id=payment_method_id, request_options=options)
+            return raw.status_code, _response_json(raw.response)
+
+        outcome = self._execute("attach_payment_method", call, key)
+        data = self._membership_data(outcome)
+        return self._result(outcome, {"membership_status": data["status"]} if data else {})
 
 
 # --------------------------------------------------------------------------------------------

@@ -507,7 +507,8 @@ class Bench:
                 " recovered_amount_minor, failure_count, decline_code, failure_reason,"
                 " (SELECT count(*) FROM recovery_actions a WHERE a.case_id = recovery_cases.id"
                 "   AND a.kind IN ('nudge', 'reminder', 'manual_nudge') AND a.status = 'sent'),"
-                " incentive_days, holdout, experiment_id, variant, decline_class, link_clicks"  # issue 10's
+                " incentive_days, holdout, experiment_id, variant, decline_class, link_clicks,"  # issue 10's
+                " retried_at, CASE WHEN status = 'recovered' THEN COALESCE(recovered_by, 'other') END"  # 18's
                 " FROM recovery_cases ORDER BY first_failure_at DESC, id DESC"
                 f" LIMIT {int(rows)}) TO STDOUT WITH (FORMAT csv, HEADER)")
 

@@ -15,12 +15,17 @@ What breaks, all seeded:
 - the fake Whop answers 20% of sends with 429, 500, a dropped connection or a response lost
   after the action was applied.
 
+Smart retry (issue 18) runs along: a quarter of the members save a card (some before their
+failure arrives, some twice, some cards that decline), every fifth company holds out 20% of its
+cases, and the attach and retry calls fail like the sends do; the ticks cross payday slots.
+
 Then the ticks run on a simulated clock until the ledger settles, the DLQ is redriven, and the
 run asserts: every accepted webhook stored exactly once (unusable ones as poison records);
 nothing left in the queue or the DLQ; every case equal to what the pure ``cases.fold`` computes
 from the deduplicated events; per ledger key at most one effective send at the fake Whop; every
-case open at the checkpoint got its T+0 on both channels; no member more than one incentive.
-The last line prints the counts. Exit status 0 when every check holds.
+case open at the checkpoint got its T+0 on both channels; no member more than one incentive; at
+most one retry per payment; at most one attach per (membership, card); no attach or retry for a
+held-out case. The last line prints the counts. Exit status 0 when every check holds.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")  # thousands of EMF
 DAY = timedelta(days=1)
 CONSUME_EVERY = 500  # deliveries between consumer runs
 SEND_PATHS = ("/notifications", "/messages", r"/memberships/[^/]+/extend")
+ATTACH_PATH, RETRY_PATH = r"/memberships/[^/]+", r"/payments/[^/]+/retry"  # issue 18
 
 
 @dataclass
@@ -62,6 +68,9 @@ class Counts:
     sqs_redeliveries: int = 0
     effect_retries: int = 0
     sends: int = 0
+    card_saves: int = 0
+    attaches: int = 0
+    retries: int = 0
     ticks: int = 0
     redriven: int = 0
     checks: list[str] = field(default_factory=list)
@@ -73,7 +82,7 @@ class Counts:
 def generate(rng: random.Random, events: int, companies: int, now: datetime) -> list[tuple[str, bytes]]:
     """Signed-body-ready webhooks: failures (some 3-D Secure), in- and out-of-window successes,
     cancellations and second episodes, every time at or before ``now``."""
-    from scripts.whop_payloads import membership_event, payment_event
+    from scripts.whop_payloads import card_saved_event, membership_event, payment_event
 
     out: list[tuple[str, bytes]] = []
     m = 0
@@ -96,16 +105,31 @@ def generate(rng: random.Random, events: int, companies: int, now: datetime) -> 
             times.append(("membership.cancel_at_period_end_changed", start + rng.uniform(0, 10) * DAY))
         if roll < 0.4 and rng.random() < 0.3:  # a second episode after a recovery
             times.append(("payment.failed", start + rng.uniform(15, 19) * DAY))
+        times += _card_saves(rng, start)
         for kind, when in times:
             if when > now:
                 continue
-            if kind.startswith("payment."):
+            if kind == "setup_intent.succeeded":
+                out.append(card_saved_event(company=company, user=user, payment_method=f"payt_{membership}",
+                                            at=when, msg_id=f"msg_card_{membership}_{when.timestamp():.0f}"))
+            elif kind.startswith("payment."):
                 out.append(payment_event(kind, company=company, membership=membership, user=user,
                                          at=when, payment=f"pay_{membership}"))
             else:
                 out.append(membership_event(kind, company=company, membership=membership, user=user,
                                             at=when, cancel_at_period_end=True))
     return out[:events]
+
+
+def _card_saves(rng: random.Random, start: datetime) -> list[tuple[str, datetime]]:
+    """A quarter of the members save a card (issue 18): before their failure arrives or during the
+    case, some of them twice (the same card)."""
+    if rng.random() >= 0.25:
+        return []
+    saves = [("setup_intent.succeeded", start + rng.uniform(-2, 10) * DAY)]
+    if rng.random() < 0.3:
+        saves.append(("setup_intent.succeeded", start + rng.uniform(0, 12) * DAY))
+    return saves
 
 
 def unusable_event(rng: random.Random, company: str) -> tuple[str, bytes]:
@@ -205,9 +229,10 @@ def run(events: int, companies: int, seed: int, dup_rate: float, fault_rate: flo
 
         fake.seed_faults(seed)
         share = fault_rate / 4
-        for path in SEND_PATHS:
+        targets = (*(("POST", p) for p in SEND_PATHS), ("PATCH", ATTACH_PATH), ("POST", RETRY_PATH))
+        for method, path in targets:
             for kind in ("429", "500", "drop", "drop_after"):
-                fake.inject("POST", path, kind, times=None, chance=share, retry_after=1)
+                fake.inject(method, path, kind, times=None, chance=share, retry_after=1)
 
         with mock_aws():
             sqs = boto3.client("sqs", region_name="us-east-1")
@@ -278,16 +303,29 @@ def _seed_world(fake: Any, webhooks: list[tuple[str, bytes]]) -> tuple[list[str]
     company_ids = sorted({json.loads(b)["company_id"] for _, b in webhooks})
     members: dict[str, tuple[str, str]] = {}
     for _, body in webhooks:
-        data = json.loads(body)["data"]
+        envelope = json.loads(body)
+        if envelope["type"] == "setup_intent.succeeded":
+            continue  # a member's, not a membership's
+        data = envelope["data"]
         membership = data.get("membership", {}).get("id") or data.get("id")
-        members[membership] = (json.loads(body)["company_id"], (data.get("user") or {}).get("id") or "user_1")
+        members[membership] = (envelope["company_id"], (data.get("user") or {}).get("id") or "user_1")
+    rng = random.Random(len(members))
     for company in company_ids:
         fake.add_experience(company, fake.app_id, f"exp_{company}")
     for membership, (company, user) in members.items():
         fake.add_membership(membership, company_id=company, user_id=user)
+        # issue 18: the payment a retry or an attach charges, and the card the member may save
+        fake.add_payment(f"pay_{membership}", company_id=company, membership_id=membership, user_id=user,
+                         retry_outcome=rng.choice(("paid", "failed")))
+        fake.add_payment_method(f"payt_{membership}", user_id=user, company_id=company,
+                                outcome=rng.choice(("paid", "paid", "failed")))
     for company in company_ids[::5]:
         with tenant_transaction(company) as tx:
             tx.execute("INSERT INTO creator_settings (company_id, incentive_days) VALUES (:c, 3)", c=company)
+    for company in company_ids[2::5]:  # issue 18: held-out cases get neither an attach nor a retry
+        with tenant_transaction(company) as tx:
+            tx.execute("INSERT INTO creator_settings (company_id, holdout_percent) VALUES (:c, 20)",
+                       c=company)
     return company_ids, members
 
 
@@ -299,8 +337,9 @@ def _phase(name: str, started: list[float]) -> None:
 def _open_at_checkpoint(owner: Any, checkpoint: datetime) -> set[str]:
     """Cases open after 6 simulated hours of ticks whose window runs 9 h more (two more tries at
     least): an outage may rightly outlast a window that closes sooner (then skipped, with the
-    reason). A member's second episode may rightly wait out the 20 h frequency cap: left out."""
-    rows = owner.run("SELECT c.id::text FROM recovery_cases c WHERE c.status = 'open'"
+    reason). A member's second episode may rightly wait out the 20 h frequency cap, and a held-out
+    case is never messaged: left out."""
+    rows = owner.run("SELECT c.id::text FROM recovery_cases c WHERE c.status = 'open' AND NOT c.holdout"
                      " AND c.first_failure_at + interval '14 days'"
                      "   > CAST(:at AS timestamptz) + interval '9 hours'"
                      " AND NOT EXISTS (SELECT 1 FROM recovery_cases o WHERE o.company_id = c.company_id"
@@ -324,8 +363,9 @@ def _check(owner: Any, fake: Any, webhooks: list[tuple[str, bytes]], accepted: s
             event = normalise(body, msg_id, datetime.now(UTC))
         except MalformedWebhook:
             continue
-        if event is not None and event.membership_id:
+        if event is not None:
             usable.add(msg_id)
+        if event is not None and event.membership_id:
             by_membership[(event.company_id, event.membership_id)].append(event)
     check(all(stored[w] == 1 for w in usable) and set(stored) == usable,
           f"every usable accepted webhook stored exactly once ({len(usable)})")
@@ -334,6 +374,8 @@ def _check(owner: Any, fake: Any, webhooks: list[tuple[str, bytes]], accepted: s
     check(depth == {"queue": 0, "dlq": 0}, f"queue and DLQ empty after redrive {depth}")
     _check_cases(owner, by_membership, final, check)
     _check_sends(owner, fake, checkpoint_open, members, counts, check)
+    counts.card_saves = sum(1 for m in usable if m.startswith("msg_card_"))
+    _check_recovery(owner, fake, counts, check)
 
 
 def _check_cases(owner: Any, by_membership: dict[tuple[str, str], list[Any]], final: datetime,
@@ -402,6 +444,44 @@ def _check_sends(owner: Any, fake: Any, checkpoint_open: set[str],
         "SELECT COALESCE(sum(greatest(attempts - 1, 0)), 0) FROM recovery_actions")[0][0])
 
 
+def _check_recovery(owner: Any, fake: Any, counts: Counts, check: Any) -> None:
+    """Smart retry (issue 18): what Whop acted on, per payment and per (membership, card)."""
+    def acted(call: Any) -> bool:  # Whop did it (its answer maybe lost), and not as a replay
+        return not call.replayed and (call.fault == "drop_after" or (call.status is not None
+                                                                      and 200 <= call.status < 300))
+
+    retries: Counter[str] = Counter()
+    refused_twice = 0
+    for call in fake.calls_to("POST", RETRY_PATH):
+        if call.fault is not None:
+            counts.whop_faults += 1
+        if acted(call):
+            retries[call.api_path.split("/")[2]] += 1
+        refused_twice += int(call.status == 400)
+    attaches: Counter[tuple[str, str]] = Counter()
+    for call in fake.calls_to("PATCH", ATTACH_PATH):
+        if call.fault is not None:
+            counts.whop_faults += 1
+        if acted(call):
+            attaches[(call.api_path.split("/")[2], str((call.json or {}).get("payment_method_id")))] += 1
+    counts.retries, counts.attaches = sum(retries.values()), sum(attaches.values())
+    check(all(n == 1 for n in retries.values()) and refused_twice == 0,
+          f"at most one retry per payment ({counts.retries} retried, {refused_twice} refused as a repeat)")
+    check(all(n == 1 for n in attaches.values()),
+          f"at most one attach per (membership, card) ({counts.attaches} attached,"
+          f" {counts.card_saves} cards saved)")
+    held = owner.run(
+        "SELECT count(*) FROM recovery_actions a JOIN recovery_cases c ON c.id = a.case_id"
+        " WHERE c.holdout AND a.kind IN ('card_attach', 'payment_retry')"
+        " AND (a.attempts > 0 OR a.status IN ('sent', 'failed'))")[0][0]
+    # Memberships all of whose cases are held out: Whop must never have been asked to charge them.
+    only_held = {r[0] for r in owner.run("SELECT membership_id FROM recovery_cases GROUP BY membership_id"
+                                         " HAVING bool_and(holdout)")}
+    touched = ({m for m, _ in attaches} | {p.removeprefix("pay_") for p in retries}) & only_held
+    check(held == 0 and not touched,
+          f"no attach or retry for a held-out case ({len(only_held)} held-out memberships)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=10_000)
@@ -424,6 +504,8 @@ def main() -> int:
           f" faults: {counts.whop_faults} Whop, {counts.consumer_crashes} consumer crashes,"
           f" {counts.backend_kills} backend kills; retries: {counts.sqs_redeliveries} SQS redeliveries,"
           f" {counts.effect_retries} send retries, {counts.redriven} redriven; sends: {counts.sends};"
+          f" smart retry: {counts.card_saves} cards saved, {counts.attaches} attached,"
+          f" {counts.retries} payments retried;"
           f" ticks: {counts.ticks}; {len(counts.checks) - len(failed)}/{len(counts.checks)} checks passed"
           f" in {time.monotonic() - started:.0f} s")
     return 1 if failed else 0

@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:
 from chalicelib.auth import MAX_TOKEN_LIFETIME_S  # noqa: E402
 from chalicelib.config import DEV_DEFAULTS  # noqa: E402
 from scripts import local_sqs, localdb  # noqa: E402
-from scripts.whop_payloads import membership_event, payment_event, sign  # noqa: E402
+from scripts.whop_payloads import card_saved_event, membership_event, payment_event, sign  # noqa: E402
 
 BIN = Path(sys.executable).parent
 DEMO_COMPANY = "biz_demo"
@@ -42,6 +42,7 @@ DEMO_ADMIN = "user_demo_admin"
 # dev), less a margin for clock rounding. Every start prints a fresh one.
 DEV_TOKEN_LIFETIME_S = MAX_TOKEN_LIFETIME_S - 600
 DEMO_EXPERIENCE = "exp_demo"
+DEMO_CARD = "payt_demo_5_new"
 
 
 def wait_http(url: str, timeout_s: float = 60.0) -> None:
@@ -75,6 +76,15 @@ def seed_fake_whop(fake: str, owner_url: str) -> None:
     for membership_id, (company_id, user_id) in sorted(members.items()):
         post_json(f"{fake}/_fake/memberships", {"id": membership_id, "company_id": company_id,
                                                  "user_id": user_id})
+    # issue 18: the demo payments (a retry or an attach charges one), and the member of mem_demo_5
+    # who saves a new card.
+    for i, (amount, status) in enumerate(((1999, "open"), (4900, "paid"), (999, "open"), (2900, "open"),
+                                          (1500, "open")), start=1):
+        post_json(f"{fake}/_fake/payments", {"id": f"pay_demo_{i}", "company_id": DEMO_COMPANY,
+                                             "membership_id": f"mem_demo_{i}", "user_id": f"user_demo_{i}",
+                                             "amount_minor": amount, "status": status})
+    post_json(f"{fake}/_fake/payment_methods", {"payment_method_id": DEMO_CARD, "company_id": DEMO_COMPANY,
+                                                "user_id": "user_demo_5", "outcome": "paid"})
 
 
 def known_memberships(owner_url: str) -> dict[str, tuple[str, str | None]]:
@@ -113,22 +123,29 @@ def seed_demo_settings(owner_url: str) -> None:
 
 
 def seed_demo_cases(api: str, secret: str) -> None:
-    """A few members through the real webhook route: open, recovered, churned, and late."""
+    """A few members through the real webhook route: open, recovered, churned, late, and one
+    recovered by the card they saved (issue 18)."""
     now = datetime.now(UTC)
     stories = [
         payment_event("payment.failed", company=DEMO_COMPANY, membership="mem_demo_1", user="user_demo_1",
-                      at=now - timedelta(hours=2)),
+                      at=now - timedelta(hours=2), payment="pay_demo_1"),
         payment_event("payment.failed", company=DEMO_COMPANY, membership="mem_demo_2", user="user_demo_2",
-                      at=now - timedelta(days=3), amount=49.0),
+                      at=now - timedelta(days=3), amount=49.0, payment="pay_demo_2"),
         payment_event("payment.succeeded", company=DEMO_COMPANY, membership="mem_demo_2",
-                      user="user_demo_2", at=now - timedelta(days=1), amount=49.0),
+                      user="user_demo_2", at=now - timedelta(days=1), amount=49.0, payment="pay_demo_2"),
         payment_event("payment.failed", company=DEMO_COMPANY, membership="mem_demo_3", user="user_demo_3",
-                      at=now - timedelta(days=5), amount=9.99),
+                      at=now - timedelta(days=5), amount=9.99, payment="pay_demo_3"),
         membership_event("membership.cancel_at_period_end_changed", company=DEMO_COMPANY,
                          membership="mem_demo_3", at=now - timedelta(days=4), cancel_at_period_end=True),
         payment_event("payment.failed", company=DEMO_COMPANY, membership="mem_demo_4", user="user_demo_4",
-                      at=now - timedelta(days=2, hours=3), amount=29.0,
+                      at=now - timedelta(days=2, hours=3), amount=29.0, payment="pay_demo_4",
                       recovery_url="https://whop.com/checkout/3ds"),
+        # issue 18: a declined renewal, then the member saves a new card: Rebound attaches it, the
+        # fake Whop charges the open payment on it and sends payment.succeeded back (rebound_retry).
+        payment_event("payment.failed", company=DEMO_COMPANY, membership="mem_demo_5", user="user_demo_5",
+                      at=now - timedelta(days=1, hours=2), amount=15.0, payment="pay_demo_5"),
+        card_saved_event(company=DEMO_COMPANY, user="user_demo_5", payment_method=DEMO_CARD,
+                         at=now - timedelta(minutes=30)),
     ]
     for msg_id, body in stories:
         req = urllib.request.Request(f"{api}/webhooks/whop", data=body, method="POST",  # noqa: S310
@@ -227,7 +244,9 @@ def main() -> int:
             stack.spawn("fake-whop", [sys.executable, "scripts/fake_whop.py", "--port", str(fake_port),
                                       "--api-key", env["WHOP_API_KEY"], "--app-id", env["WHOP_APP_ID"],
                                       "--webhook-secret", env["WHOP_WEBHOOK_SECRET"],
-                                      "--signing-key-file", str(data_dir / "fake-whop-signing-key.pem")], env)
+                                      "--signing-key-file", str(data_dir / "fake-whop-signing-key.pem"),
+                                      # payment outcomes go back to the app like Whop's webhooks
+                                      "--webhook-target", f"{api}/webhooks/whop"], env)
             wait_http(f"{fake}/_fake/state")
             env["WHOP_API_BASE"] = f"{fake}/api/v1"
             env["WHOP_JWKS_URL"] = f"{fake}/.well-known/jwks.json"

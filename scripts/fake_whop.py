@@ -11,8 +11,20 @@ Used by the tests (``tests/whop_fixtures.py``) and by ``make dev``. It serves, u
     GET  /users/{user_id}/access/{resource_id}
     GET  /experiences?account_id=&app_id=  GET  /experiences/{id}
     GET  /payments/{id}                  POST /payments/{id}/retry
+    PATCH /memberships/{id}              {payment_method_id?, cancel_at_period_end?, metadata?, …}
 
 plus ``GET /.well-known/jwks.json`` (its own ES256 P-256 key, generated at start).
+
+Smart retry (issue 18): memberships and payments carry a payment method; members have saved
+methods (``add_payment_method``, each with the outcome charging it gives). ``PATCH
+/memberships/{id}`` with a ``payment_method_id`` makes it the membership's method and, like
+Whop, retries the membership's open payment on it right away; ``POST /payments/{id}/retry``
+charges the payment's own method again, once (a second retry of the same payment is a 400, as at
+Whop). Either way the outcome is queued as a signed ``payment.succeeded``/``payment.failed``
+webhook for ``webhook_target`` (the service's ``/webhooks/whop``): ``deliver_webhooks()`` sends
+the queue now, or ``auto_deliver=True`` (the CLI, `make dev`) sends each in the background.
+``deny_permission("member:payment_methods:manage")`` makes those calls answer 403 like Whop
+does for an app without the permission.
 
 Like Whop it requires ``Authorization: Bearer <api key>`` (else 401), validates bodies (400 with
 ``{"error": {"type", "message", "param"?}}``), answers 404 for unknown objects, and honours
@@ -28,7 +40,9 @@ Faults (``inject``) hit before authentication, like an edge proxy would:
 
 Admin API for another process (JSON, no auth, loopback only): ``POST /_fake/memberships``,
 ``/_fake/payments``, ``/_fake/access``, ``/_fake/experiences``, ``/_fake/faults``,
-``/_fake/faults/clear``, ``/_fake/reset``, ``/_fake/token``, ``/_fake/sign``;
+``/_fake/faults/clear``, ``/_fake/reset``, ``/_fake/token``, ``/_fake/sign``,
+``/_fake/payment_methods``, ``/_fake/permissions`` ({permission, denied}), ``/_fake/webhooks``
+({target?, deliver?});
 ``GET /_fake/calls``, ``/_fake/state``; ``GET /_fake/manage/{membership_id}`` is the page the
 fake ``manage_url`` points at.
 
@@ -69,6 +83,7 @@ from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from standardwebhooks import Webhook  # noqa: E402
 
 from chalicelib.config import DEV_DEFAULTS  # noqa: E402
+from chalicelib.models import currency_decimals  # noqa: E402
 
 API_PREFIX = "/api/v1"
 JWKS_PATH = "/.well-known/jwks.json"
@@ -77,6 +92,7 @@ ACCESS_LEVELS = ("admin", "customer", "no_access")
 FAULT_KINDS = ("429", "500", "503", "slow", "drop", "drop_after")
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 MAX_SLOW_DELAY_S = 30.0
+_CHARGEABLE = ("active", "trialing", "past_due")  # memberships Whop retries a payment for
 _ZERO_DECIMAL_CURRENCIES = frozenset({"jpy", "krw", "vnd", "clp", "pyg", "rwf", "xof", "mga"})
 # Marks "not given" where None is a meaningful value (manage_url=None means Whop hides it).
 AUTO: Any = type("Auto", (), {"__repr__": lambda self: "AUTO"})()
@@ -205,6 +221,7 @@ class FakeMembership:
     cancellation_reason: str | None = None
     extended_days: int = 0
     metadata: dict[str, Any] = field(default_factory=dict)
+    payment_method_id: str | None = None  # what renewals charge (issue 18)
 
 
 @dataclass
@@ -225,7 +242,31 @@ class FakePayment:
     paid_at: datetime | None = None
     failure_message: str | None = None
     decline_code: str | None = None
-    retries: int = 0
+    retries: int = 0  # POST /payments/{id}/retry that charged it (a payment is retried once)
+    payment_method_id: str | None = None  # the method last charged
+    next_payment_attempt_at: datetime | None = None  # Whop's own next automatic attempt
+    charges: list[str] = field(default_factory=list)  # every charge attempt: "retry:<pm>" / "attach:<pm>"
+
+
+@dataclass
+class FakePaymentMethod:
+    """A payment method a member saved with a company (``payt_…``) and what charging it gives."""
+
+    id: str
+    user_id: str
+    company_id: str
+    outcome: str = "paid"  # "paid" or "failed"
+
+
+@dataclass
+class Delivery:
+    """A webhook the fake sent (or will send) to ``webhook_target``."""
+
+    msg_id: str
+    type: str
+    body: bytes
+    status: int | None = None  # the service's answer; None while queued or when it failed
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -349,7 +390,13 @@ class FakeWhop:
 
     def __init__(self, *, port: int = 0, api_key: str = DEV_DEFAULTS["WHOP_API_KEY"],
                  app_id: str = DEV_DEFAULTS["WHOP_APP_ID"],
-                 webhook_secret: str = DEV_DEFAULTS["WHOP_WEBHOOK_SECRET"]) -> None:
+                 webhook_secret: str = DEV_DEFAULTS["WHOP_WEBHOOK_SECRET"],
+                 webhook_target: str | None = None, auto_deliver: bool = False) -> None:
+        self.webhook_target = webhook_target
+        self.auto_deliver = auto_deliver
+        # When charges happen (paid_at and the webhooks' event times): tests on a simulated clock
+        # set it; None is the real clock.
+        self.clock: Callable[[], datetime] | None = None
         self.api_key = api_key
         self.app_id = app_id
         self.webhook_secret = webhook_secret
@@ -357,10 +404,13 @@ class FakeWhop:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.RLock()
+        self._idle = threading.Condition(self._lock)
+        self._in_flight = 0
         self._keys: list[_SigningKey] = [_new_signing_key()]
         self.server_errors: list[str] = []  # unexpected exceptions inside the fake (should stay empty)
         self._routes: list[tuple[str, re.Pattern[str], Callable[..., _Response]]] = [
             ("GET", re.compile(r"/memberships/(?P<membership_id>[^/]+)"), self._get_membership),
+            ("PATCH", re.compile(r"/memberships/(?P<membership_id>[^/]+)"), self._update_membership),
             ("POST", re.compile(r"/memberships/(?P<membership_id>[^/]+)/extend"), self._extend),
             ("POST", re.compile(r"/memberships/(?P<membership_id>[^/]+)/cancel"), self._cancel),
             ("POST", re.compile(r"/notifications"), self._notify),
@@ -387,6 +437,9 @@ class FakeWhop:
             self._faults: list[Fault] = []
             self._fault_rng = random.Random(0)
             self._idempotency: dict[str, tuple[str, _Response]] = {}
+            self.payment_methods: dict[str, FakePaymentMethod] = {}
+            self.denied_permissions: set[str] = set()
+            self.deliveries: list[Delivery] = []
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -474,19 +527,45 @@ class FakeWhop:
                     user_id: str | None = None, amount_minor: int = 1999, currency: str = "usd",
                     status: str = "open", retry_outcome: str = "paid", payments_failed: int = 1,
                     failure_message: str | None = "Your card has insufficient funds.",
-                    decline_code: str | None = "insufficient_funds") -> dict[str, Any]:
+                    decline_code: str | None = "insufficient_funds", payment_method_id: str | None = None,
+                    next_payment_attempt_at: datetime | str | None = None,
+                    retryable: bool | None = None) -> dict[str, Any]:
+        """Add (or replace) a payment. ``retry_outcome`` is what ``POST …/retry`` gives (its own
+        method charged again); ``next_payment_attempt_at`` is Whop's own next attempt, if any."""
         if retry_outcome not in ("paid", "failed"):
             raise ValueError("retry_outcome must be 'paid' or 'failed'")
         now = _now()
         payment = FakePayment(
             id=payment_id, membership_id=membership_id, company_id=company_id, user_id=user_id,
             amount_minor=amount_minor, currency=currency.lower(), status=status,
-            substatus="past_due" if status == "open" else status, retryable=status == "open",
+            substatus="past_due" if status == "open" else status,
+            retryable=status == "open" if retryable is None else retryable,
             retry_outcome=retry_outcome, payments_failed=payments_failed, created_at=now,
-            updated_at=now, failure_message=failure_message, decline_code=decline_code)
+            updated_at=now, failure_message=failure_message, decline_code=decline_code,
+            payment_method_id=payment_method_id or f"payt_orig_{payment_id}"[:60],
+            next_payment_attempt_at=_parse_dt(next_payment_attempt_at),
+            paid_at=now if status == "paid" else None)
         with self._lock:
             self.payments[payment_id] = payment
             return self._payment_json(payment)
+
+    def add_payment_method(self, payment_method_id: str, *, user_id: str, company_id: str,
+                           outcome: str = "paid") -> None:
+        """A method the member saved with the company; ``outcome`` is what charging it gives."""
+        if outcome not in ("paid", "failed"):
+            raise ValueError("outcome must be 'paid' or 'failed'")
+        with self._lock:
+            self.payment_methods[payment_method_id] = FakePaymentMethod(
+                payment_method_id, user_id, company_id, outcome)
+
+    def deny_permission(self, permission: str, denied: bool = True) -> None:
+        """Answer 403 to the calls that need ``permission`` (as for an app not granted it)."""
+        with self._lock:
+            (self.denied_permissions.add if denied else self.denied_permissions.discard)(permission)
+
+    def payment(self, payment_id: str) -> dict[str, Any]:
+        with self._lock:
+            return self._payment_json(self.payments[payment_id])
 
     def set_access(self, user_id: str, resource_id: str, level: str) -> None:
         if level not in ACCESS_LEVELS:
@@ -528,6 +607,16 @@ class FakeWhop:
                                       None if retry_after is None else str(retry_after), delay_s,
                                       chance))
 
+    def wait_idle(self, timeout_s: float = 10.0) -> bool:
+        """Wait until no API request is being served (a slow fault still sleeping, say)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout=timeout_s)
+
+    def _serving(self, delta: int) -> None:
+        with self._idle:
+            self._in_flight += delta
+            self._idle.notify_all()
+
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
@@ -559,6 +648,10 @@ class FakeWhop:
                 "dm_channels": list(self.dm_channels.values()),
                 "notifications": list(self.notifications),
                 "messages": list(self.messages),
+                "payment_methods": [asdict(m) for m in self.payment_methods.values()],
+                "membership_payment_methods": {m.id: m.payment_method_id for m in self.memberships.values()},
+                "webhooks": [{"msg_id": d.msg_id, "type": d.type, "status": d.status, "error": d.error}
+                             for d in self.deliveries],
             }
 
     # ---- tokens and webhooks -----------------------------------------------------------------
@@ -847,15 +940,29 @@ class FakeWhop:
 
     def _retry_payment(self, req: _Request, payment_id: str) -> _Response:
         _require_object(req)
+        self._require_permission("payment:manage")
         payment = self._payment_or_404(payment_id)
-        if not payment.retryable:
-            raise FakeError(422, "This payment cannot be retried", param="id")
-        now = _now()
+        if payment.retries:
+            raise FakeError(400, "This payment has already been retried", param="id")
+        if not payment.retryable or payment.status != "open":
+            raise FakeError(400, "This payment cannot be retried", param="id")
+        membership = self.memberships.get(payment.membership_id or "")
+        if membership is not None and membership.status not in _CHARGEABLE:
+            raise FakeError(400, "This payment cannot be retried", param="id")
         payment.retries += 1
-        payment.retryable = False
+        self._charge(payment, payment.payment_method_id, payment.retry_outcome, via="retry")
+        return _Response(200, self._payment_json(payment))
+
+    def _charge(self, payment: FakePayment, method: str | None, outcome: str, *, via: str) -> None:
+        """Charge ``payment`` on ``method`` with the given outcome, and queue Whop's webhook."""
+        now = self.clock() if self.clock is not None else _now()
+        payment.charges.append(f"{via}:{method}")
+        payment.payment_method_id = method
         payment.updated_at = now
-        if payment.retry_outcome == "paid":
+        payment.next_payment_attempt_at = None
+        if outcome == "paid":
             payment.status, payment.substatus, payment.paid_at = "paid", "succeeded", now
+            payment.retryable = False
             payment.failure_message = payment.decline_code = None
             membership = self.memberships.get(payment.membership_id or "")
             if membership is not None and membership.status == "past_due":
@@ -863,8 +970,92 @@ class FakeWhop:
         else:
             payment.payments_failed += 1
             payment.substatus = "failed"
+            payment.retryable = via != "retry"  # Whop retries a payment once
             payment.failure_message, payment.decline_code = "Your card was declined.", "generic_decline"
-        return _Response(200, self._payment_json(payment))
+        self._queue_webhook(payment, "payment.succeeded" if outcome == "paid" else "payment.failed", now)
+
+    def _require_permission(self, permission: str) -> None:
+        if permission in self.denied_permissions:
+            raise FakeError(403, f"This action requires the {permission} permission", type_="forbidden")
+
+    def _update_membership(self, req: _Request, membership_id: str) -> _Response:
+        """``PATCH /memberships/{id}``: like Whop, an attached ``payment_method_id`` is charged
+        for the membership's open payment right away."""
+        body = _require_object(req)
+        unknown = set(body) - {"billing_period_days", "cancel_at_period_end", "metadata", "payment_method_id"}
+        if unknown:
+            raise FakeError(400, f"Unknown parameter {sorted(unknown)[0]}", param=sorted(unknown)[0])
+        membership = self._membership_or_404(membership_id)
+        method_id = _string(body, "payment_method_id", required=False)
+        if "cancel_at_period_end" in body and not isinstance(body["cancel_at_period_end"], bool):
+            raise FakeError(400, "cancel_at_period_end must be a boolean", param="cancel_at_period_end")
+        if "metadata" in body and not isinstance(body["metadata"], dict):
+            raise FakeError(400, "metadata must be an object", param="metadata")
+        now = _now()
+        if method_id is not None:
+            self._require_permission("member:payment_methods:manage")
+            method = self.payment_methods.get(method_id)
+            if method is None or (method.user_id, method.company_id) != (membership.user_id,
+                                                                           membership.company_id):
+                raise FakeError(404, f"Payment method {method_id} not found", type_="not_found",
+                                param="payment_method_id")
+            if membership.status not in _CHARGEABLE:
+                raise FakeError(400, "The membership is not active, trialing or past due",
+                                param="payment_method_id")
+            membership.payment_method_id = method_id
+            for payment in self.payments.values():
+                if payment.membership_id == membership_id and payment.status == "open":
+                    self._charge(payment, method_id, method.outcome, via="attach")
+        if isinstance(body.get("cancel_at_period_end"), bool):
+            membership.cancel_at_period_end = body["cancel_at_period_end"]
+        if isinstance(body.get("metadata"), dict):
+            membership.metadata.update(body["metadata"])
+        membership.updated_at = now
+        return _Response(200, self._membership_json(membership))
+
+    # ---- webhooks back to the service (issue 18) ------------------------------------------------
+
+    def _queue_webhook(self, payment: FakePayment, kind: str, at: datetime) -> None:
+        from scripts.whop_payloads import payment_event
+
+        msg_id, body = payment_event(
+            kind, company=payment.company_id, membership=payment.membership_id or "",
+            user=payment.user_id or "",
+            at=at, payment=payment.id,
+            amount=float(Decimal(payment.amount_minor).scaleb(-currency_decimals(payment.currency))),
+            currency=payment.currency, decline_code=payment.decline_code,
+            failure_message=payment.failure_message)
+        delivery = Delivery(msg_id=msg_id, type=kind, body=body)
+        self.deliveries.append(delivery)
+        if self.auto_deliver and self.webhook_target:
+            threading.Thread(target=self._send, args=(delivery,), name="fake-whop-webhook",
+                             daemon=True).start()
+
+    def deliver_webhooks(self) -> list[Delivery]:
+        """Send every queued webhook to ``webhook_target`` now, in order; return them."""
+        with self._lock:
+            pending = [d for d in self.deliveries if d.status is None and d.error is None]
+        for delivery in pending:
+            self._send(delivery)
+        return pending
+
+    def _send(self, delivery: Delivery) -> None:
+        import urllib.error
+        import urllib.request
+
+        if not self.webhook_target:
+            delivery.error = "no webhook_target"
+            return
+        headers = self.sign_webhook(delivery.body, msg_id=delivery.msg_id)
+        req = urllib.request.Request(self.webhook_target, data=delivery.body, headers=headers,  # noqa: S310
+                                     method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - a local target
+                delivery.status = resp.status
+        except urllib.error.HTTPError as err:
+            delivery.status = err.code
+        except OSError as exc:
+            delivery.error = type(exc).__name__
 
     # ---- serialization (dated v1 shape) ------------------------------------------------------
 
@@ -906,7 +1097,9 @@ class FakeWhop:
             "three_ds_verified": False, "failure_message": p.failure_message,
             "decline_code": p.decline_code, "billing_reason": "subscription_cycle",
             "created_at": _iso(p.created_at), "updated_at": _iso(p.updated_at), "paid_at": _iso(p.paid_at),
-            "last_payment_attempt_at": _iso(p.updated_at), "next_payment_attempt_at": None,
+            "last_payment_attempt_at": _iso(p.updated_at),
+            "next_payment_attempt_at": _iso(p.next_payment_attempt_at),
+            "payment_method_id": p.payment_method_id,
         }
 
     @staticmethod
@@ -946,6 +1139,11 @@ class FakeWhop:
             "/faults/clear": lambda b: self.clear_faults(),
             "/reset": lambda b: self.reset(),
             "/token": lambda b: {"token": self.mint_user_token(b.pop("user_id"), **b)},
+            "/payment_methods": lambda b: self.add_payment_method(
+                b["payment_method_id"], user_id=b["user_id"], company_id=b["company_id"],
+                outcome=b.get("outcome", "paid")),
+            "/permissions": lambda b: self.deny_permission(b["permission"], bool(b.get("denied", True))),
+            "/webhooks": self._admin_webhooks,
             "/sign": self._admin_sign,
         }
         action = actions.get(route)
@@ -965,6 +1163,13 @@ class FakeWhop:
                     f"<p>Fake Whop billing page for membership {manage.group(1)}.</p>")
             return _Response(200, html.encode(), content_type="text/html; charset=utf-8")
         raise FakeError(404, "Not found", type_="not_found")
+
+    def _admin_webhooks(self, body: dict[str, Any]) -> dict[str, Any]:
+        if "target" in body:
+            self.webhook_target = body["target"]
+        sent = self.deliver_webhooks() if body.get("deliver") else []
+        return {"target": self.webhook_target,
+                "sent": [{"msg_id": d.msg_id, "status": d.status} for d in sent]}
 
     def _admin_sign(self, body: dict[str, Any]) -> dict[str, Any]:
         raw = body["body"]
@@ -1028,7 +1233,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._write(fake.handle_admin(req))
                 return
             record = fake._record(req)
-            response = fake.handle(req, record)
+            fake._serving(+1)
+            try:
+                response = fake.handle(req, record)
+            finally:
+                fake._serving(-1)
             record.status = None if response.drop else response.status
             if response.drop:
                 self.close_connection = True  # no response at all: the client sees a disconnect
@@ -1063,9 +1272,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--webhook-secret", default=DEV_DEFAULTS["WHOP_WEBHOOK_SECRET"])
     parser.add_argument("--signing-key-file", type=Path, default=None,
                         help="PEM file holding the user-token signing key (created if missing)")
+    parser.add_argument("--webhook-target", default=None,
+                        help="the service's webhook URL: payment outcomes are sent there as Whop would")
     args = parser.parse_args(argv)
     fake = FakeWhop(port=args.port, api_key=args.api_key, app_id=args.app_id,
-                    webhook_secret=args.webhook_secret)
+                    webhook_secret=args.webhook_secret, webhook_target=args.webhook_target,
+                    auto_deliver=True)
     if args.signing_key_file is not None:
         fake._keys = [signing_key_from_file(args.signing_key_file)]
     stopped = threading.Event()

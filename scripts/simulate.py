@@ -5,10 +5,14 @@
   python scripts/simulate.py churn    --membership mem_42          # the member cancels
   python scripts/simulate.py story                                 # failure, tick, recovery
   python scripts/simulate.py tick                                  # run the reminder tick now
+  python scripts/simulate.py card-updated --user user_42           # the member saves a new card
 
 Webhooks are signed like Whop signs them (Standard Webhooks, the ws_ secret's literal bytes).
 With the bundled fake Whop running, the membership is registered there first, so nudges,
 incentives and links work; check what the member received at <fake>/_fake/calls.
+`card-updated` sends a signed ``setup_intent.succeeded`` (issue 18): Rebound attaches the card to
+the member's membership with an open case, the fake Whop charges the open payment on it and sends
+the ``payment.succeeded`` back (``--declines`` makes the new card decline instead).
 
 Where `make dev` runs (its ports, secrets, fake Whop) is read from the dev.json it writes in its
 data folder (${REBOUND_DATA_DIR:-.dev}); REBOUND_URL, FAKE_WHOP_URL, SCHEDULER_SECRET and
@@ -31,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from scripts.whop_payloads import SECRET, membership_event, payment_event, sign  # noqa: E402
+from scripts.whop_payloads import SECRET, card_saved_event, membership_event, payment_event, sign  # noqa: E402
 
 
 def dev_info() -> dict[str, str]:
@@ -53,11 +57,28 @@ def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
         return err.code, err.read().decode()
 
 
-def register_membership(fake: str | None, membership: str, company: str, user: str) -> None:
+def register_membership(fake: str | None, membership: str, company: str, user: str,
+                        amount: float = 19.99) -> None:
+    """The membership and its open payment at the fake Whop (so a retry or an attach has one)."""
     if not fake:
         return
     body = json.dumps({"id": membership, "company_id": company, "user_id": user}).encode()
     _post(f"{fake}/_fake/memberships", body, {"content-type": "application/json"})
+    body = json.dumps({"id": payment_id(membership), "company_id": company, "membership_id": membership,
+                       "user_id": user, "amount_minor": round(amount * 100)}).encode()
+    _post(f"{fake}/_fake/payments", body, {"content-type": "application/json"})
+
+
+def payment_id(membership: str) -> str:
+    return f"pay_{membership}"
+
+
+def register_card(fake: str | None, method: str, company: str, user: str, outcome: str) -> None:
+    if not fake:
+        return
+    body = json.dumps({"payment_method_id": method, "company_id": company, "user_id": user,
+                       "outcome": outcome}).encode()
+    _post(f"{fake}/_fake/payment_methods", body, {"content-type": "application/json"})
 
 
 def send(base: str, pair: tuple[str, bytes], secret: str) -> None:
@@ -105,7 +126,7 @@ def tick(base: str, secret: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("scenario", choices=["failure", "recovery", "churn", "story", "tick"])
+    parser.add_argument("scenario", choices=["failure", "recovery", "churn", "story", "tick", "card-updated"])
     dev = dev_info()
     # Without dev.json (make dev not started yet), the same PORT / FAKE_WHOP_PORT make dev uses.
     api = dev.get("api", f"http://127.0.0.1:{os.environ.get('PORT', '8000')}")
@@ -118,21 +139,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days-ago", type=float, default=0.0, help="when the payment failed")
     parser.add_argument("--recovery-url", default=None)
     parser.add_argument("--amount", type=float, default=19.99)
+    parser.add_argument("--payment-method", default=None, help="card-updated: the saved method's id")
+    parser.add_argument("--declines", action="store_true", help="card-updated: the new card declines too")
     args = parser.parse_args(argv)
     secret = os.environ.get("WHOP_WEBHOOK_SECRET", dev.get("webhook_secret", SECRET))
     scheduler_secret = os.environ.get("SCHEDULER_SECRET", dev.get("scheduler_secret"))
     now = datetime.now(UTC)
     ids: dict[str, Any] = {"company": args.company, "membership": args.membership}
     if args.scenario in ("failure", "story"):
-        register_membership(args.fake_whop, args.membership, args.company, args.user)
+        register_membership(args.fake_whop, args.membership, args.company, args.user, args.amount)
         send(args.base, payment_event("payment.failed", **ids, user=args.user,
                                       at=now - timedelta(days=args.days_ago), amount=args.amount,
-                                      recovery_url=args.recovery_url), secret)
+                                      recovery_url=args.recovery_url,
+                                      payment=payment_id(args.membership)), secret)
     if args.scenario in ("tick", "story"):
         tick(args.base, scheduler_secret)
     if args.scenario in ("recovery", "story"):
         send(args.base, payment_event("payment.succeeded", **ids, user=args.user, at=now,
-                                      amount=args.amount), secret)
+                                      amount=args.amount, payment=payment_id(args.membership)), secret)
+    if args.scenario == "card-updated":
+        method = args.payment_method or f"payt_{args.user}_{int(now.timestamp())}"
+        register_card(args.fake_whop, method, args.company, args.user, "failed" if args.declines else "paid")
+        send(args.base, card_saved_event(company=args.company, user=args.user, payment_method=method,
+                                         at=now), secret)
     if args.scenario == "churn":
         if open_case_of(args.base, args.fake_whop, dev.get("admin_user"), args.company,
                         args.membership) is False:

@@ -66,3 +66,36 @@ def membership_event(kind: str, *, company: str = "biz_alpha", membership: str =
     envelope = {"id": msg_id, "api_version": "v1", "timestamp": iso(at), "type": kind,
                 "company_id": company, "data": data}
     return msg_id, json.dumps(envelope).encode()
+
+
+def card_saved_event(*, company: str = "biz_alpha", user: str = "user_1", payment_method: str = "payt_new_1",
+                     at: datetime | None = None, msg_id: str | None = None,
+                     dated: bool = False) -> tuple[str, bytes]:
+    """``setup_intent.succeeded``: the member saved a payment method (issue 18). ``dated`` gives
+    the pinned v1 shape (flat ``payment_method_id``, ``user{}``, ``account_id``); otherwise the
+    legacy shape of Whop's docs example (``payment_method{id}``, ``member{user{id}}``, ``company_id``).
+    The envelope ``timestamp`` is the event time."""
+    msg_id = msg_id or f"msg_{uuid.uuid4().hex[:24]}"
+    at = at or datetime.now(UTC)
+    data: dict[str, Any]
+    if dated:
+        data = {"id": f"sint_{uuid.uuid4().hex[:13]}", "status": "succeeded", "account_id": company,
+                "payment_method_id": payment_method, "payment_method_type": "card",
+                "member_id": f"mber_{user[-8:]}", "user": {"id": user, "name": "Jane", "username": "jane"},
+                "created_at": iso(at), "updated_at": iso(at), "three_ds_verified": False, "metadata": {}}
+        envelope = {"id": msg_id, "api_version": "v1", "api_version_date": "2026-10-15-1",
+                    "timestamp": iso(at), "type": "setup_intent.succeeded", "account_id": company,
+                    "data": data}
+    else:
+        data = {"id": f"sint_{uuid.uuid4().hex[:13]}", "status": "succeeded", "created_at": iso(at),
+                "error_message": None, "company": {"id": company}, "checkout_configuration": None,
+                "member": {"id": f"mber_{user[-8:]}",
+                           "user": {"id": user, "email": "buyer@example.com", "name": "Jane",
+                                    "username": "jane"}},
+                "payment_method": {"id": payment_method, "created_at": iso(at), "payment_method_type": "card",
+                                   "card": {"brand": "visa", "last4": "4242", "exp_month": 4,
+                                            "exp_year": 2031}},
+                "metadata": {}}
+        envelope = {"id": msg_id, "api_version": "v1", "api_version_date": None, "timestamp": iso(at),
+                    "type": "setup_intent.succeeded", "company_id": company, "data": data}
+    return msg_id, json.dumps(envelope).encode()

@@ -12,7 +12,7 @@ from tests.test_api_support import ADMIN_B, BRAVO, Api, api_fixture  # noqa: F40
 S = "/api/companies/{company_id}/settings"
 DEFAULTS = {"enable_push": True, "enable_dm": True, "incentive_days": 0, "reminder_offsets_days": [2, 4],
             "timezone": "UTC", "quiet_hours": None, "push_experience_id": None, "holdout_percent": 0,
-            "updated_at": None}
+            "smart_retry": True, "whop_permissions_missing": [], "updated_at": None}
 
 
 def test_a_company_never_seen_gets_the_defaults(api: Api) -> None:
@@ -25,18 +25,18 @@ def test_put_upserts_and_returns_what_is_stored(api: Api) -> None:
     wanted = {"enable_push": False, "enable_dm": True, "incentive_days": 7,
               "reminder_offsets_days": [9, 1, 5],
               "timezone": "Europe/Berlin", "quiet_hours": {"start": "22:30", "end": "07:00"},
-              "push_experience_id": "exp_custom1", "holdout_percent": 20}
+              "push_experience_id": "exp_custom1", "holdout_percent": 20, "smart_retry": False}
     api.whop.add_experience("biz_alpha", "app_other", "exp_custom1")  # Whop must vouch for it (issue 9)
     _, stored = api.call("PUT", S, body=wanted, status=200)
     assert stored["reminder_offsets_days"] == [1, 5, 9]  # stored sorted
     assert stored["updated_at"] is not None
     without_stamp = {k: v for k, v in stored.items() if k != "updated_at"}
-    assert without_stamp == {**wanted, "reminder_offsets_days": [1, 5, 9]}
+    assert without_stamp == {**wanted, "reminder_offsets_days": [1, 5, 9], "whop_permissions_missing": []}
     _, again = api.call("GET", S, status=200)
     assert again == stored
     row = api.rows("biz_alpha", "SELECT * FROM creator_settings")[0]
     assert row["quiet_hours_start"] == time(22, 30) and row["quiet_hours_end"] == time(7, 0)
-    assert row["reminder_offsets_days"] == [1, 5, 9]
+    assert row["reminder_offsets_days"] == [1, 5, 9] and row["smart_retry"] is False
 
     # A second PUT updates the same row; omitted fields keep their value; null clears quiet hours.
     _, second = api.call("PUT", S, body={"incentive_days": 0, "quiet_hours": None}, status=200)
@@ -56,6 +56,8 @@ def test_the_get_object_can_be_put_back_unchanged(api: Api) -> None:
 
 BAD: list[tuple[str, dict[str, Any], str]] = [
     ("unknown field", {"enable_sms": True}, "enable_sms"),
+    ("string for smart retry", {"smart_retry": "false"}, "smart_retry"),
+    ("null smart retry", {"smart_retry": None}, "smart_retry"),
     ("holdout above 50", {"holdout_percent": 51}, "holdout_percent"),
     ("negative holdout", {"holdout_percent": -1}, "holdout_percent"),
     ("null holdout", {"holdout_percent": None}, "holdout_percent"),

@@ -30,6 +30,7 @@ ROUTES: list[tuple[str, str, Any]] = [
     ("POST", f"{C}/cases/{{case_id}}/cancel", None),
     ("POST", f"{C}/cases/{{case_id}}/cancel-membership", None),
     ("POST", f"{C}/cases/{{case_id}}/terminate", {"confirm": True}),
+    ("POST", f"{C}/cases/{{case_id}}/retry", None),
     ("GET", f"{C}/memberships/{{membership_id}}", None),
     ("GET", f"{C}/memberships/{{membership_id}}/manage-url", None),
     ("GET", f"{C}/kpis/cohorts", None),
@@ -78,6 +79,8 @@ def test_the_matrix_covers_every_creator_route_in_the_document() -> None:
 def test_auth_matrix(api: Api, method: str, template: str, body: Any) -> None:
     case_id = api.open_case()
     api.whop.add_membership("mem_1", company_id=ALPHA, user_id="user_1")
+    payment = api.rows(ALPHA, "SELECT payment_id FROM recovery_cases")[0]["payment_id"]
+    api.whop.add_payment(payment, company_id=ALPHA, membership_id="mem_1", user_id="user_1")  # to retry
     experiment_id = api.add_experiment(status="stopped")
     params = {"case_id": case_id, "membership_id": "mem_1", "experiment_id": experiment_id}
 

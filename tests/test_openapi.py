@@ -45,6 +45,8 @@ CONTRACT_ROUTES = {
     ("GET", "/api/companies/{company_id}/experiments/{experiment_id}"),
     ("POST", "/api/companies/{company_id}/experiments/{experiment_id}/stop"),
     ("GET", "/api/companies/{company_id}/kpis/cohorts"),
+    # smart retry (issue 18)
+    ("POST", "/api/companies/{company_id}/cases/{case_id}/retry"),
 }
 
 

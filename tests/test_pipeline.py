@@ -84,8 +84,9 @@ def test_failed_payment_opens_a_case_at_event_time_and_owes_the_t0_nudges(pipeli
     assert case["amount_minor"] == 1999 and case["currency"] == "usd"
     assert case["decline_code"] == "insufficient_funds"
     # The T+0 nudge went out in the same consumer run, after commit: push + DM at the fake Whop.
+    # (A soft decline is also owed its payday retry when a payday falls in its window: issue 18.)
     actions = pipeline.rows("biz_alpha", "SELECT kind, step, channel, status FROM recovery_actions"
-                                         " ORDER BY channel")
+                                         " WHERE kind <> 'payment_retry' ORDER BY channel")
     assert actions == [{"kind": "nudge", "step": "t0", "channel": "dm", "status": "sent"},
                        {"kind": "nudge", "step": "t0", "channel": "push", "status": "sent"}]
     pushes = pipeline.whop.calls_to("POST", "/notifications")
@@ -106,7 +107,10 @@ def test_redelivery_of_the_same_webhook_changes_nothing(pipeline: Pipeline) -> N
     assert pipeline.drain() == (3, 0)
     assert pipeline.rows("biz_alpha", "SELECT count(*) AS n FROM events")[0]["n"] == 1
     assert pipeline.rows("biz_alpha", "SELECT count(*) AS n FROM recovery_cases")[0]["n"] == 1
-    assert pipeline.rows("biz_alpha", "SELECT count(*) AS n FROM recovery_actions")[0]["n"] == 2
+    assert pipeline.rows("biz_alpha", "SELECT count(*) AS n FROM recovery_actions"
+                                      " WHERE kind <> 'payment_retry'")[0]["n"] == 2
+    assert pipeline.rows("biz_alpha", "SELECT count(*) AS n FROM recovery_actions"
+                                      " WHERE kind = 'payment_retry'")[0]["n"] <= 1  # a payday, once
     assert len(pipeline.whop.calls_to("POST", "/messages")) == 1
 
 

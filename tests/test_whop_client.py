@@ -177,13 +177,53 @@ def test_retry_payment_keeps_only_payment_status_fields(seeded: FakeWhop, whop_c
     assert result.ok
     assert result.data["id"] == "pay_1" and result.data["status"] == "paid"
     assert set(result.data) <= {"id", "status", "substatus", "membership_id", "retryable", "payments_failed",
-                                "failure_message", "decline_code", "paid_at", "last_payment_attempt_at"}
+                                "failure_message", "decline_code", "paid_at", "last_payment_attempt_at",
+                                "next_payment_attempt_at", "payment_method_id"}
     (call,) = seeded.calls_to("POST", r"/payments/pay_1/retry")
     assert call.idempotency_key == "case-1:retry"
     assert_common_headers(call.headers, seeded)
     again = whop_client.retry_payment("pay_1", "case-1:retry-2")  # a payment is retried once
-    assert not again.ok and again.error_class == "permanent" and again.error_code == "http_422"
-    assert again.data == {"error_message": "This payment cannot be retried"}
+    assert not again.ok and again.error_class == "permanent" and again.error_code == "http_400"
+    assert again.data == {"error_message": "This payment has already been retried"}
+
+
+def test_retrieve_payment_keeps_the_retry_facts_and_no_card_data(seeded: FakeWhop,
+                                                                 whop_client: WhopClient) -> None:
+    at = datetime(2026, 3, 12, 9, tzinfo=UTC)
+    seeded.add_payment("pay_2", company_id="biz_1", membership_id="mem_1", user_id="user_1",
+                       payment_method_id="payt_old", next_payment_attempt_at=at, payments_failed=3)
+    payment = whop_client.retrieve_payment("pay_2")
+    assert (payment.id, payment.status, payment.membership_id) == ("pay_2", "open", "mem_1")
+    assert payment.retryable and payment.next_payment_attempt_at == at
+    assert (payment.payments_failed, payment.payment_method_id) == (3, "payt_old")
+    assert payment.paid is False and payment.paid_at is None
+    assert "4242" not in repr(payment) and "card" not in payment.model_dump()
+    (call,) = seeded.calls_to("GET", r"/payments/pay_2")
+    assert_common_headers(call.headers, seeded)
+    with pytest.raises(WhopNotFound):
+        whop_client.retrieve_payment("pay_nope")
+
+
+def test_attach_payment_method_patches_the_membership_and_whop_charges_the_open_payment(
+        seeded: FakeWhop, whop_client: WhopClient) -> None:
+    seeded.add_payment_method("payt_new", user_id="user_1", company_id="biz_1")
+    result = whop_client.attach_payment_method("mem_1", "payt_new", "card:biz_1:mem_1:payt_new")
+    assert result.ok and result.data == {"membership_status": "active"}
+    (call,) = seeded.calls_to("PATCH", r"/memberships/mem_1")
+    assert call.json == {"payment_method_id": "payt_new"}
+    assert call.idempotency_key == "card:biz_1:mem_1:payt_new"
+    assert_common_headers(call.headers, seeded)
+    assert seeded.payments["pay_1"].charges == ["attach:payt_new"]
+    assert seeded.payments["pay_1"].status == "paid"
+    assert [d.type for d in seeded.deliveries] == ["payment.succeeded"]  # Whop's webhook, queued
+    # Another member's card, or an app without the permission: refused like Whop refuses.
+    seeded.add_payment_method("payt_other", user_id="user_2", company_id="biz_1")
+    other = whop_client.attach_payment_method("mem_1", "payt_other", "card:biz_1:mem_1:payt_other")
+    assert not other.ok and other.error_code == "http_404"
+    seeded.deny_permission("member:payment_methods:manage")
+    denied = whop_client.attach_payment_method("mem_1", "payt_new", "card:biz_1:mem_1:payt_new:2")
+    assert not denied.ok and denied.status_code == 403 and denied.cause == "credentials"
+    assert "member:payment_methods:manage" in denied.data["error_message"]
 
 
 @pytest.mark.parametrize("level", ["admin", "customer", "no_access"])

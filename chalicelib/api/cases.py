@@ -34,13 +34,16 @@ EXPORT_COLUMNS = ("case_id", "membership_id", "user_id", "status", "first_failur
                   # measurement (issue 10): appended, never reordered
                   "holdout", "experiment_id", "variant", "decline_class", "clicks",
                   # measurement eligibility (issue 17): appended, never reordered
-                  "opened_at", "holdout_percent_at_open", "contaminated", "incentive_cost_minor")
+                  "opened_at", "holdout_percent_at_open", "contaminated", "incentive_cost_minor",
+                  # recovery source (issue 18)
+                  "retried_at", "recovered_by")
 # Lambda answers at most 6 MB (the body travels JSON-escaped): stop well before and hand a cursor.
 EXPORT_MAX_BYTES = 5_500_000
 EXPORT_PAGE_ROWS = 1000
 # Rows are processed (line ends, size) this many bytes at a time: the memory beyond the body.
 _EXPORT_CHUNK_BYTES = 128 * 1024
 EXPORT_NEXT_CURSOR_HEADER = "X-Export-Next-Cursor"
+_WHOP_ANSWER = ("whop_status", "whop_failure", "whop_reason", "permission")
 _EVENT_DETAIL = ("webhook_id", "payment_id", "amount_minor", "currency", "decline_code",
                  "cancel_at_period_end", "deactivation_cause", "occurred_at_inferred")
 
@@ -135,6 +138,9 @@ def _action_item(action: dict[str, Any]) -> TimelineItem:
     detail: dict[str, str | int | bool | None] = {"step": action["step"], "attempts": action["attempts"]}
     if action["error_detail"]:
         detail["error"] = action["error_detail"]
+    for name in _WHOP_ANSWER:  # issue 18: what Whop said to an attach or a retry
+        if action.get(name):
+            detail[name] = action[name]
     return TimelineItem(at=action["completed_at"] or action["created_at"], source="action",
                         type=action["kind"], status=action["status"], channel=action["channel"],
                         actor=action["actor"], detail=detail)

@@ -37,6 +37,7 @@ from pydantic import (
 from chalicelib.kpis import KpiFigures, Kpis, Money
 from chalicelib.messages import MAX_DM_BODY, MAX_PUSH_BODY, MAX_PUSH_TITLE, check_copy
 from chalicelib.models import CaseStatus, DeclineClass
+from chalicelib.recovery_policy import RecoveredBy, RetryReason
 
 __all__ = ["KpiFigures", "Kpis", "Money"]
 
@@ -71,6 +72,14 @@ class ErrorResponse(BaseModel):
 
 
 # --- settings -----------------------------------------------------------------------------------
+
+
+class PermissionGap(BaseModel):
+    """A Whop permission the app lacks for this company (issue 18: smart retry)."""
+
+    permission: str = Field(examples=["member:payment_methods:manage"])
+    since: AwareDatetime = Field(description="When Whop refused for it (the latest refusal).")
+    message: str = Field(description="What the creator should do.")
 
 
 class QuietHoursBody(BaseModel):
@@ -130,11 +139,17 @@ class SettingsUpdate(BaseModel):
         Field(default=None, ge=0, le=50, description=(
             "Share of new cases (0–50 %) held out of every automatic message, reminder and "
             "incentive, to measure lift. 0 = no holdout.")))
+    smart_retry: Annotated[bool | None, _not_nullable({"type": "boolean"})] = Field(
+        default=None, description=(
+            "Act on the charge: attach a card the member saves (Whop retries the open payment on "
+            "it) and retry a soft decline once at the next payday."))
+    whop_permissions_missing: Any = Field(default=None, json_schema_extra={"readOnly": True},
+                                          description="Read-only: accepted and ignored.")
     updated_at: Any = Field(default=None, json_schema_extra={"readOnly": True},
                             description="Read-only: accepted and ignored.")
 
     @field_validator("enable_push", "enable_dm", "incentive_days", "reminder_offsets_days", "timezone",
-                     "holdout_percent")
+                     "holdout_percent", "smart_retry")
     @classmethod
     def _not_null(cls, value: Any) -> Any:
         if value is None:
@@ -175,6 +190,13 @@ class Settings(BaseModel):
     quiet_hours: QuietHoursBody | None
     push_experience_id: str | None
     holdout_percent: int = Field(ge=0, le=50, description="Share of new cases held out (0 = none).")
+    smart_retry: bool = Field(default=True, description=(
+        "Attach a card the member saves and retry soft declines once at payday (issue 18)."))
+    whop_permissions_missing: list[PermissionGap] = Field(default_factory=list, json_schema_extra={
+        "readOnly": True}, description=(
+        "Read-only: Whop permissions this company's latest card attach or payment retry was refused "
+        "for (403), e.g. member:payment_methods:manage. Grant them to the app in Whop; empty when "
+        "nothing was refused."))
     updated_at: AwareDatetime | None = Field(
         json_schema_extra={"readOnly": True}, description="Last save; null until the first PUT.")
 
@@ -258,6 +280,17 @@ class CaseSummary(BaseModel):
     decline_class: DeclineClass = Field(description=(
         "card_hard (the card cannot work again), card_soft (may work on retry), authentication "
         "(the bank asks the member to confirm) or unknown."))
+    # issue 18 (smart retry)
+    retried_at: AwareDatetime | None = Field(default=None, description=(
+        "When Rebound first asked Whop to charge the payment again (a saved card attached, the "
+        "payday retry or a manual retry); null if it never did."))
+    retry_reason: RetryReason | None = Field(default=None, description=(
+        "Why: card_updated (the member saved a card), payday (a soft decline retried at the "
+        "next 1st/15th) or manual (a creator's retry); null if never retried."))
+    recovered_by: RecoveredBy | None = Field(default=None, description=(
+        "Once recovered: rebound_retry (the success followed Rebound's attach or retry), "
+        "after_click (the member followed a Rebound link first) or other (Whop's own retry or "
+        "the member alone); null while not recovered."))
 
 
 class CaseListItem(CaseSummary):
@@ -324,6 +357,19 @@ class ActionOutcome(BaseModel):
 class NudgeResult(BaseModel):
     case_id: str
     actions: list[ActionOutcome]
+
+
+class RetryResult(BaseModel):
+    """What a manual retry did (issue 18)."""
+
+    case_id: str
+    action: ActionOutcome
+    payment_status: str | None = Field(description=(
+        "Whop's status of the payment after the retry (paid, open, …); null while pending."))
+    retried_at: AwareDatetime | None
+    retry_reason: RetryReason | None
+
+
 
 
 # --- memberships --------------------------------------------------------------------------------

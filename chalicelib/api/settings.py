@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from chalicelib import store
+from typing import Any
+
+from chalicelib import recovery_store, store
 from chalicelib.api import CreatorContext
-from chalicelib.api.schemas import QuietHoursBody, Settings, SettingsUpdate
+from chalicelib.api.schemas import PermissionGap, QuietHoursBody, Settings, SettingsUpdate
 from chalicelib.db import tenant_transaction
 from chalicelib.errors import BadRequest, ServiceUnavailable
 from chalicelib.models import CreatorSettings, QuietHours
@@ -15,10 +17,10 @@ _NOT_YOURS = "must be an experience of this company"
 
 # Fields a PUT may change; ``updated_at`` (read-only) is accepted and ignored.
 _WRITABLE = ("enable_push", "enable_dm", "incentive_days", "reminder_offsets_days", "timezone",
-             "quiet_hours", "push_experience_id", "holdout_percent")
+             "quiet_hours", "push_experience_id", "holdout_percent", "smart_retry")
 
 
-def to_view(settings: CreatorSettings) -> Settings:
+def to_view(settings: CreatorSettings, gaps: list[dict[str, Any]] | None = None) -> Settings:
     quiet = settings.quiet_hours
     return Settings(
         enable_push=settings.enable_push, enable_dm=settings.enable_dm,
@@ -26,13 +28,21 @@ def to_view(settings: CreatorSettings) -> Settings:
         reminder_offsets_days=list(settings.reminder_offsets_days), timezone=settings.timezone,
         quiet_hours=QuietHoursBody(start=quiet.start, end=quiet.end) if quiet else None,
         push_experience_id=settings.push_experience_id, holdout_percent=settings.holdout_percent,
+        smart_retry=settings.smart_retry, whop_permissions_missing=permission_gaps(gaps or []),
         updated_at=settings.updated_at)
+
+
+def permission_gaps(rows: list[dict[str, Any]]) -> list[PermissionGap]:
+    """issue 18: what Whop refused smart retry for, and what the creator should do."""
+    return [PermissionGap(permission=r["permission"], since=r["completed_at"],
+                          message=f"grant {r['permission']} to this app in your Whop dashboard")
+            for r in rows]
 
 
 def get_settings(ctx: CreatorContext) -> Settings:
     """The stored settings, or the defaults for a company that never saved any."""
     with tenant_transaction(ctx.company_id) as tx:
-        return to_view(store.get_settings(tx))
+        return to_view(store.get_settings(tx), recovery_store.permission_gaps(tx))
 
 
 def apply_update(current: CreatorSettings, update: SettingsUpdate) -> CreatorSettings:
@@ -69,7 +79,8 @@ def put_settings(ctx: CreatorContext) -> Settings:
     with tenant_transaction(ctx.company_id) as tx:
         store.lock_settings(tx, ctx.company_id)  # two concurrent PUTs must not lose a field
         current = store.get_settings(tx)
-        return to_view(store.upsert_settings(tx, ctx.company_id, apply_update(current, update)))
+        return to_view(store.upsert_settings(tx, ctx.company_id, apply_update(current, update)),
+                       recovery_store.permission_gaps(tx))
 
 
 def verify_experience(company_id: str, experience_id: str) -> None:

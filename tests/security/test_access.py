@@ -75,7 +75,8 @@ def test_a_denied_user_over_budget_costs_no_database_round_trip(api: Api) -> Non
 # --- item 4: destructive actions re-check access uncached -----------------------------------------
 
 
-@pytest.mark.parametrize(("action", "body"), [("terminate", {"confirm": True}), ("cancel-membership", None)])
+@pytest.mark.parametrize(("action", "body"), [("terminate", {"confirm": True}), ("cancel-membership", None),
+                                            ("retry", None)])
 def test_a_revoked_admin_cannot_end_a_membership_on_a_cached_answer(api: Api, action: str,
                                                                     body: Any) -> None:
     case_id = api.open_case()
@@ -85,6 +86,7 @@ def test_a_revoked_admin_cannot_end_a_membership_on_a_cached_answer(api: Api, ac
     api.call("POST", f"{C}/cases/{{case_id}}/{action}", params={"case_id": case_id}, body=body,
                        status=403)
     assert api.whop.calls_to("POST", r"/memberships/.*/cancel") == []
+    assert api.whop.calls_to("POST", r"/payments/.*/retry") == []  # issue 18: it charges a card
     assert api.whop.membership("mem_1")["status"] == "active"
     # The fresh answer replaced the cached one: the revoked admin is out everywhere now.
     api.call("GET", f"{C}/settings", status=403)

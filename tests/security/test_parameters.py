@@ -50,6 +50,7 @@ PATH_PARAMS: list[tuple[str, str, str]] = [
     ("POST", f"{C}/cases/{{case_id}}/nudge", "case_id"), ("POST", f"{C}/cases/{{case_id}}/cancel", "case_id"),
     ("POST", f"{C}/cases/{{case_id}}/cancel-membership", "case_id"),
     ("POST", f"{C}/cases/{{case_id}}/terminate", "case_id"),
+    ("POST", f"{C}/cases/{{case_id}}/retry", "case_id"),
     ("GET", f"{C}/memberships/{{membership_id}}", "membership_id"),
     ("GET", f"{C}/memberships/{{membership_id}}/manage-url", "membership_id"),
     ("GET", "/r/{token}", "token"), ("GET", "/dashboard/{company_id}", "company_id"),
