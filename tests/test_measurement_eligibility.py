@@ -304,6 +304,16 @@ def _window_figures(rows: list[dict[str, str]], now: datetime) -> dict[str, Any]
         "incentive_cost": money([(r["currency"], int(r["incentive_cost_minor"] or 0)) for r in rows]),
     }
     figures["matured_recovery_rate"] = figures["matured_recoveries"] / len(old) if old else None
+    figures["by_recovery_source"] = {
+        source: {
+            "recoveries": sum(r["recovered_by"] == source for r in rec),
+            "recovered_revenue": money(
+                [(r["currency"], int(r["recovered_amount_minor"]))
+                 for r in rec if r["recovered_by"] == source]
+            ),
+        }
+        for source in ("rebound_retry", "after_click", "other")
+    }
     figures["by_decline_class"] = {
         cls: {
             "cases": len(mine),
@@ -407,6 +417,8 @@ def test_every_kpi_lift_variant_and_cohort_figure_is_recomputable_from_one_expor
         "holdout_percent_at_open",
         "contaminated",
         "incentive_cost_minor",
+        "retried_at",
+        "recovered_by",
     ]
     _, kpis = api.call("GET", KPIS, query="window_days=45", status=200)
     for window, got in (("current", kpis), ("previous", kpis["previous"])):
