@@ -37,10 +37,11 @@ pytest_plugins = ["tests.whop_fixtures"]
 
 ROOT = Path(__file__).resolve().parent.parent
 TENANT_TABLES = ("creator_settings", "events", "recovery_cases", "recovery_actions", "rate_limits",
-                 "experiments")
+                 "experiments", "erased_companies")
 # Not tenant data (no company_id, no RLS), emptied after each test all the same
-# (request_limits: the limits that hold before a tenant is known, issue 9).
-OPS_TABLES = ("poison_events", "request_limits")
+# (request_limits: the limits that hold before a tenant is known, issue 9; ops_audit: what
+# operators looked at through the rebound_ops functions, issue 19).
+OPS_TABLES = ("poison_events", "request_limits", "ops_audit")
 
 
 @pytest.fixture(scope="session")
