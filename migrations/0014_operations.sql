@@ -52,6 +52,23 @@ $$;
 REVOKE ALL ON FUNCTION rebound_begin(text, text, integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION rebound_begin(text, text, integer) TO rebound_app;
 
+-- The CSV export hands COPY its filters as transaction-local settings (COPY binds no
+-- parameters): the same, through a function, and only for Rebound's own "rebound." settings.
+CREATE FUNCTION rebound_set_local(p_names text[], p_values text[])
+RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF cardinality(p_names) <> cardinality(p_values)
+       OR EXISTS (SELECT 1 FROM unnest(p_names) AS n WHERE n !~ '^rebound\.[a-z_]+$') THEN
+        RAISE EXCEPTION 'rebound_set_local: names must be rebound.<name>, one value each'
+            USING ERRCODE = '22023';
+    END IF;
+    PERFORM set_config(n, v, true) FROM unnest(p_names, p_values) AS s(n, v);
+END
+$$;
+REVOKE ALL ON FUNCTION rebound_set_local(text[], text[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION rebound_set_local(text[], text[]) TO rebound_app;
+
 -- --- 2. Retention runs as its own role, through one narrow function --------------------------
 -- The purge_* functions (0008) take any cut-off and batch size: called with a future date they
 -- would strip every member URL and every rate-limit window across tenants at once. The runtime
