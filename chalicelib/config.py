@@ -8,7 +8,7 @@ A secret may instead come from AWS Secrets Manager: when ``<NAME>_SECRET_ARN`` i
 value is fetched through Powertools Parameters and replaces ``<NAME>``. Such settings are read
 again once they are ``SECRETS_MAX_AGE_S`` old (default 300 s, Powertools' ``max_age``), so a key
 rotated in Secrets Manager reaches warm functions without a deploy; a failed refresh keeps the
-values it has (logged, metric ``SecretRefreshFailed``) and tries again on the next call.
+values it has (logged, metric ``SecretRefreshFailed``) and tries again 5 seconds later.
 """
 
 from __future__ import annotations
@@ -231,23 +231,25 @@ def get_config() -> Settings:
     if loaded is not None and (not loaded.refreshes
                                or clock() - loaded.at < loaded.settings.SECRETS_MAX_AGE_S):
         return loaded.settings
-    return _reload(force_fetch=False)
+    return _reload(now=False)
 
 
 def refresh_config() -> Settings:
     """Read every secret again now (a database login refused: the password may have rotated)."""
-    return _reload(force_fetch=True)
+    return _reload(now=True)
 
 
-def _reload(force_fetch: bool) -> Settings:
+def _reload(now: bool) -> Settings:
     global _loaded
     with _lock:
         previous = _loaded
-        if (not force_fetch and previous is not None and previous.refreshes
+        if (not now and previous is not None and previous.refreshes
                 and clock() - previous.at < previous.settings.SECRETS_MAX_AGE_S):
             return previous.settings  # another thread refreshed it meanwhile
         try:
-            settings = load_config(force_fetch=force_fetch)
+            # Our own age check decides when a secret is old: Powertools' cache (max_age) would
+            # only hand the same value back, so the read goes to Secrets Manager.
+            settings = load_config(force_fetch=True)
         except ConfigError:
             if previous is None:
                 raise
