@@ -57,7 +57,8 @@ class Stack:
 
     def parameter(self, key: str) -> str:
         stack = self.client("cloudformation").describe_stacks(StackName=self.name)["Stacks"][0]
-        return next((p["ParameterValue"] for p in stack.get("Parameters", []) if p["ParameterKey"] == key), "")
+        values = {p["ParameterKey"]: p["ParameterValue"] for p in stack.get("Parameters", [])}
+        return str(values.get(key, ""))
 
     def output(self, key: str) -> str:
         value = self.outputs().get(key)
@@ -72,8 +73,9 @@ class Stack:
 def alarms(stack: Stack, out: TextIO) -> int:
     cloudwatch = stack.client("cloudwatch")
     firing = []
-    for page in cloudwatch.get_paginator("describe_alarms").paginate(
-            AlarmNamePrefix=f"{stack.name}-", StateValue="ALARM", AlarmTypes=["CompositeAlarm", "MetricAlarm"]):
+    pages = cloudwatch.get_paginator("describe_alarms").paginate(
+        AlarmNamePrefix=f"{stack.name}-", StateValue="ALARM", AlarmTypes=["CompositeAlarm", "MetricAlarm"])
+    for page in pages:
         firing += page.get("CompositeAlarms", []) + page.get("MetricAlarms", [])
     for alarm in firing:
         description = alarm.get("AlarmDescription", "")
