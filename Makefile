@@ -11,7 +11,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: install dev test fuzz lint migrate package bench chaos loadtest clean chromium
+.PHONY: install dev test fuzz lint migrate package bench sizing chaos loadtest clean chromium
 
 install: $(STAMP)
 
@@ -61,6 +61,10 @@ package: install
 
 bench: install
 	$(BIN)/python scripts/bench.py
+
+# What a Lambda memory size buys (cold start, warm webhook) under each size's CPU share.
+sizing: install
+	$(BIN)/python scripts/sizing.py
 
 # The full chaos run (10,000 deliveries over 200 companies); `make test` runs a small one.
 chaos: install
