@@ -222,9 +222,19 @@ def connect(params: ConnectParams, timeout_s: float = 15.0,
         )
     except (OSError, ssl.SSLError, pg8000.exceptions.InterfaceError,
             pg8000.exceptions.DatabaseError) as exc:
-        info = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
         raise DatabaseUnavailable(f"cannot connect to {params.describe()}: {type(exc).__name__}",
-                                  str(info.get("C")) if info.get("C") else None) from exc
+                                  _server_sqlstate(exc)) from exc
+
+
+def _server_sqlstate(exc: BaseException | None) -> str | None:
+    """The SQLSTATE the server gave, also when pg8000's own clean-up failed after it (a refused
+    login closes the socket, and closing it again raises a network error on top)."""
+    while exc is not None:
+        info = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+        if info.get("C"):
+            return str(info["C"])
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 # A login the server refused (invalid_password, invalid_authorization_specification): after a

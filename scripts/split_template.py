@@ -319,6 +319,8 @@ def _configure(function: dict[str, Any], plan: FunctionPlan) -> dict[str, Any]:
                               "SecurityGroupIds": {"Ref": "SecurityGroupIds"}}
     else:
         props.pop("VpcConfig", None)
+    # No X-Ray (README, Operations, "Choices"): logs and per-route metrics connect a request.
+    props["Tracing"] = "PassThrough"
     props["AutoPublishAlias"] = ALIAS
     props["DeploymentPreference"] = {
         "Type": kind.deployment,

@@ -243,3 +243,25 @@ def test_each_functions_gradual_deployment_rolls_back_on_its_page_alarms(package
         for trigger in triggers:
             assert al.tag(found[trigger], "severity") == al.PAGE, (logical, trigger)
             assert found[trigger]["Type"] == "AWS::CloudWatch::Alarm", "CodeDeploy watches metric alarms"
+
+
+def test_the_readme_alarm_table_lists_every_alarm_with_its_severity(packaged: Packaged) -> None:
+    template, _, _ = packaged
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("### Alarms"):readme.index("### Deploys and rollback")]
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `([^`]+)`(?: \(one per route\))? \| ([^|]+) \|",
+                                                         table, flags=re.MULTILINE)}
+    for name, resource in al.alarms(template).items():
+        key = al.playbook_key(name)
+        assert key in rows, f"README's alarm table has no row for {key}"
+        severity = al.tag(resource, "severity")
+        assert rows[key].startswith(severity if severity != "none" else "none"), (key, rows[key])
+    count = len(al.alarms(template))
+    assert f"{count} alarms (there were {ALARMS_BEFORE_ISSUE_19})" in table
+
+
+def test_no_function_is_traced(packaged: Packaged) -> None:
+    template, _, _ = packaged
+    for logical, resource in template["Resources"].items():
+        if resource["Type"] == "AWS::Serverless::Function":
+            assert resource["Properties"]["Tracing"] == "PassThrough", logical

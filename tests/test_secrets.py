@@ -145,3 +145,18 @@ def test_health_describes_the_webhook_secret_and_never_reads_it(monkeypatch: pyt
         missing = config.load_config({"APP_ENV": "test", "WHOP_WEBHOOK_SECRET_DESCRIBE_ARN": arn + "-gone"})
         assert health.webhook_secret_configured(missing) is False
     assert operations == ["DescribeSecret"] * 3 and "GetSecretValue" not in operations
+
+
+def test_a_refused_login_is_recognised_under_pg8000s_own_clean_up_error() -> None:
+    import pg8000.exceptions
+
+    refused = pg8000.exceptions.DatabaseError({"S": "FATAL", "C": "28P01", "M": "password failed"})
+    try:
+        try:
+            raise refused
+        except pg8000.exceptions.DatabaseError:
+            raise pg8000.exceptions.InterfaceError("network error") from None  # what close() raises
+    except pg8000.exceptions.InterfaceError as on_top:
+        assert on_top.__context__ is refused
+        assert db._server_sqlstate(on_top) == "28P01"
+    assert db._server_sqlstate(OSError("refused")) is None
