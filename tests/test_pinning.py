@@ -5,7 +5,8 @@ How it is checked: the app's connections go through a relay on 127.0.0.1 that re
 the client sends, and the PostgreSQL frontend messages are decoded (startup, Parse, Bind,
 Describe, Execute, Close, Query, Sync...). A real workload runs through it — webhooks into the
 consumer with its T+0 sends, a tick with retention, the creator API including the CSV export
-(COPY), a tracked link, the deep health check, the per-user limit, a company purge — and every
+(COPY), a tracked link, the deep health check, the per-user limit, a company purge, all on a
+one-connection pool as deployed — and every
 message is held against RDS Proxy's documented pinning conditions for PostgreSQL
 (docs.aws.amazon.com/AmazonRDS/latest/UserGuide/rds-proxy-pinning.html; for all engines: a
 statement text over 16 KB, prepared statements; for PostgreSQL: SET commands, setting or
@@ -185,6 +186,9 @@ def pinning_reasons(captured: list[list[Message]]) -> list[str]:
 def use_relay(monkeypatch: pytest.MonkeyPatch, url: str, statements: str) -> None:
     monkeypatch.setenv("DATABASE_URL", url)
     monkeypatch.setenv("DB_STATEMENTS", statements)
+    # As deployed (DB_POOL_SIZE=1): a transaction opened inside another would wait for a second
+    # connection that never comes, and the workload would fail; it needs none.
+    monkeypatch.setenv("DB_POOL_SIZE", "1")
     config.reset_config()
     db.reset_database()
 
@@ -251,6 +255,7 @@ def test_nothing_the_app_sends_through_the_proxy_pins_a_session(
     url, capture = relay
     use_relay(monkeypatch, url, "unnamed")
     workload(pipeline, owner)
+    assert db.get_database().pool_size == 1
     conns = captured(capture)
     texts = statement_texts(conns)
     assert len(conns) >= 1 and len(texts) > 100, "the workload went through the relay"

@@ -8,35 +8,45 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
+import subprocess
+import sys
 from typing import Any
 
 import pytest
-from samtranslator.translator.transform import transform
 
 from scripts import alarms as al
-from tests.conftest import Packaged
+from tests.conftest import ROOT, Packaged
 
+# The translator pins pydantic ~=2.13, the app 2.14: it is installed apart (make install,
+# requirements-sam.txt) and runs in a process of its own with that folder first on its path.
+TRANSLATOR = ROOT / ".venv" / "sam-translator"
+TRANSFORM = """
+import json, sys
+from samtranslator.translator.transform import transform
 
-class NoManagedPolicies:
-    """Every role here is written out in full: the translator needs no managed-policy lookup."""
-
-    def load(self) -> dict[str, str]:
+class NoManagedPolicies:  # every role is written out in full: no managed-policy lookup
+    def load(self):
         return {}
+
+template = json.load(sys.stdin)
+json.dump(transform(template, {"UseRdsProxy": "true"}, NoManagedPolicies()), sys.stdout)
+"""
 
 
 @pytest.fixture(scope="module")
-def transformed(packaged: Packaged, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def transformed(packaged: Packaged) -> dict[str, Any]:
+    assert (TRANSLATOR / "samtranslator").is_dir(), "make install puts the translator in .venv/sam-translator"
     template = copy.deepcopy(packaged[0])
     for resource in template["Resources"].values():  # as scripts/deploy.py uploads it
         if resource["Type"] == "AWS::Serverless::Function":
             resource["Properties"]["CodeUri"] = "s3://artifacts/rebound/prod/0123abcd.zip"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    try:
-        return dict(transform(template, {"UseRdsProxy": "true"}, NoManagedPolicies()))
-    finally:
-        mp.undo()
+    env = {**os.environ, "PYTHONPATH": str(TRANSLATOR), "AWS_DEFAULT_REGION": "us-east-1"}
+    run = subprocess.run([sys.executable, "-c", TRANSFORM], input=json.dumps(template), env=env,
+                         capture_output=True, text=True, check=False, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return dict(json.loads(run.stdout))
 
 
 def of_type(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
