@@ -177,59 +177,61 @@ def world(local_database: localdb.LocalDatabase, owner: Owner, database: db.Data
     trusting = hba.read_text()
     hba.write_text("local all rebound_service,ops_oncall scram-sha-256\n" + trusting)
     owner.run("SELECT pg_reload_conf()")
-    owner.run("DROP ROLE IF EXISTS ops_oncall")  # the page creates it
-    if not owner.run("SELECT 1 FROM pg_roles WHERE rolname = 'rebound_service'"):
-        owner.run("CREATE ROLE rebound_service LOGIN NOSUPERUSER NOBYPASSRLS")
-    owner.run("GRANT rebound_app TO rebound_service")
-    owner.run("ALTER ROLE rebound_service PASSWORD 'first-password'")
-    seed_bad_day(owner)
-    with mock_aws():
-        world = World(local_database.owner_url, base, "", fake_whop, {})
-        sm = world.client("secretsmanager")
-        values = {"DatabaseUrlSecretArn": world.url("rebound_service", "first-password"),
-                  "RuntimeLoginSecretArn": json.dumps({"username": "rebound_service",
-                                                       "password": "first-password"}),
-                  "WhopApiKeySecretArn": fake_whop.api_key,
-                  "WhopWebhookSecretArn": fake_whop.webhook_secret,
-                  "SchedulerSecretArn": "scheduler-secret-from-secrets-manager",
-                  "HealthSecretArn": "health-secret-generated-by-the-stack"}
-        for name, value in values.items():
-            world.arns[name] = sm.create_secret(Name=f"{STACK}/{name}", SecretString=value)["ARN"]
-        # The app as deployed: every secret from Secrets Manager, read again when 300 s old.
-        for setting, parameter in (("DATABASE_URL", "DatabaseUrlSecretArn"),
-                                   ("WHOP_API_KEY", "WhopApiKeySecretArn"),
-                                   ("WHOP_WEBHOOK_SECRET", "WhopWebhookSecretArn"),
-                                   ("SCHEDULER_SECRET", "SchedulerSecretArn"),
-                                   ("HEALTH_SECRET", "HealthSecretArn")):
-            monkeypatch.delenv(setting, raising=False)
-            monkeypatch.setenv(f"{setting}_SECRET_ARN", world.arns[parameter])
-        monkeypatch.setenv("WHOP_WEBHOOK_SECRET_DESCRIBE_ARN", world.arns["WhopWebhookSecretArn"])
-        monkeypatch.setenv("WHOP_API_BASE", fake_whop.base_url)
-        monkeypatch.setenv("WHOP_JWKS_URL", fake_whop.jwks_url)
-        monkeypatch.setenv("WHOP_APP_ID", fake_whop.app_id)
-        real_clock = config.clock
-        monkeypatch.setattr(config, "clock", lambda: real_clock() + world.clock_offset[0])
-        sqs = world.client("sqs")
-        urls = {name: sqs.create_queue(QueueName=f"{STACK}-{name}")["QueueUrl"]
-                for name in ("events", "events-dlq", "tick-failures")}
-        monkeypatch.setenv("EVENTS_QUEUE_URL", urls["events"])
-        config.reset_config()
-        db.reset_database()
-        whop.reset_whop()
-        health.deep_cache.clear()
-        from app import app
+    try:
+        owner.run("DROP ROLE IF EXISTS ops_oncall")  # the page creates it
+        if not owner.run("SELECT 1 FROM pg_roles WHERE rolname = 'rebound_service'"):
+            owner.run("CREATE ROLE rebound_service LOGIN NOSUPERUSER NOBYPASSRLS")
+        owner.run("GRANT rebound_app TO rebound_service")
+        owner.run("ALTER ROLE rebound_service PASSWORD 'first-password'")
+        seed_bad_day(owner)
+        with mock_aws():
+            world = World(local_database.owner_url, base, "", fake_whop, {})
+            sm = world.client("secretsmanager")
+            values = {"DatabaseUrlSecretArn": world.url("rebound_service", "first-password"),
+                      "RuntimeLoginSecretArn": json.dumps({"username": "rebound_service",
+                                                           "password": "first-password"}),
+                      "WhopApiKeySecretArn": fake_whop.api_key,
+                      "WhopWebhookSecretArn": fake_whop.webhook_secret,
+                      "SchedulerSecretArn": "scheduler-secret-from-secrets-manager",
+                      "HealthSecretArn": "health-secret-generated-by-the-stack"}
+            for name, value in values.items():
+                world.arns[name] = sm.create_secret(Name=f"{STACK}/{name}", SecretString=value)["ARN"]
+            # The app as deployed: every secret from Secrets Manager, read again when 300 s old.
+            for setting, parameter in (("DATABASE_URL", "DatabaseUrlSecretArn"),
+                                       ("WHOP_API_KEY", "WhopApiKeySecretArn"),
+                                       ("WHOP_WEBHOOK_SECRET", "WhopWebhookSecretArn"),
+                                       ("SCHEDULER_SECRET", "SchedulerSecretArn"),
+                                       ("HEALTH_SECRET", "HealthSecretArn")):
+                monkeypatch.delenv(setting, raising=False)
+                monkeypatch.setenv(f"{setting}_SECRET_ARN", world.arns[parameter])
+            monkeypatch.setenv("WHOP_WEBHOOK_SECRET_DESCRIBE_ARN", world.arns["WhopWebhookSecretArn"])
+            monkeypatch.setenv("WHOP_API_BASE", fake_whop.base_url)
+            monkeypatch.setenv("WHOP_JWKS_URL", fake_whop.jwks_url)
+            monkeypatch.setenv("WHOP_APP_ID", fake_whop.app_id)
+            real_clock = config.clock
+            monkeypatch.setattr(config, "clock", lambda: real_clock() + world.clock_offset[0])
+            sqs = world.client("sqs")
+            urls = {name: sqs.create_queue(QueueName=f"{STACK}-{name}")["QueueUrl"]
+                    for name in ("events", "events-dlq", "tick-failures")}
+            monkeypatch.setenv("EVENTS_QUEUE_URL", urls["events"])
+            config.reset_config()
+            db.reset_database()
+            whop.reset_whop()
+            health.deep_cache.clear()
+            from app import app
 
-        for endpoint in _serve(app):
-            world.endpoint = endpoint
-            _stack(world, urls)
-            yield world
-        config.reset_config()
-        db.reset_database()
-        whop.reset_whop()
-        health.deep_cache.clear()
-    hba.write_text(trusting)
-    owner.run("SELECT pg_reload_conf()")
-    owner.run("DROP ROLE IF EXISTS ops_oncall")
+            for endpoint in _serve(app):
+                world.endpoint = endpoint
+                _stack(world, urls)
+                yield world
+            config.reset_config()
+            db.reset_database()
+            whop.reset_whop()
+            health.deep_cache.clear()
+    finally:
+        hba.write_text(trusting)
+        owner.run("SELECT pg_reload_conf()")
+        owner.run("DROP ROLE IF EXISTS ops_oncall")
 
 
 def _stack(world: World, urls: dict[str, str]) -> None:
