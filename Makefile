@@ -5,20 +5,22 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt requirements-sam.txt | cksum | cut -d' ' -f1)
 
 export PYTHONDONTWRITEBYTECODE := 1
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: install dev test fuzz lint migrate package bench chaos loadtest stats-check clean chromium
+.PHONY: install dev test fuzz lint migrate package bench sizing chaos loadtest stats-check clean chromium
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt requirements-sam.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check 'pip<26.3'
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	rm -rf $(VENV)/sam-translator
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --target $(VENV)/sam-translator -r requirements-sam.txt
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
@@ -61,6 +63,10 @@ package: install
 
 bench: install
 	$(BIN)/python scripts/bench.py
+
+# What a Lambda memory size buys (cold start, warm webhook) under each size's CPU share.
+sizing: install
+	$(BIN)/python scripts/sizing.py
 
 # The full chaos run (10,000 deliveries over 200 companies); `make test` runs a small one.
 chaos: install

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from chalice.app import Chalice, CloudWatchEvent, ConvertToMiddleware, Rate, Request, Response, SQSEvent
 
+from chalicelib.budgets import SHARED_PROFILE, worst_case_call_s
 from chalicelib.config import get_config
 from chalicelib.db import get_database
 from chalicelib.errors import NotFound, Unauthorized
@@ -103,11 +105,16 @@ def process_events(event: SQSEvent) -> dict[str, Any]:
     return dict(handle_batch(event.to_dict(), event.context))
 
 
-# The tick stops taking new work with this much time left: one more Whop call (the client gives
-# up within ~26 s) and the records must still fit in the function's timeout.
-TICK_MARGIN_S = 28.0
-# The HTTP trigger answers within API Gateway's 29 s: its own, shorter budget.
-HTTP_TICK_BUDGET_S = 20.0
+# The tick stops taking new work with this much time left: one more Whop call at its worst
+# (budgets.SHARED_PROFILE: 26 s) and recording it must still fit in the function's timeout.
+TICK_MARGIN_S = worst_case_call_s(SHARED_PROFILE) + 2.0
+# The HTTP trigger must answer within API Gateway's 29 s (its integration timeout). It stops
+# taking new work after HTTP_TICK_BUDGET_S; the call it may have started then is bounded by
+# budgets.SHORT_PROFILE (one attempt, 7 s at worst); HTTP_TICK_SLACK_S covers recording outcomes,
+# one retention batch and the cold start. tests/test_time_budgets.py holds the sum under
+# budgets.API_GATEWAY_TIMEOUT_S.
+HTTP_TICK_BUDGET_S = 15.0
+HTTP_TICK_SLACK_S = 5.0
 
 
 @app.schedule(Rate(5, unit=Rate.MINUTES))
@@ -117,7 +124,7 @@ def process_reminders(event: CloudWatchEvent) -> dict[str, Any]:
         # The margin never exceeds a quarter of the time given, whatever the configured timeout.
         margin_ms = min(TICK_MARGIN_S * 1000, context.get_remaining_time_in_millis() / 4)
         return run_tick(lambda: context.get_remaining_time_in_millis() < margin_ms)
-    return run_tick(_deadline(HTTP_TICK_BUDGET_S))
+    return run_tick(_deadline(HTTP_TICK_BUDGET_S), whop_profile="short")
 
 
 def _deadline(seconds: float) -> Callable[[], bool]:
@@ -125,11 +132,14 @@ def _deadline(seconds: float) -> Callable[[], bool]:
     return lambda: time.monotonic() >= ends
 
 
-def run_tick(out_of_time: Callable[[], bool] | None = None) -> dict[str, Any]:
+def run_tick(out_of_time: Callable[[], bool] | None = None,
+             whop_profile: Literal["shared", "short"] = "shared") -> dict[str, Any]:
     from chalicelib.effects import default_context
     from chalicelib.scheduler import tick
+    from chalicelib.whop import get_whop
 
-    result = tick(default_context(), datetime.now(UTC), out_of_time=out_of_time)
+    ctx = dataclasses.replace(default_context(), whop=get_whop(whop_profile))
+    result = tick(ctx, datetime.now(UTC), out_of_time=out_of_time)
     for name, value in result.as_metrics().items():
         metrics.add_metric(name=name, unit="Milliseconds" if name.endswith("Ms") else "Count", value=value)
     count("TickCompleted")
@@ -151,7 +161,7 @@ def scheduler_reminders() -> Response:
     enforce_principal("scheduler", "route", datetime.now(UTC), "too many scheduler requests")
     if not bearer_matches(request.headers.get("authorization"), secret):
         raise Unauthorized("missing or invalid bearer token")
-    return json_response(run_tick(_deadline(HTTP_TICK_BUDGET_S)))
+    return json_response(run_tick(_deadline(HTTP_TICK_BUDGET_S), whop_profile="short"))
 
 
 @app.route("/r/{token}", methods=["GET"], content_types=ANY_BODY)

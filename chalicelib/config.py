@@ -5,15 +5,20 @@ a Lambda fails at cold start instead of on the first webhook. In ``development``
 the documented defaults below apply, so ``make dev`` and ``make test`` need no setup.
 
 A secret may instead come from AWS Secrets Manager: when ``<NAME>_SECRET_ARN`` is set, the
-value is fetched through Powertools Parameters (cached) and replaces ``<NAME>``.
+value is fetched through Powertools Parameters and replaces ``<NAME>``. Such settings are read
+again once they are ``SECRETS_MAX_AGE_S`` old (default 300 s, Powertools' ``max_age``), so a key
+rotated in Secrets Manager reaches warm functions without a deploy; a failed refresh keeps the
+values it has (logged, metric ``SecretRefreshFailed``) and tries again 5 seconds later.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
-from functools import lru_cache
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -63,11 +68,18 @@ class Settings(BaseModel):
     APP_VERSION: str = "dev"
     # Seconds a database connect may take before the request fails (health, handlers).
     DB_CONNECT_TIMEOUT_S: float = Field(default=5.0, gt=0, le=60)
+    # RDS Proxy's endpoint (set by the template when the proxy is on): connections go there
+    # instead of DATABASE_URL's host, verify-full against the system trust store (the proxy's
+    # certificate comes from ACM, not the RDS CA bundle). User, password and database stay.
+    DATABASE_PROXY_HOST: str | None = None
     # "prepared": statements prepared once per connection (one wait each; pins an RDS Proxy
     # session). "unnamed": no session state, for RDS Proxy multiplexing (three waits each).
     DB_STATEMENTS: Literal["prepared", "unnamed"] = "prepared"
     # Days event details and click rows are kept before the tick purges them (docs/privacy.md).
-    RETENTION_DAYS: int = Field(default=180, ge=1, le=3650)
+    # At least 15: the 14-day recovery window needs them (run_retention refuses less, too).
+    RETENTION_DAYS: int = Field(default=180, ge=15, le=3650)
+    # Seconds a value read from Secrets Manager is used before it is read again.
+    SECRETS_MAX_AGE_S: int = Field(default=300, ge=0, le=86400)
     # Connections one process may hold (Lambda serves one request at a time and keeps one warm;
     # ``make dev`` serves a thread per request and shares this many).
     DB_POOL_SIZE: int = Field(default=4, ge=1, le=50)
@@ -77,6 +89,8 @@ class Settings(BaseModel):
     HEALTH_SECRET: str | None = None
     # ``true`` opens the deep health checks without a bearer (an operator's choice, e.g. behind a VPC).
     HEALTH_PUBLIC: bool = False
+    # The webhook secret's ARN for the health check to describe (exists, current), never to read.
+    WHOP_WEBHOOK_SECRET_DESCRIBE_ARN: str | None = None
 
     @field_validator("DATABASE_URL", "MIGRATIONS_DATABASE_URL")
     @classmethod
@@ -116,25 +130,38 @@ class Settings(BaseModel):
         return self.APP_ENV == "production"
 
 
-def _fetch_secret(arn: str) -> str:
+DEFAULT_SECRETS_MAX_AGE_S = 300
+
+
+def _fetch_secret(arn: str, max_age_s: int = DEFAULT_SECRETS_MAX_AGE_S, force: bool = False) -> str:
     # Imported lazily: only deployments that keep secrets in Secrets Manager pay for boto3 here.
     from aws_lambda_powertools.utilities import parameters
 
-    value = parameters.get_secret(arn)
+    value = parameters.get_secret(arn, max_age=max_age_s, force_fetch=force)
     if not isinstance(value, str):
         raise ConfigError(f"secret {arn!r} is not a string secret")
     return value
 
 
-def load_config(environ: Mapping[str, str] | None = None) -> Settings:
-    """Build the settings from ``environ`` (default ``os.environ``); raise ConfigError naming a bad one."""
+def _max_age(env: Mapping[str, str]) -> int:
+    raw = env.get("SECRETS_MAX_AGE_S", "")
+    return int(raw) if raw.isdigit() else DEFAULT_SECRETS_MAX_AGE_S
+
+
+def has_secret_arns(env: Mapping[str, str]) -> bool:
+    return any(env.get(f"{name}_SECRET_ARN") for name in SECRET_SETTINGS)
+
+
+def load_config(environ: Mapping[str, str] | None = None, *, force_fetch: bool = False) -> Settings:
+    """Build the settings from ``environ`` (default ``os.environ``); raise ConfigError naming a bad one.
+    ``force_fetch`` reads every secret from Secrets Manager again, whatever its age."""
     env = dict(os.environ if environ is None else environ)
     values: dict[str, str] = {k: v for k, v in env.items() if k in Settings.model_fields and v != ""}
     for name in SECRET_SETTINGS:
         arn = env.get(f"{name}_SECRET_ARN")
         if arn:
             try:
-                values[name] = _fetch_secret(arn)
+                values[name] = _fetch_secret(arn, _max_age(env), force_fetch)
             except ConfigError:
                 raise
             except Exception as exc:  # any AWS failure: name the setting, never the value
@@ -183,12 +210,67 @@ def _check_database_url(settings: Settings) -> None:
         raise ConfigError(f"DATABASE_URL {exc}") from None
 
 
-@lru_cache(maxsize=1)
+@dataclass(frozen=True)
+class _Loaded:
+    settings: Settings
+    at: float  # monotonic time of the read
+    refreshes: bool  # some value came from Secrets Manager: read it again once it is old
+
+
+_loaded: _Loaded | None = None
+_lock = threading.Lock()
+# The process clock decides when a cached secret is old (a cache age, not a deadline); tests
+# replace it to move time without waiting.
+clock: Callable[[], float] = time.monotonic
+
+
 def get_config() -> Settings:
-    """The process-wide settings, read once (warm Lambda invocations reuse them)."""
-    return load_config()
+    """The process-wide settings. Read once; when some came from Secrets Manager, read again
+    once they are ``SECRETS_MAX_AGE_S`` old (warm Lambda invocations reuse them until then)."""
+    loaded = _loaded
+    if loaded is not None and (not loaded.refreshes
+                               or clock() - loaded.at < loaded.settings.SECRETS_MAX_AGE_S):
+        return loaded.settings
+    return _reload(now=False)
+
+
+def refresh_config() -> Settings:
+    """Read every secret again now (a database login refused: the password may have rotated)."""
+    return _reload(now=True)
+
+
+def _reload(now: bool) -> Settings:
+    global _loaded
+    with _lock:
+        previous = _loaded
+        if (not now and previous is not None and previous.refreshes
+                and clock() - previous.at < previous.settings.SECRETS_MAX_AGE_S):
+            return previous.settings  # another thread refreshed it meanwhile
+        try:
+            # Our own age check decides when a secret is old: Powertools' cache (max_age) would
+            # only hand the same value back, so the read goes to Secrets Manager.
+            settings = load_config(force_fetch=True)
+        except ConfigError:
+            if previous is None:
+                raise
+            # Keep serving with what we have; the next call tries again.
+            _refresh_failed()
+            _loaded = _Loaded(previous.settings, clock() - previous.settings.SECRETS_MAX_AGE_S + 5,
+                              previous.refreshes)
+            return previous.settings
+        _loaded = _Loaded(settings, clock(), has_secret_arns(os.environ))
+        return settings
+
+
+def _refresh_failed() -> None:
+    from chalicelib.observability import count, logger
+
+    count("SecretRefreshFailed")
+    logger.warning("secrets refresh failed; keeping the values read before")
 
 
 def reset_config() -> None:
     """Forget the cached settings (tests and the dev launcher change the environment)."""
-    get_config.cache_clear()
+    global _loaded
+    with _lock:
+        _loaded = None

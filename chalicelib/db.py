@@ -13,6 +13,7 @@ pg8000 exceptions never leave this module: they become the typed errors below.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import ssl
 import threading
@@ -221,8 +222,24 @@ def connect(params: ConnectParams, timeout_s: float = 15.0,
         )
     except (OSError, ssl.SSLError, pg8000.exceptions.InterfaceError,
             pg8000.exceptions.DatabaseError) as exc:
-        raise DatabaseUnavailable(
-            f"cannot connect to {params.describe()}: {type(exc).__name__}") from exc
+        raise DatabaseUnavailable(f"cannot connect to {params.describe()}: {type(exc).__name__}",
+                                  _server_sqlstate(exc)) from exc
+
+
+def _server_sqlstate(exc: BaseException | None) -> str | None:
+    """The SQLSTATE the server gave, also when pg8000's own clean-up failed after it (a refused
+    login closes the socket, and closing it again raises a network error on top)."""
+    while exc is not None:
+        info = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+        if info.get("C"):
+            return str(info["C"])
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+# A login the server refused (invalid_password, invalid_authorization_specification): after a
+# password rotation the cached secret is stale, so it is read again once and the connect retried.
+AUTH_FAILED = frozenset({"28P01", "28000"})
 
 
 # --- the process connection ---------------------------------------------------------------------
@@ -388,14 +405,24 @@ class Database:
 
     def __init__(self, url: str, timeout_s: float = 15.0, application_name: str = "rebound", *,
                  pool_size: int = DEFAULT_POOL_SIZE, pool_wait_s: float = POOL_WAIT_S,
-                 production: bool = False, statements: str = "prepared") -> None:
+                 production: bool = False, statements: str = "prepared",
+                 proxy_host: str | None = None,
+                 on_unavailable: Callable[[], None] | None = None,
+                 reread_url: Callable[[], str | None] | None = None) -> None:
         if pool_size < 1:
             raise ValueError("pool_size must be at least 1")
         if statements not in STATEMENT_MODES:
             raise ValueError(f"statements must be one of {', '.join(STATEMENT_MODES)}")
         self.statements = statements
-        self.params = parse_database_url(url)
+        self.url = url
+        self.proxy_host = proxy_host
+        self.params = _params(url, proxy_host)
         check_tls_policy(self.params, production=production)
+        self._production = production
+        # Called when a transaction cannot start because the database is unreachable (the
+        # DatabaseUnavailable metric); and, when a login is refused, asked for the URL afresh.
+        self._on_unavailable = on_unavailable
+        self._reread_url = reread_url
         self.timeout_s = timeout_s
         self.application_name = application_name
         self.pool_size = pool_size
@@ -411,12 +438,29 @@ class Database:
         with self._cond:
             return self._open
 
+    @property
+    def statement_timeout_ms(self) -> int:
+        # A runaway statement must fail before the socket timeout does.
+        return int(self.timeout_s * 1000) - 500
+
     def _connect(self) -> pg8000.native.Connection:
-        conn = connect(self.params, self.timeout_s, self.application_name)
         try:
-            # A runaway statement must fail before the socket timeout does.
+            conn = connect(self.params, self.timeout_s, self.application_name)
+        except DatabaseUnavailable as exc:
+            if exc.sqlstate not in AUTH_FAILED or self._reread_url is None:
+                raise
+            url = self._reread_url()  # the password may have rotated: read the secret again
+            if not url or url == self.url:
+                raise
+            self.url, self.params = url, _params(url, self.proxy_host)
+            check_tls_policy(self.params, production=self._production)
+            conn = connect(self.params, self.timeout_s, self.application_name)
+        if self.statements == "unnamed":
+            # No session state behind RDS Proxy: the timeout is set per transaction instead.
+            return conn
+        try:
             conn.run("SELECT set_config('statement_timeout', :ms, false)",
-                     ms=str(int(self.timeout_s * 1000) - 500))
+                     ms=str(self.statement_timeout_ms))
         except Exception as exc:
             conn.close()
             raise _translate(exc) from exc
@@ -493,13 +537,24 @@ class Database:
     @contextmanager
     def transaction(self, company_id: str | None,
                     lock: str | tuple[str, ...] | None = None) -> Iterator[Transaction]:
-        conn = self._begin()
+        try:
+            conn = self._begin()
+        except DatabaseUnavailable:
+            if self._on_unavailable is not None:
+                self._on_unavailable()
+            raise
         broken = False
         locks = (lock,) if isinstance(lock, str) else tuple(lock or ())
         try:
             tx = Transaction(conn, self.statements)
             try:
-                if company_id is not None and locks:
+                if self.statements == "unnamed":
+                    # Behind RDS Proxy: set_config and advisory locks in a statement's text pin
+                    # the session; inside a function call they do not (migration 0014). All three
+                    # are transaction-local, so the session is safe to hand on afterwards.
+                    tx.query("SELECT rebound_begin(:cid, CAST(:locks AS text[]), :ms)", cid=company_id,
+                             locks=list(locks), ms=self.statement_timeout_ms)
+                elif company_id is not None and locks:
                     # Tenant and locks in one round trip (the consumer's per-membership lock, and
                     # the per-member one a failure shares with a saved card: issue 18), in order.
                     taken = ", ".join(f"pg_advisory_xact_lock(hashtextextended(:lock{i}, 0))"
@@ -527,29 +582,60 @@ class Database:
             self._release(conn, broken=broken)
 
 
+def _params(url: str, proxy_host: str | None) -> ConnectParams:
+    params = parse_database_url(url)
+    if proxy_host:
+        # RDS Proxy presents an ACM certificate (Amazon's public roots, in the system trust
+        # store), not one of the RDS CA bundle: verify-full against the system store.
+        params = dataclasses.replace(params, host=proxy_host, unix_sock=None,
+                                     sslmode="verify-full", sslrootcert=None)
+    return params
+
+
 _database: Database | None = None
 _database_lock = threading.Lock()
 
 
 def get_database() -> Database:
-    """The process-wide Database for ``DATABASE_URL`` (created on first use, reused when warm)."""
+    """The process-wide Database for ``DATABASE_URL`` (created on first use, reused when warm).
+    When the URL changed (its secret was rotated and read again), the next use gets a new pool
+    and the old one's idle connections are closed."""
     global _database
-    if _database is None:
-        with _database_lock:
-            if _database is None:
-                from chalicelib.config import ConfigError, get_config
+    from chalicelib.config import ConfigError, get_config
 
-                cfg = get_config()
-                if not cfg.DATABASE_URL:
-                    raise ConfigError("missing required setting(s): DATABASE_URL")
-                try:
-                    _database = Database(cfg.DATABASE_URL, timeout_s=cfg.DB_CONNECT_TIMEOUT_S * 3,
-                                         pool_size=cfg.DB_POOL_SIZE, production=cfg.is_production,
-                                         statements=cfg.DB_STATEMENTS)
-                except DatabaseUrlError as exc:
-                    # The message names the setting and the problem, never a piece of the URL.
-                    raise ConfigError(f"DATABASE_URL {exc}") from None
-    return _database
+    cfg = get_config()
+    current = _database
+    if current is not None and current.url == cfg.DATABASE_URL:
+        return current
+    with _database_lock:
+        if _database is not None and _database.url == cfg.DATABASE_URL:
+            return _database
+        if not cfg.DATABASE_URL:
+            raise ConfigError("missing required setting(s): DATABASE_URL")
+        try:
+            fresh = Database(cfg.DATABASE_URL, timeout_s=cfg.DB_CONNECT_TIMEOUT_S * 3,
+                             pool_size=cfg.DB_POOL_SIZE, production=cfg.is_production,
+                             statements=cfg.DB_STATEMENTS, proxy_host=cfg.DATABASE_PROXY_HOST,
+                             on_unavailable=_count_unavailable, reread_url=_reread_url)
+        except DatabaseUrlError as exc:
+            # The message names the setting and the problem, never a piece of the URL.
+            raise ConfigError(f"DATABASE_URL {exc}") from None
+        if _database is not None:
+            _database.close()
+        _database = fresh
+        return fresh
+
+
+def _reread_url() -> str | None:
+    from chalicelib.config import refresh_config
+
+    return refresh_config().DATABASE_URL
+
+
+def _count_unavailable() -> None:
+    from chalicelib.observability import count
+
+    count("DatabaseUnavailable")
 
 
 def reset_database() -> None:

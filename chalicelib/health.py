@@ -54,9 +54,30 @@ class WebhookHealth(BaseModel):
     error: str | None = None
 
 
+def webhook_secret_configured(cfg: Settings) -> bool:
+    """Is there a webhook secret to verify with? Deployed, the health function may only
+    *describe* that secret (``WHOP_WEBHOOK_SECRET_DESCRIBE_ARN``; IAM ``DescribeSecret``), never
+    read its value: configured means it exists, is not being deleted and has a current version.
+    Elsewhere (make dev, tests) the setting itself is looked at."""
+    arn = cfg.WHOP_WEBHOOK_SECRET_DESCRIBE_ARN
+    if not arn:
+        return bool(cfg.WHOP_WEBHOOK_SECRET)
+    import boto3  # only the deep webhook check needs it
+    from botocore.config import Config
+
+    client = boto3.client("secretsmanager", config=Config(connect_timeout=2, read_timeout=3,
+                                                          retries={"max_attempts": 2}))
+    try:
+        described = client.describe_secret(SecretId=arn)
+    except Exception:  # noqa: BLE001 - unreachable or refused: not known to be configured
+        return False
+    stages = [s for stages in described.get("VersionIdsToStages", {}).values() for s in stages]
+    return "DeletedDate" not in described and "AWSCURRENT" in stages
+
+
 def webhook_health(cfg: Settings, queue: EventQueue | None) -> WebhookHealth:
     """Can a webhook be accepted right now: a secret to verify with, and a queue that answers."""
-    secret = bool(cfg.WHOP_WEBHOOK_SECRET)
+    secret = webhook_secret_configured(cfg)
     if queue is None:
         return WebhookHealth(status="error", secret_configured=secret, queue_reachable=False,
                              error="NotConfigured")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -36,7 +37,8 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from pydantic import ValidationError
 
-from chalicelib import measurement, models, recovery, store
+from chalicelib import erasure, measurement, models, recovery, store
+from chalicelib.budgets import SHARED_PROFILE, worst_case_call_s
 from chalicelib.cases import Resume, fold, order_key
 from chalicelib.db import (
     ConstraintViolation,
@@ -118,6 +120,8 @@ def _apply(event: WhopEvent, now: datetime, db: Database | None) -> Outcome:
     with tenant_transaction(event.company_id, db, lock=locks) as tx:
         history = store.insert_event(tx, event, minimal_payload(event))
         if not history:
+            if erasure.is_erased(tx):  # the insert trigger dropped it (migration 0014)
+                return Outcome(status="ignored", company_id=event.company_id, reason="company_erased")
             return Outcome(status="duplicate", company_id=event.company_id)
         done = refold_membership(tx, event.company_id, event.membership_id, now, history)
     return Outcome(status="applied", company_id=event.company_id, opened_case_ids=done.opened,
@@ -268,16 +272,39 @@ def _update_existing(tx: Transaction, row: dict[str, Any], case: Case, settings:
     return case.status is CaseStatus.RECOVERED and row["status"] != CaseStatus.RECOVERED.value
 
 
-def send_opening_nudges(company_id: str, case_ids: list[str], now: datetime) -> None:
+# The T+0 sends stop once the function has less than this left: one more Whop call at its
+# worst (budgets.SHARED_PROFILE: 26 s) and recording its outcome must still fit in the timeout.
+# What is not sent stays owed (pending ledger rows) and the next tick sends it.
+SEND_MARGIN_S = worst_case_call_s(SHARED_PROFILE) + 4.0
+
+
+def time_budget(context: Any, margin_s: float = SEND_MARGIN_S) -> Callable[[], bool] | None:
+    """``out_of_time`` for a Lambda context: True once less than ``margin_s`` remains."""
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    if remaining is None:
+        return None
+    return lambda: float(remaining()) < margin_s * 1000
+
+
+def send_opening_nudges(company_id: str, case_ids: list[str], now: datetime,
+                        out_of_time: Callable[[], bool] | None = None) -> int:
     """The T+0 nudge goes out promptly, after commit. If Whop is down the rows stay pending and
-    the next tick retries them: the webhook itself is applied and must not be redelivered."""
+    the next tick retries them: the webhook itself is applied and must not be redelivered.
+    Returns how many cases were left for the tick because the time ran low."""
     try:
         ctx = default_context()
-        for case_id in case_ids:
-            stats = execute_owed(ctx, company_id, now, case_id=case_id)
+        for index, case_id in enumerate(case_ids):
+            if out_of_time is not None and out_of_time():
+                left = len(case_ids) - index
+                count("OpeningNudgesDeferred", left)
+                logger.warning("opening nudges left for the tick: time is running out",
+                               extra={"company_id": company_id, "cases_left": left})
+                return left
+            stats = execute_owed(ctx, company_id, now, case_id=case_id, out_of_time=out_of_time)
             count("EffectsSent", stats.sent)
     except Exception:  # noqa: BLE001 - effects are retried by the tick; the event is committed
         logger.exception("opening nudges deferred to the next tick", extra={"company_id": company_id})
+    return 0
 
 
 # --- the SQS batch (Lambda event source, or the local consumer in make dev) --------------------
@@ -322,6 +349,7 @@ def handle_batch(event: dict[str, Any], context: Any = None) -> PartialItemFailu
     # T+0 nudges go out once the whole batch is applied: a payment that succeeded in the same
     # batch closes the case first, and the executor then owes that member nothing.
     now = datetime.now(UTC)
+    out_of_time = time_budget(context)
     for company_id, case_ids in opened.items():
-        send_opening_nudges(company_id, case_ids, now)
+        send_opening_nudges(company_id, case_ids, now, out_of_time)
     return result

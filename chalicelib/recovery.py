@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from chalicelib import experiments, recovery_store, store
+from chalicelib import erasure, experiments, recovery_store, store
 from chalicelib.attribution import window_passed
 from chalicelib.db import Database, Transaction, tenant_transaction
 from chalicelib.models import Case, CaseStatus, CreatorSettings, WhopEvent
@@ -37,7 +37,7 @@ from chalicelib.webhooks import minimal_payload
 
 @dataclass
 class CardSaved:
-    status: str  # "applied" | "duplicate"
+    status: str  # "applied" | "duplicate" | "ignored" (an erased company's: migration 0014)
     owed_case_ids: list[str] = field(default_factory=list)
 
 
@@ -53,7 +53,7 @@ def apply_card_saved(event: WhopEvent, now: datetime, db: Database | None = None
     method = event.payment_method_id
     with tenant_transaction(event.company_id, db, lock=member_lock(event.company_id, event.user_id)) as tx:
         if not recovery_store.insert_card_event(tx, event, minimal_payload(event)):
-            return CardSaved("duplicate")
+            return CardSaved("ignored" if erasure.is_erased(tx) else "duplicate")
         if not store.get_settings(tx).smart_retry:
             return CardSaved("applied")
         owed = [(c["id"], KIND_ATTACH, STEP_CARD, now,

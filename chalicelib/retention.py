@@ -9,22 +9,23 @@
 - Rate-limit windows that ended more than a day ago (the API deletes its own company's old
   windows now and then; a company that stops calling would otherwise leave them forever).
 
-Each purge is a SECURITY DEFINER function (migration 0008) that works across tenants and returns
-a count; each batch is its own short transaction, so a purge never holds locks for long, and a
-tick does at most ``max_batches`` of each so retention never crowds out reminders. A failure here
-is logged and counted, never raised: reminders matter more than tidying.
+The purges run in the database, as the role ``rebound_retention``, through one narrow function
+(migration 0014, ``run_retention``): the runtime cannot call the purges themselves, the cut-offs
+come from the DATABASE clock, nothing younger than 15 days is ever purged, and one call does at
+most one batch of 500 of each kind (each call its own short transaction, so a purge never holds
+locks for long). The tick calls it up to ``MAX_BATCHES`` times, and once even when it ran out of
+time for reminders, so retention is never skipped. A failure is logged and counted, never
+raised: reminders matter more than tidying.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 
 from chalicelib.config import get_config
 from chalicelib.db import Database, service_transaction
 from chalicelib.observability import count, logger
 
-RATE_LIMIT_RETENTION = timedelta(days=1)
 BATCH = 500
 MAX_BATCHES = 4
 
@@ -41,34 +42,28 @@ class Purged:
         return self.event_urls + self.case_urls + self.click_rows + self.rate_limits
 
 
-def _drain(function: str, before: datetime, db: Database | None, batch: int, max_batches: int) -> int:
-    total = 0
+def purge(db: Database | None = None, days: int | None = None, batch: int = BATCH,
+          max_batches: int = MAX_BATCHES) -> Purged:
+    """Purge what is older than the retention setting (by the database clock), at most
+    ``max_batches`` batches of each kind; raises on database errors."""
+    keep = get_config().RETENTION_DAYS if days is None else days
+    total = Purged()
     for _ in range(max_batches):
         with service_transaction(db) as tx:
-            # The function name comes from the fixed list in purge(), never from input.
-            done = int(tx.scalar(f"SELECT {function}(:before, :limit)", before=before, limit=batch))
-        total += done
-        if done < batch:
-            break
+            row = tx.one("SELECT event_urls, case_urls, click_rows, rate_limits"
+                         " FROM run_retention(:days, :batch)", days=keep, batch=batch)
+        done = Purged(**{k: int(v) for k, v in (row or {}).items()})
+        total = Purged(total.event_urls + done.event_urls, total.case_urls + done.case_urls,
+                       total.click_rows + done.click_rows, total.rate_limits + done.rate_limits)
+        if max(done.event_urls, done.case_urls, done.click_rows, done.rate_limits) < batch:
+            break  # nothing of any kind filled a batch: nothing is left
     return total
 
 
-def purge(now: datetime, db: Database | None = None, days: int | None = None,
-          batch: int = BATCH, max_batches: int = MAX_BATCHES) -> Purged:
-    """Purge what is older than the retention setting; raises on database errors."""
-    cutoff = now - timedelta(days=get_config().RETENTION_DAYS if days is None else days)
-    return Purged(
-        event_urls=_drain("purge_event_urls", cutoff, db, batch, max_batches),
-        case_urls=_drain("purge_case_urls", cutoff, db, batch, max_batches),
-        click_rows=_drain("purge_click_rows", cutoff, db, batch, max_batches),
-        rate_limits=_drain("purge_rate_limits", now - RATE_LIMIT_RETENTION, db, batch, max_batches),
-    )
-
-
-def purge_expired(now: datetime, db: Database | None = None) -> Purged:
+def purge_expired(db: Database | None = None, max_batches: int = MAX_BATCHES) -> Purged:
     """The tick's entry point: purge, count, log; never raise."""
     try:
-        purged = purge(now, db)
+        purged = purge(db, max_batches=max_batches)
     except Exception:  # noqa: BLE001 - retention is retried next tick; the tick's own work stands
         count("RetentionFailed")
         logger.exception("retention purge failed; retried next tick")

@@ -616,10 +616,11 @@ def copy_export_rows(tx: Transaction, columns: tuple[str, ...], sink: SupportsWr
     settings = {"now": now, **given, "limit": limit,
                 "after_at": after[0] if after else _NO_CURSOR[0],
                 "after_id": after[1] if after else _NO_CURSOR[1]}
-    # One round trip for every setting: parallel arrays, unnested (a fixed statement text).
-    tx.query("SELECT set_config(:prefix || n, v, true) FROM unnest(CAST(:names AS text[]),"
-             " CAST(:values AS text[])) AS s(n, v)", prefix=EXPORT_SETTING_PREFIX,
-             names=list(settings), values=[_setting_text(v) for v in settings.values()])
+    # One round trip for every setting: parallel arrays (a fixed statement text), set inside a
+    # function: set_config in a statement's own text pins an RDS Proxy session (migration 0014).
+    tx.query("SELECT rebound_set_local(CAST(:names AS text[]), CAST(:values AS text[]))",
+             names=[EXPORT_SETTING_PREFIX + n for n in settings],
+             values=[_setting_text(v) for v in settings.values()])
     return tx.copy_out(export_copy_sql(columns, tuple(sorted(given))), sink)
 
 

@@ -43,6 +43,7 @@ from whop_sdk.core.parse_error import ParsingError
 from whop_sdk.core.request_options import RequestOptions
 from whop_sdk.environment import WhopEnvironment
 
+from chalicelib.budgets import SHARED_PROFILE, SHORT_PROFILE
 from chalicelib.config import ConfigError, Settings, get_config
 from chalicelib.observability import logger
 
@@ -437,8 +438,7 @@ class WhopClient(WhopPort):
         # The shared adapter also serves creator requests, which API Gateway cuts at 29 s: worst
         # case 2 × (3 s connect + 8 s read) + 4 s of backoff stays under it. Sends that run out of
         # budget are not lost: their ledger rows are retried by the next tick.
-        for name, value in (("connect_timeout_s", 3.0), ("read_timeout_s", 8.0), ("max_attempts", 2),
-                            ("max_total_sleep_s", 4.0)):
+        for name, value in SHARED_PROFILE.items():
             overrides.setdefault(name, value)
         return cls(api_key=settings.WHOP_API_KEY, base_url=settings.WHOP_API_BASE, **overrides)
 
@@ -739,25 +739,41 @@ class WhopClient(WhopPort):
 # Process-wide instance (warm Lambda invocations reuse its connection pool)
 
 _lock = threading.Lock()
-_instance: WhopPort | None = None
+_instances: dict[str, WhopPort] = {}
+# The key each adapter was built with (a rotated key builds a new one); None: set by set_whop.
+_built_with: dict[str, str | None] = {}
 
 
-def get_whop() -> WhopPort:
-    """The process-wide Whop adapter, built from the settings on first use."""
-    global _instance
+def get_whop(profile: Literal["shared", "short"] = "shared") -> WhopPort:
+    """The process-wide Whop adapter, built from the settings on first use, and again when the
+    API key changed (a rotated key, read again from Secrets Manager: config.get_config)."""
+    key = get_config().WHOP_API_KEY
     with _lock:
-        if _instance is None:
-            _instance = WhopClient.from_config(get_config())
-        return _instance
+        instance = _instances.get(profile)
+        if instance is not None and (_built_with.get(profile) in (key, None)):
+            return instance
+        if profile == "short" and _built_with.get("shared", "") is None:
+            return _instances["shared"]  # a stand-in set by set_whop serves every profile
+        overrides = SHORT_PROFILE if profile == "short" else SHARED_PROFILE
+        fresh = WhopClient.from_config(get_config(), **overrides)
+        previous, _instances[profile], _built_with[profile] = instance, fresh, key
+    if isinstance(previous, WhopClient):
+        previous.close()
+    return fresh
 
 
 def set_whop(port: WhopPort | None) -> None:
     """Replace the process-wide adapter (tests, the dev launcher); None forgets it."""
-    global _instance
     with _lock:
-        previous, _instance = _instance, port
-    if isinstance(previous, WhopClient) and previous is not port:
-        previous.close()
+        previous = list(_instances.values())
+        _instances.clear()
+        _built_with.clear()
+        if port is not None:
+            _instances["shared"] = port
+            _built_with["shared"] = None
+    for old in previous:
+        if isinstance(old, WhopClient) and old is not port:
+            old.close()
 
 
 def reset_whop() -> None:

@@ -1,6 +1,7 @@
 """Delete everything Rebound holds for one company (a creator who uninstalled or asked).
 
 Usage: python scripts/purge_company.py COMPANY_ID [--dry-run] [--yes]
+       python scripts/purge_company.py COMPANY_ID --readmit --yes
 
 Connects with DATABASE_URL (the runtime login, row-level security on) and works inside that
 company's tenant transaction, so it cannot touch another company's rows whatever goes wrong.
@@ -9,6 +10,11 @@ delete from), children before parents, so tables added later are purged too. All
 transaction: either every row of the company goes, or none. ``--dry-run`` prints the counts and
 changes nothing; a real purge needs ``--yes``. Output is JSON (table -> rows); never row contents.
 Messages still in SQS or its DLQ expire with the queues' retention (14 days).
+
+The erasure is recorded (``erased_companies``, migration 0014) in the same transaction, under
+the company's erase lock: webhooks of the company still arriving from Whop are acknowledged and
+not stored, so the company is not recreated by its next webhook. ``--readmit --yes`` removes the
+record (the creator came back); nothing deleted comes back.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from chalicelib import erasure  # noqa: E402
 from chalicelib.db import Database, Transaction, get_database, tenant_transaction  # noqa: E402
 
 # Whop ids are short ASCII tokens (biz_…, user_…); anything else is a typo or an attack.
@@ -46,7 +53,8 @@ def tenant_tables(tx: Transaction) -> list[str]:
         "SELECT c.relname AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
         " JOIN pg_attribute a ON a.attrelid = c.oid"
         " WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND a.attname = 'company_id'"
-        " AND NOT a.attisdropped AND has_table_privilege(c.oid, 'DELETE') ORDER BY c.relname")
+        " AND NOT a.attisdropped AND has_table_privilege(c.oid, 'DELETE')"
+        " AND c.relname <> 'erased_companies' ORDER BY c.relname")  # the record this writes
     tables = [r["name"] for r in rows]
     edges = tx.query(
         "SELECT child.relname AS child, parent.relname AS parent FROM pg_constraint f"
@@ -72,13 +80,23 @@ def purge_company(company_id: str, dry_run: bool, db: Database | None = None) ->
     check_id("COMPANY_ID", company_id)
     counts: dict[str, int] = {}
     with tenant_transaction(company_id, db or get_database()) as tx:
+        if not dry_run:
+            erasure.lock_for_erasure(tx, company_id)  # webhooks in flight commit first, or wait
         for table in tenant_tables(tx):
             if dry_run:
                 counts[table] = int(tx.scalar(f"SELECT count(*) FROM {_quote(table)}"))
             else:
                 counts[table] = tx.execute(f"DELETE FROM {_quote(table)} WHERE company_id = :c",
                                            c=company_id)
+        if not dry_run:
+            erasure.record_erasure(tx, company_id)
     return counts
+
+
+def readmit_company(company_id: str, db: Database | None = None) -> dict[str, int]:
+    check_id("COMPANY_ID", company_id)
+    with tenant_transaction(company_id, db or get_database()) as tx:
+        return {"erased_companies": int(erasure.readmit(tx, company_id))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,7 +104,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("company_id")
     parser.add_argument("--dry-run", action="store_true", help="count the rows, change nothing")
     parser.add_argument("--yes", action="store_true", help="really delete (required unless --dry-run)")
+    parser.add_argument("--readmit", action="store_true",
+                        help="forget a past erasure: the company's webhooks are stored again")
     args = parser.parse_args(argv)
+    if args.readmit:
+        if not args.yes:
+            print("purge_company: --readmit needs --yes", file=sys.stderr)
+            return 2
+        return report("purge_company", args.company_id, False, lambda: readmit_company(args.company_id),
+                      verb="readmitted")
     if not args.dry_run and not args.yes:
         print("purge_company: this deletes every row of the company; run with --dry-run first, "
               "then again with --yes", file=sys.stderr)
@@ -95,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                   lambda: purge_company(args.company_id, args.dry_run))
 
 
-def report(tool: str, company_id: str, dry_run: bool, work: Callable[[], dict[str, int]]) -> int:
+def report(tool: str, company_id: str, dry_run: bool, work: Callable[[], dict[str, int]],
+           verb: str = "deleted") -> int:
     """The erasure tools' common ending: JSON counts on stdout (never row contents), or the
     argument error on stderr with exit status 2."""
     try:
@@ -104,7 +131,7 @@ def report(tool: str, company_id: str, dry_run: bool, work: Callable[[], dict[st
         print(f"{tool}: {exc}", file=sys.stderr)
         return 2
     print(json.dumps({"company_id": company_id, "dry_run": dry_run,
-                      "would_delete" if dry_run else "deleted": counts}, sort_keys=True))
+                      "would_delete" if dry_run else verb: counts}, sort_keys=True))
     return 0
 
 

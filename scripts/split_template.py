@@ -26,6 +26,7 @@ from typing import Any
 from chalicelib.effects import SEND_CHANNELS, SEND_OUTCOMES
 from chalicelib.ingest import type_label
 from chalicelib.models import EventType
+from scripts import alarms
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS_FILE = ROOT / "infra" / "functions.toml"
@@ -42,6 +43,9 @@ SECRET_PARAMETERS = {
 }
 # Secrets a function may run without (the route answers 404 when unset): never "required".
 OPTIONAL_SECRETS = {"SCHEDULER_SECRET"}
+# Every function is published as a version behind this alias; API Gateway, SQS and the schedule
+# call the alias, and CodeDeploy shifts it from the old version to the new one gradually.
+ALIAS = "live"
 # Plain settings every function receives from Globals (not secret, so no IAM grant is involved).
 PLAIN_REQUIRED = ("WHOP_APP_ID", "EVENTS_QUEUE_URL", "PUBLIC_BASE_URL")
 QUEUE_ACTIONS = {
@@ -60,6 +64,9 @@ HANDLER_IDS = {"process_events": "ProcessEvents", "process_reminders": "ProcessR
 # (A signed but unusable body is acknowledged, Webhook_ignored_unusable: Whop did nothing wrong.)
 WEBHOOK_REJECTIONS = ("Webhook_rejected_missing_headers", "Webhook_rejected_bad_timestamp",
                       "Webhook_rejected_stale_timestamp", "Webhook_rejected_bad_signature")
+# CodeDeploy's traffic-shifting types for Lambda (SAM DeploymentPreference.Type).
+DEPLOYMENT_TYPES = {"AllAtOnce"} | {f"Canary10Percent{m}Minutes" for m in (5, 10, 15, 30)} | {
+    f"Linear10PercentEvery{m}Minute{'s' if m > 1 else ''}" for m in (1, 2, 3, 10)}
 
 
 class SettingsError(ValueError):
@@ -75,6 +82,11 @@ class Kind:
     vpc: bool
     secrets: tuple[str, ...]
     queue: tuple[str, ...]
+    db_pool_size: int = 0  # database connections one instance may open (0: no database)
+    latency_p99_ms: int = 5000  # the route alarm's p99 threshold
+    deployment: str = "Canary10Percent5Minutes"
+    describe_secrets: tuple[str, ...] = ()  # may check these exist, never read their values
+    failure_destination: bool = False  # failed asynchronous invocations go to TickFailureQueue
 
 
 @dataclass(frozen=True)
@@ -91,6 +103,9 @@ class FunctionSettings:
     handlers: dict[str, str]
     path_defaults: dict[str, str] = field(default_factory=dict)
     groups: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+    # Share of the instance's max_connections the functions may hold together (README, Operations).
+    budget_share: float = 0.5
+    webhook_silence_minutes: int = 60
 
 
 @dataclass(frozen=True)
@@ -101,12 +116,17 @@ class FunctionPlan:
     routes: tuple[Route, ...] = ()
 
 
+KIND_FIELDS = {"memory_mb", "timeout_s", "reserved_concurrency", "vpc", "secrets", "queue",
+               "db_pool_size", "latency_p99_ms", "deployment", "describe_secrets", "failure_destination"}
+
+
 def _kind(name: str, raw: Mapping[str, Any]) -> Kind:
-    unknown = set(raw) - {"memory_mb", "timeout_s", "reserved_concurrency", "vpc", "secrets", "queue"}
+    unknown = set(raw) - KIND_FIELDS
     if unknown:
         raise SettingsError(f"kind {name!r}: unknown field(s) {sorted(unknown)}")
     secrets = tuple(raw.get("secrets", ()))
-    for secret in secrets:
+    describe = tuple(raw.get("describe_secrets", ()))
+    for secret in (*secrets, *describe):
         if secret not in SECRET_PARAMETERS:
             raise SettingsError(f"kind {name!r}: unknown secret {secret!r}")
     queue = tuple(raw.get("queue", ()))
@@ -116,9 +136,18 @@ def _kind(name: str, raw: Mapping[str, Any]) -> Kind:
     memory, timeout = int(raw.get("memory_mb", 512)), int(raw.get("timeout_s", 30))
     if not 128 <= memory <= 10240 or not 1 <= timeout <= 900:
         raise SettingsError(f"kind {name!r}: memory_mb 128-10240 and timeout_s 1-900")
+    pool = int(raw.get("db_pool_size", 0))
+    if ("DATABASE_URL" in secrets) != (pool > 0):
+        raise SettingsError(f"kind {name!r}: db_pool_size (at least 1) goes with the DATABASE_URL "
+                            "secret, and only with it")
+    deployment = str(raw.get("deployment", "Canary10Percent5Minutes"))
+    if deployment not in DEPLOYMENT_TYPES:
+        raise SettingsError(f"kind {name!r}: deployment must be one of {sorted(DEPLOYMENT_TYPES)}")
     return Kind(name=name, memory_mb=memory, timeout_s=timeout,
                 reserved_concurrency=int(raw.get("reserved_concurrency", 0)),
-                vpc=bool(raw.get("vpc", False)), secrets=secrets, queue=queue)
+                vpc=bool(raw.get("vpc", False)), secrets=secrets, queue=queue, db_pool_size=pool,
+                latency_p99_ms=int(raw.get("latency_p99_ms", 5000)), deployment=deployment,
+                describe_secrets=describe, failure_destination=bool(raw.get("failure_destination", False)))
 
 
 def parse_settings(raw: Mapping[str, Any]) -> FunctionSettings:
@@ -132,13 +161,20 @@ def parse_settings(raw: Mapping[str, Any]) -> FunctionSettings:
     groups = {}
     for name, group in raw.get("groups", {}).items():
         groups[name] = (known(group["kind"], f"group {name!r}"), tuple(group["routes"]))
+    budget = raw.get("budget", {})
+    share = float(budget.get("share_of_max_connections", 0.5))
+    if not 0 < share <= 0.9:
+        raise SettingsError("budget.share_of_max_connections must be above 0 and at most 0.9")
+    silence = int(raw.get("alarms", {}).get("webhook_silence_minutes", 60))
+    if silence % 5 or not 15 <= silence <= 1440:
+        raise SettingsError("alarms.webhook_silence_minutes: a multiple of 5, 15 to 1440")
     return FunctionSettings(
         kinds=kinds,
         routes={view: known(kind, f"route {view!r}") for view, kind in raw.get("routes", {}).items()},
         handlers={view: known(kind, f"handler {view!r}") for view, kind in raw.get("handlers", {}).items()},
         path_defaults={prefix: known(kind, f"path default {prefix!r}")
                        for prefix, kind in raw.get("path_defaults", {}).items()},
-        groups=groups)
+        groups=groups, budget_share=share, webhook_silence_minutes=silence)
 
 
 def load_settings(path: Path = SETTINGS_FILE) -> FunctionSettings:
@@ -210,10 +246,16 @@ def policy_statements(plan: FunctionPlan) -> list[dict[str, Any]]:
     if plan.kind.secrets:
         statements.append({"Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"],
                            "Resource": [_secret_ref(s) for s in plan.kind.secrets]})
+    if plan.kind.describe_secrets:
+        statements.append({"Effect": "Allow", "Action": ["secretsmanager:DescribeSecret"],
+                           "Resource": [_secret_ref(s) for s in plan.kind.describe_secrets]})
     actions = sorted({a for access in plan.kind.queue for a in QUEUE_ACTIONS[access]})
     if actions:
         statements.append({"Effect": "Allow", "Action": actions,
                            "Resource": {"Fn::GetAtt": ["EventsQueue", "Arn"]}})
+    if plan.kind.failure_destination:
+        statements.append({"Effect": "Allow", "Action": ["sqs:SendMessage"],
+                           "Resource": {"Fn::GetAtt": ["TickFailureQueue", "Arn"]}})
     if plan.kind.vpc:
         statements.append({"Effect": "Allow", "Action": VPC_ACTIONS, "Resource": "*"})
     return statements
@@ -242,10 +284,20 @@ def _environment(kind: Kind) -> dict[str, Any]:
     variables: dict[str, Any] = {
         f"{secret}_SECRET_ARN": _secret_ref(secret) for secret in kind.secrets
     }
+    for secret in kind.describe_secrets:
+        variables[f"{secret}_DESCRIBE_ARN"] = _secret_ref(secret)
     required = [*PLAIN_REQUIRED, *(s for s in kind.secrets if s not in OPTIONAL_SECRETS)]
     # chalicelib.config checks exactly these at cold start: a function without the database
     # secret must not fail for lack of DATABASE_URL, and one with it must fail fast without it.
     variables["REQUIRED_SETTINGS"] = ",".join(required)
+    # The service dimension of every metric: the stack, so two stages in one account never mix.
+    variables["POWERTOOLS_SERVICE_NAME"] = {"Ref": "AWS::StackName"}
+    if kind.db_pool_size:
+        variables["DB_POOL_SIZE"] = str(kind.db_pool_size)
+        # Behind RDS Proxy: its endpoint, and statements that leave no session state (no pinning).
+        variables["DATABASE_PROXY_HOST"] = {"Fn::If": ["UseRdsProxy", {"Fn::GetAtt": [
+            "DatabaseProxy", "Endpoint"]}, {"Ref": "AWS::NoValue"}]}
+        variables["DB_STATEMENTS"] = {"Fn::If": ["UseRdsProxy", "unnamed", "prepared"]}
     return variables
 
 
@@ -267,33 +319,38 @@ def _configure(function: dict[str, Any], plan: FunctionPlan) -> dict[str, Any]:
                               "SecurityGroupIds": {"Ref": "SecurityGroupIds"}}
     else:
         props.pop("VpcConfig", None)
+    # No X-Ray (README, Operations, "Choices"): logs and per-route metrics connect a request.
+    props["Tracing"] = "PassThrough"
+    props["AutoPublishAlias"] = ALIAS
+    props["DeploymentPreference"] = {
+        "Type": kind.deployment,
+        "Alarms": [{"Ref": a} for a in alarms.rollback_alarms(
+            [r.view_name for r in plan.routes], plan.name if not plan.routes else None)]}
+    if kind.failure_destination:
+        # The next tick (5 minutes) is the retry; a failed one is kept for the on-call to read.
+        props["EventInvokeConfig"] = {
+            "MaximumRetryAttempts": 0, "MaximumEventAgeInSeconds": 300,
+            "DestinationConfig": {"OnFailure": {"Type": "SQS", "Destination": {
+                "Fn::GetAtt": ["TickFailureQueue", "Arn"]}}}}
     return function
 
 
 def _log_group(plan: FunctionPlan) -> dict[str, Any]:
-    return {"Type": "AWS::Logs::LogGroup",
+    # Kept when the stack is deleted or the group replaced: logs are evidence.
+    return {"Type": "AWS::Logs::LogGroup", "DeletionPolicy": "Retain", "UpdateReplacePolicy": "Retain",
             "Properties": {"LogGroupName": {"Fn::Sub": "/aws/lambda/${AWS::StackName}-" + plan.name},
                            "RetentionInDays": {"Ref": "LogRetentionDays"}}}
 
 
-def _alarm_actions() -> dict[str, Any]:
-    return {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}
-
-
-def _lambda_alarm(plan: FunctionPlan, metric: str, what: str) -> dict[str, Any]:
-    return {"Type": "AWS::CloudWatch::Alarm",
-            "Properties": {
-                "AlarmDescription": f"{plan.name}: {what} (docs/runbook.md, '{metric}')",
-                "Namespace": "AWS/Lambda", "MetricName": metric,
-                "Dimensions": [{"Name": "FunctionName", "Value": {"Ref": plan.logical_id}}],
-                "Statistic": "Sum", "Period": 300, "EvaluationPeriods": 1, "Threshold": 0,
-                "ComparisonOperator": "GreaterThanThreshold", "TreatMissingData": "notBreaching",
-                "AlarmActions": _alarm_actions()}}
+def alias_id(function_id: str) -> str:
+    """The logical id of the alias SAM creates for ``AutoPublishAlias`` (its Ref is the alias ARN)."""
+    return f"{function_id}Alias{ALIAS}"
 
 
 def _integration_uri(function_id: str) -> dict[str, Any]:
+    # The alias, not the function: API Gateway follows CodeDeploy's traffic shifting.
     return {"Fn::Sub": "arn:${AWS::Partition}:apigateway:${AWS::Region}:lambda:path/2015-03-31"
-                       "/functions/${" + function_id + ".Arn}/invocations"}
+                       "/functions/${" + alias_id(function_id) + "}/invocations"}
 
 
 def _permission(plan: FunctionPlan, route: Route) -> dict[str, Any]:
@@ -301,7 +358,7 @@ def _permission(plan: FunctionPlan, route: Route) -> dict[str, Any]:
     path = re.sub(r"\{[^}]+\}", "*", route.path)
     return {"Type": "AWS::Lambda::Permission",
             "Properties": {
-                "FunctionName": {"Ref": plan.logical_id},
+                "FunctionName": {"Ref": alias_id(plan.logical_id)},
                 "Action": "lambda:InvokeFunction",
                 "Principal": "apigateway.amazonaws.com",
                 "SourceArn": {"Fn::Sub": ["arn:${AWS::Partition}:execute-api:${AWS::Region}"
@@ -333,6 +390,11 @@ def split(template: Mapping[str, Any], routes: Iterable[Route],
             operation["x-amazon-apigateway-integration"]["uri"] = _integration_uri(plan.logical_id)
             suffix = "" if len(plan.routes) == 1 else str(index)
             resources[f"{plan.logical_id}InvokePermission{suffix}"] = _permission(plan, route)
+    consumer = resources.get("ProcessEvents", {}).get("Properties", {}).get("Events", {})
+    for event in consumer.values():
+        if event.get("Type") == "SQS":
+            # Chalice names the queue (rebound-events); the stack names its own, per stage.
+            event["Properties"]["Queue"] = {"Fn::GetAtt": ["EventsQueue", "Arn"]}
     for view, handler_id in HANDLER_IDS.items():
         if handler_id in resources:
             kind = settings.kinds[settings.handlers[view]]
@@ -341,111 +403,62 @@ def split(template: Mapping[str, Any], routes: Iterable[Route],
     for plan in plans:
         resources[f"{plan.logical_id}Role"] = role_resource(plan)
         resources[f"{plan.logical_id}LogGroup"] = _log_group(plan)
-        resources[f"{plan.logical_id}ErrorsAlarm"] = _lambda_alarm(
-            plan, "Errors", "the function raised (unhandled errors or timeouts)")
-        resources[f"{plan.logical_id}ThrottlesAlarm"] = _lambda_alarm(
-            plan, "Throttles", "invocations were throttled (concurrency limit)")
     namespace = str(base["Properties"].get("Environment", {}).get("Variables", {})
                     .get("POWERTOOLS_METRICS_NAMESPACE", "Rebound"))
-    resources.update(metric_alarms(settings, namespace, api_name(out), stage_name(out)))
-    resources["OperationsDashboard"] = dashboard(plans, namespace, api_name(out), stage_name(out))
+    # The connection budget (README, Operations): the functions together may hold this share of
+    # max_connections, and RDS Proxy may open no more than that to the database either.
+    out.setdefault("Metadata", {})["Rebound::ConnectionBudget"] = {
+        "PercentOfMaxConnections": round(settings.budget_share * 100)}
+    if "DatabaseProxyTargetGroup" in resources:
+        pool = resources["DatabaseProxyTargetGroup"]["Properties"]["ConnectionPoolConfigurationInfo"]
+        pool["MaxConnectionsPercent"] = round(settings.budget_share * 100)
+    # The API's name is the stack's (the ApiName dimension of API Gateway's metrics).
+    out["Resources"]["RestAPI"]["Properties"]["DefinitionBody"]["info"]["title"] = {
+        "Fn::Sub": "${AWS::StackName}"}
+    resources.update(metric_alarms(plans, settings, namespace))
+    resources["OperationsDashboard"] = dashboard(plans, namespace, stage_name(out))
     return out
 
 
-def api_name(template: Mapping[str, Any]) -> str:
-    return str(template["Resources"]["RestAPI"]["Properties"]["DefinitionBody"]["info"]["title"])
+def route_alarms(plans: Iterable[FunctionPlan]) -> list[alarms.RouteAlarm]:
+    return [alarms.RouteAlarm(view=r.view_name, logical_id=alarms.route_logical_id(r.view_name),
+                              latency_p99_ms=p.kind.latency_p99_ms)
+            for p in plans for r in p.routes]
+
+
+def metric_alarms(plans: Iterable[FunctionPlan], settings: FunctionSettings,
+                  namespace: str) -> dict[str, Any]:
+    tick_timeout_s = settings.kinds[settings.handlers["process_reminders"]].timeout_s
+    return alarms.alarm_resources(route_alarms(plans), namespace, tick_timeout_s=tick_timeout_s,
+                                  webhook_silence_minutes=settings.webhook_silence_minutes)
+
+
+def api_name(template: Mapping[str, Any]) -> Any:
+    return template["Resources"]["RestAPI"]["Properties"]["DefinitionBody"]["info"]["title"]
 
 
 def stage_name(template: Mapping[str, Any]) -> str:
     return str(template["Resources"]["RestAPI"]["Properties"]["StageName"])
 
 
-# --- alarms on the application's own metrics (Powertools EMF, dimension service only) -----------
-
-SERVICE_DIMENSION = [{"Name": "service", "Value": "rebound"}]
-
-
-def _metric_alarm(namespace: str, description: str, metric: str, statistic: str, threshold: float,
-                  periods: int, missing: str = "notBreaching",
-                  comparison: str = "GreaterThanThreshold") -> dict[str, Any]:
-    return {"Type": "AWS::CloudWatch::Alarm",
-            "Properties": {"AlarmDescription": description, "Namespace": namespace, "MetricName": metric,
-                           "Dimensions": SERVICE_DIMENSION, "Statistic": statistic, "Period": 300,
-                           "EvaluationPeriods": periods, "Threshold": threshold,
-                           "ComparisonOperator": comparison, "TreatMissingData": missing,
-                           "AlarmActions": _alarm_actions()}}
-
-
-def metric_alarms(settings: FunctionSettings, namespace: str, api: str, stage: str) -> dict[str, Any]:
-    tick_timeout_ms = settings.kinds[settings.handlers["process_reminders"]].timeout_s * 1000
-    rejected = [{"Id": f"m{i}", "ReturnData": False,
-                 "MetricStat": {"Metric": {"Namespace": namespace, "MetricName": name,
-                                           "Dimensions": SERVICE_DIMENSION},
-                                "Period": 300, "Stat": "Sum"}}
-                for i, name in enumerate(WEBHOOK_REJECTIONS)]
-    ids = ",".join(m["Id"] for m in rejected)
-    return {
-        "WebhookRejectedSpikeAlarm": {
-            "Type": "AWS::CloudWatch::Alarm",
-            "Properties": {
-                "AlarmDescription": "Over 20 webhooks refused (401) in 5 minutes: secret rotated on "
-                                    "one side only, clock skew, or probing (docs/runbook.md)",
-                "Metrics": [*rejected, {"Id": "rejected", "Expression": f"SUM([{ids}])",
-                                        "Label": "webhooks refused", "ReturnData": True}],
-                "EvaluationPeriods": 1, "Threshold": 20, "ComparisonOperator": "GreaterThanThreshold",
-                "TreatMissingData": "notBreaching", "AlarmActions": _alarm_actions()}},
-        "ApiServerErrorRateAlarm": {
-            "Type": "AWS::CloudWatch::Alarm",
-            "Properties": {
-                "AlarmDescription": "Over 5% of API requests answered 5xx for 10 minutes (docs/runbook.md)",
-                "Namespace": "AWS/ApiGateway", "MetricName": "5XXError",
-                "Dimensions": [{"Name": "ApiName", "Value": api}, {"Name": "Stage", "Value": stage}],
-                "Statistic": "Average", "Period": 300, "EvaluationPeriods": 2, "Threshold": 0.05,
-                "ComparisonOperator": "GreaterThanThreshold", "TreatMissingData": "notBreaching",
-                "AlarmActions": _alarm_actions()}},
-        "EffectsFailedAlarm": _metric_alarm(
-            namespace,
-            "Sends failed permanently (Whop refused them) in the last 5 minutes (docs/runbook.md)",
-            "EffectsFailed", "Sum", 0, 1),
-        "EffectsStuckRetryingAlarm": _metric_alarm(
-            namespace,
-            "Sends kept retrying for 30 minutes: Whop down, rate-limiting us, or our key refused "
-            "(docs/runbook.md)", "EffectsRetrying", "Sum", 0, 6),
-        "TickMissingAlarm": _metric_alarm(
-            namespace,
-            "No successful reminder tick for 15 minutes (docs/runbook.md)",
-            "TickCompleted", "SampleCount", 1, 3, missing="breaching",
-            comparison="LessThanThreshold"),
-        "TickDurationAlarm": _metric_alarm(
-            namespace,
-            "A reminder tick took over 80% of its timeout (docs/runbook.md)",
-            "TickDurationMs", "Maximum", round(tick_timeout_ms * 0.8), 1),
-        "WhopRateLimitedAlarm": _metric_alarm(
-            namespace,
-            "Whop answered 429 to over 10 sends in 5 minutes (docs/runbook.md)",
-            "WhopRateLimited", "Sum", 10, 1),
-    }
-
-
-def alarm_metric_names(template: Mapping[str, Any], namespace: str = "Rebound") -> dict[str, set[str]]:
-    """Alarm logical id -> the metric names in our namespace it watches (for tests and docs)."""
-    found: dict[str, set[str]] = {}
-    for name, resource in template["Resources"].items():
-        if resource.get("Type") != "AWS::CloudWatch::Alarm":
-            continue
-        props = resource["Properties"]
-        stats = [m["MetricStat"]["Metric"] for m in props.get("Metrics", []) if "MetricStat" in m]
-        if "MetricName" in props:
-            stats.append({"Namespace": props["Namespace"], "MetricName": props["MetricName"]})
-        found[name] = {m["MetricName"] for m in stats if m["Namespace"] == namespace}
-    return found
+SERVICE_DIMENSION = [{"Name": "service", "Value": {"Ref": "AWS::StackName"}}]
+# Kept for readers of rendered templates (tests, docs): see scripts/alarms.py.
+alarm_metric_names = alarms.alarm_metric_names
 
 
 # --- dashboard -----------------------------------------------------------------------------------
 
 
 def _custom(namespace: str, names: Iterable[str], stat: str = "Sum") -> list[list[Any]]:
-    return [[namespace, name, "service", "rebound", {"stat": stat}] for name in names]
+    return [[namespace, name, "service", "${AWS::StackName}", {"stat": stat}] for name in names]
+
+
+def _search(namespace: str, token: str, stat: str, query_id: str) -> list[list[Any]]:
+    # One line per route without listing them: every metric of ours whose name holds the token
+    # (CloudWatch search splits names at "_": Route5xx_get_kpis holds Route5xx).
+    query = (f"SEARCH('{{{namespace},service}} service=\"${{AWS::StackName}}\" MetricName={token}', "
+             f"'{stat}', 300)")
+    return [[{"expression": query, "id": query_id}]]
 
 
 def _widget(title: str, metrics: list[list[Any]], x: int, y: int, period: int = 300) -> dict[str, Any]:
@@ -454,7 +467,8 @@ def _widget(title: str, metrics: list[list[Any]], x: int, y: int, period: int = 
                            "view": "timeSeries", "stacked": False, "metrics": metrics}}
 
 
-def dashboard(plans: list[FunctionPlan], namespace: str, api: str, stage: str) -> dict[str, Any]:
+def dashboard(plans: list[FunctionPlan], namespace: str, stage: str) -> dict[str, Any]:
+    api = "${AWS::StackName}"
     webhook_outcomes = ["Webhook_queued", "Webhook_ignored", "Webhook_ignored_unusable",
                         *WEBHOOK_REJECTIONS, "Webhook_too_large", "Webhook_queue_unavailable"]
     webhook_types = [f"WebhookType_{type_label(t)}" for t in (*EventType, None)]
@@ -494,6 +508,14 @@ def dashboard(plans: list[FunctionPlan], namespace: str, api: str, stage: str) -
              {"stat": "p99", "yAxis": "right"}]], 0, 30),
         _widget("Duration per function (p99, ms)", durations, 12, 30),
         _widget("Errors per function", errors, 0, 36),
+        _widget("Routes: 5xx per route (Route5xx_<view>)",
+                _search(namespace, "Route5xx", "Sum", "route5xx"), 12, 36),
+        _widget("Routes: p99 per route (RouteLatency_<view>, ms)",
+                _search(namespace, "RouteLatency", "p99", "routep99"), 0, 42),
+        _widget("Database: unavailable, connections", [
+            *_custom(namespace, ["DatabaseUnavailable"]),
+            ["AWS/RDS", "DatabaseConnections", "DBInstanceIdentifier", "${DatabaseInstanceId}",
+             {"stat": "Maximum", "yAxis": "right"}]], 12, 42),
     ]
     body = json.dumps({"widgets": widgets}, separators=(",", ":"))
     return {"Type": "AWS::CloudWatch::Dashboard",

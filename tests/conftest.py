@@ -37,10 +37,11 @@ pytest_plugins = ["tests.whop_fixtures"]
 
 ROOT = Path(__file__).resolve().parent.parent
 TENANT_TABLES = ("creator_settings", "events", "recovery_cases", "recovery_actions", "rate_limits",
-                 "experiments")
+                 "experiments", "erased_companies")
 # Not tenant data (no company_id, no RLS), emptied after each test all the same
-# (request_limits: the limits that hold before a tenant is known, issue 9).
-OPS_TABLES = ("poison_events", "request_limits")
+# (request_limits: the limits that hold before a tenant is known, issue 9; ops_audit: what
+# operators looked at through the rebound_ops functions, issue 19).
+OPS_TABLES = ("poison_events", "request_limits", "ops_audit")
 
 
 @pytest.fixture(scope="session")
@@ -111,3 +112,21 @@ def health_client(database: db.Database, monkeypatch: pytest.MonkeyPatch) -> Ite
         yield c
     health.deep_cache.clear()
     config.reset_config()
+
+
+Packaged = tuple[dict[str, Any], Path, str]
+
+
+@pytest.fixture(scope="session")
+def packaged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Packaged]:
+    """`make package` once per session: (the rendered template, the output folder, its stdout).
+    package.py runs cfn-lint itself with check=True: a lint error fails this fixture."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("package")
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "package.py"), "--out", str(out)],
+                         check=False, cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    yield json.loads((out / "sam.json").read_text()), out, run.stdout

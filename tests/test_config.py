@@ -56,7 +56,7 @@ def test_secret_arn_replaces_the_value(monkeypatch: pytest.MonkeyPatch) -> None:
 
     seen: list[str] = []
 
-    def fake_fetch(arn: str) -> str:
+    def fake_fetch(arn: str, max_age_s: int = 300, force: bool = False) -> str:
         seen.append(arn)
         return "key-from-secrets-manager"
 

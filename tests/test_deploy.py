@@ -1,12 +1,12 @@
-"""scripts/deploy.py: the dry run prints every step and runs none; each step works against real
-parts that stand in for AWS (moto S3 and CloudFormation, the test Postgres, a local HTTP server).
-Nothing here contacts AWS."""
+"""scripts/deploy.py, step by step, against real parts that stand in for AWS (moto S3,
+CloudFormation and Secrets Manager, the test Postgres, a local HTTP server). Nothing here contacts
+AWS. The whole flow (lint, package, preflight, change set, migrations, execute, smoke test,
+rollback) and its failure paths are in tests/test_deploy_flow.py."""
 
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,28 +19,6 @@ from moto import mock_aws
 
 from scripts import deploy, localdb
 from tests.conftest import ROOT
-
-
-def test_dry_run_prints_each_step_in_order_and_touches_nothing(tmp_path: Path) -> None:
-    env_out = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "deploy.py"), "staging", "--bucket", "b",
-         "--parameters", str(tmp_path / "absent.json"), "--dry-run"],
-        cwd=ROOT, capture_output=True, text=True, check=False,
-        # No credentials and an unroutable endpoint: any AWS call would fail the run.
-        env={"PATH": "/usr/bin:/bin", "AWS_ACCESS_KEY_ID": "", "AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
-    assert env_out.returncode == 0, env_out.stderr
-    lines = env_out.stdout.splitlines()
-    assert [line.split("]")[0] for line in lines[:6]] == [f"[{i}/6" for i in range(1, 7)]
-    for word, line in zip(["migrate --check", "migrate:", "package", "upload", "change set", "smoke test"],
-                          lines[:6], strict=True):
-        assert word in line
-    assert "rebound-staging" in env_out.stdout and lines[-1] == "dry run: nothing was changed"
-    assert not (ROOT / "build" / "staging").exists()
-
-
-def test_a_real_run_needs_a_parameters_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert deploy.main(["prod", "--bucket", "b", "--parameters", str(tmp_path / "none.json")]) == 2
-    assert "no parameters file" in capsys.readouterr().err
 
 
 def test_migration_gate_passes_on_a_migrated_database_and_stops_on_an_unreachable_one(

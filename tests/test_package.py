@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +14,7 @@ import pytest
 
 from scripts import split_template as st
 from scripts.package import strip_runtime_provided
-from tests.conftest import ROOT
+from tests.conftest import Packaged
 
 # What each function may do. secrets: the Secrets Manager parameters it may read; sqs: actions on
 # the events queue; vpc: attached to the VPC (the database is reachable only from there).
@@ -29,7 +26,8 @@ POLICY_TABLE: dict[str, dict[str, Any]] = {
     "whop_webhook": {"secrets": {HOOK}, "sqs": {"sqs:SendMessage"}, "vpc": False},
     # The deep checks' bearer is HEALTH_SECRET only: the scheduler's secret would work too, but
     # would let the health function's role read a secret that can trigger ticks.
-    "health": {"secrets": {DB, HOOK, HEALTH}, "sqs": {"sqs:GetQueueAttributes"}, "vpc": True},
+    # It checks the webhook secret exists (DescribeSecret), never reads it (issue 19).
+    "health": {"secrets": {DB, HEALTH}, "describe": {HOOK}, "sqs": {"sqs:GetQueueAttributes"}, "vpc": True},
     "openapi": {"secrets": set(), "sqs": set(), "vpc": False},
     "dashboard": {"secrets": set(), "sqs": set(), "vpc": False},
     "favicon": {"secrets": set(), "sqs": set(), "vpc": False},
@@ -38,20 +36,9 @@ POLICY_TABLE: dict[str, dict[str, Any]] = {
     "process_events": {"secrets": {DB, WHOP}, "vpc": True,
                        "sqs": {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
                                "sqs:GetQueueAttributes"}},
-    "process_reminders": {"secrets": {DB, WHOP}, "sqs": set(), "vpc": True},
+    "process_reminders": {"secrets": {DB, WHOP}, "sqs": set(), "vpc": True, "tick_failures": True},
 }
 CREATOR_PREFIX = "/api/companies/"
-Packaged = tuple[dict[str, Any], Path, str]
-
-
-@pytest.fixture(scope="module")
-def packaged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Packaged]:
-    out = tmp_path_factory.mktemp("package")
-    # package.py runs cfn-lint itself with check=True: a lint error fails this fixture.
-    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "package.py"), "--out", str(out)],
-                         check=False, cwd=ROOT, capture_output=True, text=True)
-    assert run.returncode == 0, run.stdout + run.stderr
-    yield json.loads((out / "sam.json").read_text()), out, run.stdout
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +76,9 @@ def test_one_function_per_route_each_wired_to_its_own_function(
     for route in routes:
         logical = names[route.view_name]
         uri = paths[route.path][route.method.lower()]["x-amazon-apigateway-integration"]["uri"]["Fn::Sub"]
-        assert f"${{{logical}.Arn}}" in uri, (route, uri)
+        assert f"${{{logical}Aliaslive}}" in uri, (route, uri)  # the alias CodeDeploy shifts
         permission = resources[f"{logical}InvokePermission"]["Properties"]
-        assert permission["FunctionName"] == {"Ref": logical}
+        assert permission["FunctionName"] == {"Ref": f"{logical}Aliaslive"}
         source = permission["SourceArn"]["Fn::Sub"][0]
         assert source.endswith("/*/" + route.method + re.sub(r"\{[^}]+\}", "*", route.path))
     for logical, f in funcs.items():  # same code; routes share app.app (Chalice dispatches on the route)
@@ -114,12 +101,19 @@ def test_every_function_has_exactly_the_access_in_the_table(
         statements = [s for p in role["Policies"] for s in p["PolicyDocument"]["Statement"]]
         assert all(s["Effect"] == "Allow" for s in statements)
         secrets: set[str] = set()
+        described: set[str] = set()
         sqs: set[str] = set()
         other: set[str] = set()
+        tick_failures = False
         for s in statements:
             actions = set(s["Action"])
             if actions == {"secretsmanager:GetSecretValue"}:
                 secrets |= {json.dumps(r) for r in s["Resource"]}
+            elif actions == {"secretsmanager:DescribeSecret"}:
+                described |= {json.dumps(r) for r in s["Resource"]}
+            elif s["Resource"] == {"Fn::GetAtt": ["TickFailureQueue", "Arn"]}:
+                assert actions == {"sqs:SendMessage"}
+                tick_failures = True
             elif all(a.startswith("sqs:") for a in actions):
                 assert s["Resource"] == {"Fn::GetAtt": ["EventsQueue", "Arn"]}
                 sqs |= actions
@@ -130,6 +124,9 @@ def test_every_function_has_exactly_the_access_in_the_table(
                 other |= actions
         found = {p for p in re.findall(r'"Ref": "(\w+Secret(?:Arn)?)"', " ".join(secrets))}
         assert found == want["secrets"], name
+        assert {p for p in re.findall(r'"Ref": "(\w+Secret(?:Arn)?)"', " ".join(described))} == want.get(
+            "describe", set()), name
+        assert tick_failures == want.get("tick_failures", False), name
         assert sqs == want["sqs"], name
         assert bool(other) == want["vpc"], name
         assert ("VpcConfig" in props) == want["vpc"], name
@@ -138,6 +135,8 @@ def test_every_function_has_exactly_the_access_in_the_table(
                                           "SecurityGroupIds": {"Ref": "SecurityGroupIds"}}
         # The function is told about exactly the secrets it may read, and requires them at start.
         env = props["Environment"]["Variables"]
+        assert {k.removesuffix("_DESCRIBE_ARN") for k in env if k.endswith("_DESCRIBE_ARN")} == {
+            next(k for k, v in st.SECRET_PARAMETERS.items() if v == d) for d in want.get("describe", set())}
         arns = {k.removesuffix("_SECRET_ARN") for k in env if k.endswith("_SECRET_ARN")}
         params = {st.SECRET_PARAMETERS[a] for a in arns}
         assert params == want["secrets"], name
@@ -156,12 +155,15 @@ def test_queue_dlq_partial_batch_responses_schedule_and_throttling(
     assert source["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert source["Properties"]["BatchSize"] == 10
     queue = resources["EventsQueue"]["Properties"]
-    assert queue["QueueName"] == "rebound-events"
+    # Named after the stack: two stages in one account and region never share a queue.
+    assert queue["QueueName"] == {"Fn::Sub": "${AWS::StackName}-events"}
+    assert resources["EventsDeadLetterQueue"]["Properties"]["QueueName"] == {
+        "Fn::Sub": "${AWS::StackName}-events-dlq"}
     assert queue["RedrivePolicy"]["maxReceiveCount"] == 5
     assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": ["EventsDeadLetterQueue", "Arn"]}
     timeout = resources["ProcessEvents"]["Properties"]["Timeout"]
     assert queue["VisibilityTimeout"] >= 6 * timeout
-    assert "rebound-events" in json.dumps(source["Properties"]["Queue"])
+    assert source["Properties"]["Queue"] == {"Fn::GetAtt": ["EventsQueue", "Arn"]}
     schedule = resources["ProcessReminders"]["Properties"]["Events"]
     assert "rate(5 minutes)" in json.dumps(schedule)
     throttle = resources["RestAPI"]["Properties"]["MethodSettings"][0]
@@ -186,47 +188,15 @@ def test_consumer_connections_are_bounded_and_logs_kept_for_a_parameter(
     assert template["Parameters"]["ConsumerMaxConcurrency"]["Default"] == 5
     assert template["Parameters"]["LogRetentionDays"]["Default"] == 30
     for logical, f in functions(template).items():
-        group = resources[f"{logical}LogGroup"]["Properties"]
-        assert group["RetentionInDays"] == {"Ref": "LogRetentionDays"}
-        assert group["LogGroupName"]["Fn::Sub"] == f"/aws/lambda/{f['Properties']['FunctionName']['Fn::Sub']}"
-        for metric in ("Errors", "Throttles"):
-            alarm = resources[f"{logical}{metric}Alarm"]["Properties"]
-            assert alarm["MetricName"] == metric
-            assert alarm["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": logical}}]
-
-
-def test_alarms_cover_the_issue_list_and_each_has_a_playbook(packaged: Packaged) -> None:
-    template, _, _ = packaged
-    alarms = {k for k, v in template["Resources"].items() if v["Type"] == "AWS::CloudWatch::Alarm"}
-    assert {"EventsDeadLetterAlarm", "EventsAgeAlarm", "WebhookRejectedSpikeAlarm",
-            "ApiServerErrorRateAlarm", "EffectsFailedAlarm", "EffectsStuckRetryingAlarm",
-            "TickMissingAlarm", "TickDurationAlarm", "WhopRateLimitedAlarm"} <= alarms
-    runbook = (ROOT / "docs" / "runbook.md").read_text()
-    shared = {"ErrorsAlarm", "ThrottlesAlarm"}  # one playbook each, for every function
-    for alarm in alarms:
-        key = next((s for s in shared if alarm.endswith(s)), alarm)
-        assert f"`{key}`" in runbook or f"`<Function>{key}`" in runbook, f"no playbook for {alarm}"
-    tick = template["Resources"]["TickMissingAlarm"]["Properties"]
-    assert tick["TreatMissingData"] == "breaching" and tick["Period"] * tick["EvaluationPeriods"] == 900
-    timeout_ms = template["Resources"]["ProcessReminders"]["Properties"]["Timeout"] * 1000
-    threshold = template["Resources"]["TickDurationAlarm"]["Properties"]["Threshold"]
-    assert 0.5 * timeout_ms < threshold < timeout_ms
-    for name in alarms:  # metrics have low-cardinality dimensions only
-        props = template["Resources"][name]["Properties"]
-        dims = props.get("Dimensions", []) + [d for m in props.get("Metrics", []) if "MetricStat" in m
-                                              for d in m["MetricStat"]["Metric"]["Dimensions"]]
-        assert {d["Name"] for d in dims} <= {"service", "FunctionName", "QueueName", "ApiName", "Stage"}
-
-
-def test_packaged_application_alarms_are_the_ones_checked_against_the_source(packaged: Packaged) -> None:
-    template, _, _ = packaged
-    namespace = template["Resources"]["WhopWebhook"]["Properties"]["Environment"]["Variables"][
-        "POWERTOOLS_METRICS_NAMESPACE"]
-    packaged_alarms = {k: v for k, v in st.alarm_metric_names(template, namespace).items() if v}
-    expected = st.alarm_metric_names({"Resources": st.metric_alarms(st.load_settings(), namespace,
-                                                                     "rebound", "api")}, namespace)
-    # tests/test_metrics.py checks these names against the code.
-    assert packaged_alarms == {k: v for k, v in expected.items() if v}
+        group = resources[f"{logical}LogGroup"]
+        assert group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+        assert group["Properties"]["LogGroupName"]["Fn::Sub"] == (
+            f"/aws/lambda/{f['Properties']['FunctionName']['Fn::Sub']}")
+        # Kept when the stack goes or the group is replaced (issue 19).
+        assert group["DeletionPolicy"] == group["UpdateReplacePolicy"] == "Retain"
+    for kept in ("EventsQueue", "EventsDeadLetterQueue", "TickFailureQueue", "HealthSecret",
+                 "ApiAccessLogGroup"):
+        assert resources[kept]["DeletionPolicy"] == resources[kept]["UpdateReplacePolicy"] == "Retain", kept
 
 
 def test_dashboard_shows_the_pipeline_and_every_function(packaged: Packaged) -> None:
@@ -245,7 +215,8 @@ def test_dashboard_shows_the_pipeline_and_every_function(packaged: Packaged) -> 
                  "Send_dm_failed", "Send_incentive_retrying", "Send_push_skipped"):
         assert name in shown, name
     ours = [m for w in body["widgets"] for m in w["properties"]["metrics"] if m[0] == "Rebound"]
-    assert all(m[2:4] == ["service", "rebound"] and isinstance(m[4], dict) for m in ours), "service only"
+    assert all(m[2:4] == ["service", "${AWS::StackName}"] and isinstance(m[4], dict) for m in ours), \
+        "service only (the stack's name: two stages in one account never mix)"
     # tests/test_metrics.py drives the code until it has emitted every one of these: it renders
     # the dashboard the same way from a stand-in for chalice's output, so the two must agree.
     from app import app
@@ -269,6 +240,10 @@ def test_the_health_function_alone_reads_the_generated_health_secret(packaged: P
     assert env["HEALTH_SECRET_SECRET_ARN"] == {"Ref": "HealthSecret"}
     assert "HEALTH_SECRET" in env["REQUIRED_SETTINGS"].split(",")
     assert "SCHEDULER_SECRET_SECRET_ARN" not in env  # its bearer would also run ticks
+    # The webhook secret: described (does it exist?), never read (issue 19).
+    assert "WHOP_WEBHOOK_SECRET_SECRET_ARN" not in env
+    assert env["WHOP_WEBHOOK_SECRET_DESCRIBE_ARN"] == {"Ref": "WhopWebhookSecretArn"}
+    assert "WHOP_WEBHOOK_SECRET" not in env["REQUIRED_SETTINGS"].split(",")
 
 
 def test_bundle_leaves_out_the_runtime_sdk_and_reports_its_size(packaged: Packaged) -> None:
@@ -312,7 +287,8 @@ MINI = {
 }
 MINI_ROUTES = [st.Route("get_a", "GET", "/a/{x}"), st.Route("post_b", "POST", "/b")]
 KINDS = {"web": {"memory_mb": 256, "timeout_s": 5, "secrets": [], "queue": []},
-         "db": {"vpc": True, "secrets": ["DATABASE_URL"], "queue": []},
+         "db": {"vpc": True, "secrets": ["DATABASE_URL"], "db_pool_size": 1, "reserved_concurrency": 2,
+                "queue": []},
          "tick": {"timeout_s": 100}}
 
 
@@ -342,9 +318,13 @@ def test_a_group_serves_several_routes_from_one_function() -> None:
     funcs = [k for k, v in res.items() if v["Type"] == "AWS::Serverless::Function"]
     assert funcs == ["Both"]
     permissions = [res[f"BothInvokePermission{i}"]["Properties"] for i in (0, 1)]
-    assert {p["FunctionName"]["Ref"] for p in permissions} == {"Both"}
+    assert {p["FunctionName"]["Ref"] for p in permissions} == {"BothAliaslive"}
     paths = res["RestAPI"]["Properties"]["DefinitionBody"]["paths"]
-    assert "${Both.Arn}" in paths["/b"]["post"]["x-amazon-apigateway-integration"]["uri"]["Fn::Sub"]
+    assert "${BothAliaslive}" in paths["/b"]["post"]["x-amazon-apigateway-integration"]["uri"]["Fn::Sub"]
+    # Its gradual deployment rolls back on either route's alarm.
+    alarms = {a["Ref"] for a in res["Both"]["Properties"]["DeploymentPreference"]["Alarms"]}
+    both = {"RouteGetAAlarm", "RoutePostBAlarm"}
+    assert both <= alarms and both <= set(res)
 
 
 @pytest.mark.parametrize("raw, message", [
@@ -353,6 +333,11 @@ def test_a_group_serves_several_routes_from_one_function() -> None:
     ({"kinds": {"k": {"memory_mb": 64}}}, "memory_mb"),
     ({"kinds": {"k": {"vpcc": True}}}, "unknown field"),
     ({"kinds": {}, "routes": {"x": "nope"}}, "unknown kind"),
+    ({"kinds": {"k": {"secrets": ["DATABASE_URL"]}}}, "db_pool_size"),
+    ({"kinds": {"k": {"db_pool_size": 1}}}, "db_pool_size"),
+    ({"kinds": {"k": {"deployment": "Canary50Percent1Minute"}}}, "deployment must be one of"),
+    ({"kinds": {}, "budget": {"share_of_max_connections": 1.0}}, "share_of_max_connections"),
+    ({"kinds": {}, "alarms": {"webhook_silence_minutes": 7}}, "webhook_silence_minutes"),
 ])
 def test_bad_settings_are_named(raw: dict[str, Any], message: str) -> None:
     with pytest.raises(st.SettingsError, match=message):

@@ -19,6 +19,8 @@ from tests.helpers import membership_event, payment_event
 
 NOW = datetime.now(UTC)
 A, B = "biz_alpha", "biz_bravo"
+# What a purge deletes; erased_companies is what it writes (tests/test_erasure.py).
+DATA_TABLES = tuple(t for t in TENANT_TABLES if t != "erased_companies")
 
 
 def deliver(db: Database, pair: tuple[str, bytes]) -> None:
@@ -51,7 +53,7 @@ def seed(db: Database, owner: Owner) -> None:
 
 def counts(owner: Owner, company: str) -> dict[str, int]:
     return {t: int(owner.run(f"SELECT count(*) FROM {t} WHERE company_id = :c", c=company)[0][0])
-            for t in TENANT_TABLES}
+            for t in DATA_TABLES}
 
 
 def test_purge_company_dry_run_counts_then_deletes_that_company_only(
@@ -72,6 +74,7 @@ def test_purge_company_dry_run_counts_then_deletes_that_company_only(
     assert json.loads(out.splitlines()[-1])["deleted"]["events"] == before_a["events"]
     assert not any(counts(owner, A).values())
     assert counts(owner, B) == before_b
+    assert owner.run("SELECT company_id FROM erased_companies") == [[A]], "the erasure is recorded"
 
 
 def test_purge_company_finds_every_tenant_table_children_first(database: Database) -> None:
@@ -79,7 +82,7 @@ def test_purge_company_finds_every_tenant_table_children_first(database: Databas
 
     with tenant_transaction(A, database) as tx:
         tables = purge_company.tenant_tables(tx)
-    assert set(tables) == set(TENANT_TABLES)
+    assert set(tables) == set(DATA_TABLES)
     assert tables.index("recovery_actions") < tables.index("recovery_cases")
 
 

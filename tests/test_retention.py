@@ -1,5 +1,7 @@
 """Retention: the tick forgets member URLs, click rows and rate-limit windows past their time, in
-small batches, across tenants, and keeps everything a case, a KPI or a refold still needs."""
+small batches, across tenants, and keeps everything a case, a KPI or a refold still needs.
+Cut-offs come from the database clock (run_retention, migration 0014), so the data here is dated
+relative to the real now."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from scripts.fake_whop import FakeWhop
 from tests.conftest import Owner
 from tests.helpers import membership_event, payment_event
 
-NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+NOW = datetime.now(UTC)
 DAY = timedelta(days=1)
 A, B = "biz_alpha", "biz_bravo"
 
@@ -72,7 +74,7 @@ def test_old_urls_clicks_and_windows_go_recent_ones_and_case_facts_stay(database
               " ('biz_alpha', 'reads', :old, 3), ('biz_bravo', 'reads', :old, 1),"
               " ('biz_alpha', 'reads', :recent, 2)", old=NOW - 2 * DAY, recent=NOW - timedelta(minutes=5))
 
-    purged = retention.purge(NOW, database)
+    purged = retention.purge(database)
 
     assert (purged.event_urls, purged.case_urls, purged.click_rows, purged.rate_limits) == (5, 2, 2, 2)
     for membership in ("mem_old_a", "mem_old_b", "mem_open_old"):
@@ -93,14 +95,14 @@ def test_old_urls_clicks_and_windows_go_recent_ones_and_case_facts_stay(database
     assert [r[0] for r in clicks] == [new_a]
     windows = owner.run("SELECT company_id, count FROM rate_limits")
     assert windows == [["biz_alpha", 2]]
-    again = retention.purge(NOW, database)
+    again = retention.purge(database)
     assert again.total == 0, "a purged row is not touched twice"
 
 
 def test_a_refold_after_the_purge_keeps_the_case(database: Database, owner: Owner) -> None:
     case_id = seed_membership(database, A, "mem_refold", NOW - 200 * DAY)
     close_case(owner, case_id, NOW - 186 * DAY)
-    retention.purge(NOW, database)
+    retention.purge(database)
     deliver(database, membership_event("membership.deactivated", company=A, membership="mem_refold",
                                        at=NOW), NOW)
     with tenant_transaction(A, database) as tx:
@@ -113,26 +115,28 @@ def test_purges_in_small_batches_bounded_per_run(database: Database, owner: Owne
     case_id = seed_membership(database, A, "mem_batch", NOW - 10 * DAY)
     for _ in range(7):
         add_click(owner, A, case_id, NOW - 300 * DAY)
-    first = retention.purge(NOW, database, batch=2, max_batches=2)
+    first = retention.purge(database, batch=2, max_batches=2)
     assert first.click_rows == 4
-    second = retention.purge(NOW, database, batch=2, max_batches=2)
+    second = retention.purge(database, batch=2, max_batches=2)
     assert second.click_rows == 3
-    assert retention.purge(NOW, database, batch=2, max_batches=2).click_rows == 0
+    assert retention.purge(database, batch=2, max_batches=2).click_rows == 0
 
 
 def test_retention_days_is_a_setting(database: Database, owner: Owner,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     case_id = seed_membership(database, A, "mem_short", NOW - 20 * DAY)
     add_click(owner, A, case_id, NOW - 20 * DAY)
-    assert retention.purge(NOW, database).click_rows == 0  # default 180 days
-    monkeypatch.setenv("RETENTION_DAYS", "14")
+    assert retention.purge(database).click_rows == 0  # default 180 days
+    monkeypatch.setenv("RETENTION_DAYS", "15")
     config.reset_config()
-    assert config.get_config().RETENTION_DAYS == 14
-    assert retention.purge(NOW, database).click_rows == 1
-    monkeypatch.setenv("RETENTION_DAYS", "0")
-    config.reset_config()
-    with pytest.raises(config.ConfigError, match="RETENTION_DAYS"):
-        config.get_config()
+    assert config.get_config().RETENTION_DAYS == 15
+    assert retention.purge(database).click_rows == 1
+    # Less than the 14-day recovery window (+1) is refused at start-up, not silently raised.
+    for bad in ("0", "14"):
+        monkeypatch.setenv("RETENTION_DAYS", bad)
+        config.reset_config()
+        with pytest.raises(config.ConfigError, match="RETENTION_DAYS"):
+            config.get_config()
     config.reset_config()
 
 
