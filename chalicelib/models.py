@@ -8,13 +8,37 @@ name, username, phone or card detail, so it is also what the ``events`` table st
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 RECOVERY_WINDOW = timedelta(days=14)
+
+# Event times Rebound accepts (issue 20): Whop did not exist before 2015, and a sender's clock a
+# little ahead is tolerated, but not a day. Anything outside is a poison record, never a case: a
+# year-9999 date used to overflow the window arithmetic, and year 3000 opened a case for ever.
+EARLIEST_EVENT_TIME = datetime(2015, 1, 1, tzinfo=UTC)
+MAX_EVENT_LEAD = timedelta(days=1)
+LATEST_TIME = datetime.max.replace(tzinfo=UTC)
+
+
+def event_time_problem(occurred_at: datetime, received_at: datetime) -> str | None:
+    """Why an event time is unusable ("past", "future"), or None when it is sane."""
+    if occurred_at < EARLIEST_EVENT_TIME:
+        return "past"
+    if occurred_at - received_at > MAX_EVENT_LEAD:  # a difference, so no sum can overflow
+        return "future"
+    return None
+
+
+def later(at: datetime, delta: timedelta) -> datetime:
+    """``at + delta``, saturating at the last representable instant instead of raising."""
+    try:
+        return at + delta
+    except OverflowError:
+        return LATEST_TIME if delta >= timedelta(0) else datetime.min.replace(tzinfo=UTC)
 
 # ISO 4217 currencies whose minor unit is not 1/100 (Stripe's lists, which Whop charges through).
 ZERO_DECIMAL_CURRENCIES = frozenset({
@@ -103,7 +127,7 @@ class WhopEvent(BaseModel):
 
 def window_end(first_failure_at: datetime) -> datetime:
     """The last instant (inclusive) at which a success still recovers a case."""
-    return first_failure_at + RECOVERY_WINDOW
+    return later(first_failure_at, RECOVERY_WINDOW)
 
 
 class CaseStatus(StrEnum):

@@ -46,11 +46,11 @@ from chalicelib.db import (
     tenant_transaction,
 )
 from chalicelib.effects import default_context, execute_owed
-from chalicelib.models import Case, CaseStatus, CreatorSettings, WhopEvent
+from chalicelib.models import Case, CaseStatus, CreatorSettings, WhopEvent, event_time_problem
 from chalicelib.observability import count, logger
 from chalicelib.queue import QueuedWebhook, decode_message
 from chalicelib.reminders import covered_offset, initial_effects, next_action_at
-from chalicelib.webhooks import MalformedWebhook, event_from_payload, minimal_payload, normalise
+from chalicelib.webhooks import OUT_OF_RANGE, MalformedWebhook, event_from_payload, minimal_payload, normalise
 
 
 @dataclass
@@ -76,9 +76,12 @@ def _event(msg: QueuedWebhook) -> WhopEvent | None:
     if msg.unusable is not None:
         raise Unusable(msg.unusable)
     try:
-        if msg.event is not None:
-            return event_from_payload(msg.event)
-        return normalise(msg.body or b"", msg.webhook_id, msg.received_at)  # a pre-v2 message
+        if msg.event is None:
+            return normalise(msg.body or b"", msg.webhook_id, msg.received_at)  # a pre-v2 message
+        event = event_from_payload(msg.event)
+        if event_time_problem(event.occurred_at, event.received_at):  # queued before the route checked
+            raise MalformedWebhook("occurred_at", OUT_OF_RANGE)
+        return event
     except MalformedWebhook as exc:
         raise Unusable(str(exc)) from None
     except ValidationError as exc:

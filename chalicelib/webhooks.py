@@ -32,7 +32,7 @@ from typing import Any, Final, Literal
 from pydantic import ValidationError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from chalicelib.models import EventType, WhopEvent, clean_text, currency_decimals
+from chalicelib.models import EventType, WhopEvent, clean_text, currency_decimals, event_time_problem
 
 __all__ = [
     "MalformedWebhook",
@@ -48,6 +48,7 @@ FAILURE_MESSAGE_MAX: Final = 500
 _ID_MAX: Final = 255
 _TEXT_MAX: Final = 2048
 _AMOUNT_MAX: Final = Decimal(10) ** 12  # major units; anything larger is not a real charge
+OUT_OF_RANGE: Final = "outside the accepted range (before 2015, or more than a day after receipt)"
 
 VerificationReason = Literal["missing_headers", "bad_timestamp", "stale_timestamp", "bad_signature"]
 
@@ -194,7 +195,8 @@ def normalise(body: bytes | Mapping[str, Any], webhook_id: str, received_at: dat
     """The ``WhopEvent`` for a verified body, or ``None`` for an event type Rebound ignores.
 
     Raises ``MalformedWebhook`` for invalid JSON, a non-object body, a missing type, an envelope
-    ``id`` that differs from ``webhook_id``, or a handled event without company or membership id.
+    ``id`` that differs from ``webhook_id``, a handled event without company or membership id,
+    or an event time outside the sane range (``models.event_time_problem``).
     """
     if received_at.tzinfo is None:
         raise ValueError("received_at must be timezone-aware")
@@ -207,6 +209,8 @@ def normalise(body: bytes | Mapping[str, Any], webhook_id: str, received_at: dat
         return None
     data = _data(envelope)
     occurred_at, inferred = _occurred_at(event_type, envelope, data, received_at.astimezone(UTC))
+    if event_time_problem(occurred_at, received_at):
+        raise MalformedWebhook("occurred_at", OUT_OF_RANGE)
     amount_minor, currency = _amount(data)
     fields: dict[str, Any] = {
         "webhook_id": webhook_id,
