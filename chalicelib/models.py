@@ -66,6 +66,34 @@ def clean_text(value: str) -> str:
     return _UNSTORABLE.sub("", value)
 
 
+# What no creator-typed text may hold (issue 20): lone surrogates (Postgres cannot store them: a
+# 500), U+FFFE/U+FFFF and the other noncharacters, and the bidi embeddings, overrides and isolates
+# that make text read differently from what it is ("Trojan Source"). C0/C1 controls besides tab
+# and line breaks, and DEL, too. Refused with a 400 naming the field, never stripped.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_NONCHARACTER = re.compile("[\ufdd0-\ufdef\ufffe\uffff]|[\U0001fffe-\U0001ffff\U0002fffe-\U0002ffff"
+                           "\U0003fffe-\U0003ffff\U000efffe-\U000effff\U000ffffe-\U000fffff"
+                           "\U0010fffe-\U0010ffff]")
+_BIDI_CONTROL = re.compile("[\u202a-\u202e\u2066-\u2069]")
+_CONTROL_CHARACTER = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_LINE_BREAK = re.compile("[\t\n\r]")
+
+
+def unsafe_text(value: str, *, multiline: bool = False) -> str | None:
+    """Why ``value`` may not be stored as creator text (a message for a 400), or None.
+
+    ``multiline`` allows tab and LF (message bodies); elsewhere they are control characters too."""
+    if _CONTROL_CHARACTER.search(value) or (not multiline and ("\t" in value or "\n" in value)):
+        return "must not contain control characters"
+    if _SURROGATE.search(value):
+        return "must not contain lone surrogates (invalid Unicode)"
+    if _NONCHARACTER.search(value):
+        return "must not contain Unicode noncharacters such as U+FFFE or U+FFFF"
+    if _BIDI_CONTROL.search(value):
+        return "must not contain bidirectional override, embedding or isolate characters"
+    return None
+
+
 class EventType(StrEnum):
     PAYMENT_FAILED = "payment.failed"
     PAYMENT_REQUIRES_ACTION = "payment.requires_action"
