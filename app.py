@@ -130,12 +130,18 @@ def scheduler_reminders() -> Response:
         raise NotFound("not found")
     request = app.current_request
     assert request is not None
-    # issue 9: every call counts (a tick hits the database and Whop), accepted or not.
     from chalicelib.ratelimit import enforce_principal
 
-    enforce_principal("scheduler", "route", datetime.now(UTC), "too many scheduler requests")
+    now = datetime.now(UTC)
+    # The bearer first (issue 20): a wrong one counts against its source address only, so wrong
+    # guesses can never spend the real caller's budget; authenticated ticks have their own limit
+    # (a tick hits the database and Whop).
     if not bearer_matches(request.headers.get("authorization"), secret):
+        source = (request.context.get("identity") or {}).get("sourceIp") or "unknown"
+        enforce_principal("scheduler_failures", str(source), now,
+                          "too many failed scheduler requests from this address")
         raise Unauthorized("missing or invalid bearer token")
+    enforce_principal("scheduler", "route", now, "too many scheduler requests")
     return json_response(run_tick(_deadline(HTTP_TICK_BUDGET_S)))
 
 

@@ -139,14 +139,45 @@ def test_csv_cells_cannot_run_as_formulas(api: Api, payload: str) -> None:
 # --- the scheduler route ---------------------------------------------------------------------------
 
 
+ROUTE = "/api/scheduler/reminders"
+
+
+def _from(monkeypatch: pytest.MonkeyPatch, address: str) -> None:
+    """Requests now come from ``address`` (API Gateway's requestContext.identity.sourceIp)."""
+    from chalice.local import LambdaEventConverter
+
+    monkeypatch.setattr(LambdaEventConverter, "LOCAL_SOURCE_IP", address)
+
+
 @pytest.mark.usefixtures("frozen_windows")
-def test_the_scheduler_route_is_limited_whoever_calls(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wrong_bearers_cannot_lock_out_the_scheduler(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    # issue 20 item 7: the limit used to be one global count taken before the bearer was checked,
+    # so 12 wrong guesses a minute kept the real caller at 429.
     monkeypatch.setenv("SCHEDULER_SECRET", "sched-secret")
     config.reset_config()
-    guess = {"authorization": "Bearer guess"}
-    route = "/api/scheduler/reminders"
-    statuses = [api.client.http.post(route, headers=guess).status_code for _ in range(12)]
-    assert statuses == [401] * 12
-    resp = api.client.http.post("/api/scheduler/reminders", headers={"authorization": "Bearer sched-secret"})
-    assert resp.status_code == 429 and int(resp.headers["Retry-After"]) >= 1
-    assert json.loads(resp.body)["error"]["code"] == "rate_limited"
+    guess, real = {"authorization": "Bearer guess"}, {"authorization": "Bearer sched-secret"}
+    _from(monkeypatch, "203.0.113.7")
+    statuses = [api.client.http.post(ROUTE, headers=guess).status_code for _ in range(15)]
+    assert statuses == [401] * 12 + [429] * 3  # failures are limited per source
+    refused = api.client.http.post(ROUTE, headers=guess)
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert json.loads(refused.body)["error"]["code"] == "rate_limited"
+    assert api.client.http.post(ROUTE, headers=real).status_code == 200  # the bearer is checked first
+    _from(monkeypatch, "198.51.100.2")
+    assert api.client.http.post(ROUTE, headers=real).status_code == 200
+    assert api.client.http.post(ROUTE, headers=guess).status_code == 401  # its own count of failures
+
+
+@pytest.mark.usefixtures("frozen_windows")
+def test_successful_ticks_have_their_own_limit(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    from chalicelib import ratelimit
+
+    monkeypatch.setenv("SCHEDULER_SECRET", "sched-secret")
+    monkeypatch.setenv("RATE_LIMIT_SCHEDULER", "3")
+    config.reset_config()
+    ratelimit.reset_limits()
+    real = {"authorization": "Bearer sched-secret"}
+    statuses = [api.client.http.post(ROUTE, headers=real).status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]  # a tick hits the database and Whop: bounded
+    # Failures never spent the successes' budget, and successes never spend a source's failures.
+    assert api.client.http.post(ROUTE, headers={"authorization": "Bearer nope"}).status_code == 401
