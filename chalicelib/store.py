@@ -513,6 +513,11 @@ EXPORT_COPY_FILTERS: dict[str, str] = {
 _NO_CURSOR = ("infinity", "ffffffff-ffff-ffff-ffff-ffffffffffff")
 # ascii() of the first character: = + - @ tab CR make a spreadsheet run the cell as a formula.
 _FORMULA_CODES = "(9, 13, 43, 45, 61, 64)"
+# A separator (of any spreadsheet's choosing), then maybe quotes, then a formula character: split
+# on that separator, the next cell would start a formula. A quote goes after the separator
+# (issue 20; migration 0012's rebound_csv_cell says why a leading quote alone cannot help).
+_SEPARATED_FORMULA = r"""'[,;|\t]"*[-=+@\t\r]'"""
+_SEPARATED_FORMULA_SPLIT = r"""'([,;|\t])(?="*[-=+@\t\r])'"""
 
 
 # Plain columns whose type COPY writes exactly as the contract does, and never empty (so never
@@ -531,7 +536,9 @@ def _copy_expression(column: str) -> str:
     value = f"x.{column}::text"
     if column in _CSV_PLAIN:
         return f"NULLIF({value}, '')"
-    return f"CASE WHEN ascii({value}) IN {_FORMULA_CODES} THEN '''' || {value} ELSE NULLIF({value}, '') END"
+    split = (f"CASE WHEN {value} ~ {_SEPARATED_FORMULA} THEN"
+             rf" regexp_replace({value}, {_SEPARATED_FORMULA_SPLIT}, '\1''', 'g') ELSE {value} END")
+    return f"CASE WHEN ascii({value}) IN {_FORMULA_CODES} THEN '''' || {split} ELSE NULLIF({split}, '') END"
 
 
 def export_copy_sql(columns: tuple[str, ...], filters: tuple[str, ...]) -> str:

@@ -132,8 +132,45 @@ def test_csv_cells_cannot_run_as_formulas(api: Api, payload: str) -> None:
     resp = api.request("GET", f"/api/companies/{ALPHA}/cases/export.csv")
     assert resp.status_code == 200
     row = parse_csv(resp.body.decode())[0]
+    # A tab is a separator too: the quote also goes between it and the "=" (see below).
+    shown = "'" + payload.replace("\t=", "\t'=")
     for column in ("failure_reason", "decline_code"):
-        assert row[column] == "'" + payload, (column, row[column])
+        assert row[column] == shown, (column, row[column])
+
+
+# A cell that starts with a separator and then a formula character (issue 20 item 8): in a
+# spreadsheet whose separator is ";" (or "|", or tab), "…,;=cmd" splits into a cell starting with
+# "=". A leading quote on the whole cell cannot help (it stays in the cell before the split), so a
+# quote goes between any separator and a formula character that follows it.
+SEPARATED = [
+    (";=1+1", ";'=1+1"), (",=1+1", ",'=1+1"), ("|=1+1", "|'=1+1"), (";;=cmd", ";;'=cmd"),
+    (";-2+3", ";'-2+3"), (";+SUM(1)", ";'+SUM(1)"), (";@SUM(A1)", ";'@SUM(A1)"), (",\t=1", ",'\t'=1"),
+    (';"=1+1', ";'\"=1+1"), ("declined;=HYPERLINK(1)", "declined;'=HYPERLINK(1)"),
+    ("\t;=1", "'\t;'=1"), ("=1;=2", "'=1;'=2"), ("; =x", "; =x"), ("a;b", "a;b"),
+    ("3-D Secure", "3-D Secure"),
+]
+
+
+@pytest.mark.parametrize(("payload", "shown"), SEPARATED, ids=[p for p, _ in SEPARATED])
+def test_csv_cells_starting_with_a_separator_cannot_run_as_formulas(api: Api, payload: str,
+                                                                    shown: str) -> None:
+    import csv
+    import io
+
+    from tests.test_api_cases import insert_case
+
+    insert_case(api, membership="mem_csv", failure_reason=payload, decline_code=payload)
+    resp = api.request("GET", f"/api/companies/{ALPHA}/cases/export.csv")
+    assert resp.status_code == 200
+    text = resp.body.decode()
+    row = parse_csv(text)[0]
+    for column in ("failure_reason", "decline_code"):
+        assert row[column] == shown, (column, row[column])
+    # Whatever separator the spreadsheet splits the lines on, no cell starts a formula.
+    for delimiter in (",", ";", "|", "\t"):
+        for line in list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))[1:]:
+            for cell in line:
+                assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), (delimiter, cell)
 
 
 # --- the scheduler route ---------------------------------------------------------------------------
