@@ -269,9 +269,17 @@ def merge_duplicate_case(tx: Transaction, case_id: str, into: str) -> None:
     """A row whose episode turned out to be another row's (a late event joined two episodes):
     its pending rows are settled, its ledger (what the member was sent, clicks, creator
     actions) moves to the row that stays, with its clicks and incentive, and the row goes. A
-    kept duplicate would count the episode twice in KPIs, the list and the export. Links in
-    messages sent for it stop resolving; the case they were about continues under ``into``."""
+    kept duplicate would count the episode twice in KPIs, the list and the export. Its link
+    token (and any it had itself taken over) becomes an alias of ``into``: links in messages
+    already sent keep resolving, to the case they were about (issue 20)."""
     settle_pending(tx, case_id, f"merged_into:{into}")
+    tx.execute(
+        "WITH moved AS (UPDATE case_link_aliases SET case_id = CAST(:into AS uuid)"
+        "   WHERE case_id = CAST(:id AS uuid))"
+        " INSERT INTO case_link_aliases (link_token, company_id, case_id)"
+        " SELECT link_token, company_id, CAST(:into AS uuid) FROM recovery_cases"
+        " WHERE id = CAST(:id AS uuid) AND link_token IS NOT NULL ON CONFLICT (link_token) DO NOTHING",
+        id=case_id, into=into)
     tx.execute("UPDATE recovery_actions SET case_id = CAST(:into AS uuid) WHERE case_id = CAST(:id AS uuid)",
                id=case_id, into=into)
     tx.execute(

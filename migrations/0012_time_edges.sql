@@ -21,3 +21,35 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     FROM (SELECT CASE WHEN v ~ '[,;|\t]"*[-=+@\t\r]'
                       THEN regexp_replace(v, '([,;|\t])(?="*[-=+@\t\r])', '\1''', 'g') ELSE v END AS n) s
 $$;
+
+-- Links of a merged-away case (issue 20 item 2). A late event that joins two stored episodes
+-- leaves one case row; the link token of the row that goes lives on here, pointing at the row
+-- that stays, so the links in messages already sent keep working (same click recording and
+-- redirect rules). A later merge of the row that stays moves its aliases along; deleting a case
+-- (a company or member erased) takes its aliases with it.
+CREATE TABLE case_link_aliases (
+    link_token text        PRIMARY KEY,
+    company_id text        NOT NULL,
+    case_id    uuid        NOT NULL REFERENCES recovery_cases (id) ON DELETE CASCADE,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX case_link_aliases_by_case ON case_link_aliases (case_id);
+
+GRANT SELECT, INSERT, UPDATE, DELETE ON case_link_aliases TO rebound_app;
+ALTER TABLE case_link_aliases ENABLE ROW LEVEL SECURITY;
+ALTER TABLE case_link_aliases FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON case_link_aliases TO rebound_app
+    USING (company_id = NULLIF(current_setting('app.company_id', true), ''))
+    WITH CHECK (company_id = NULLIF(current_setting('app.company_id', true), ''));
+GRANT SELECT ON case_link_aliases TO rebound_definer;
+CREATE POLICY definer_reads_ids ON case_link_aliases FOR SELECT TO rebound_definer USING (true);
+
+-- Same signature, owner and grants: a retired token resolves to the case that took it over.
+CREATE OR REPLACE FUNCTION case_for_link_token(p_token text)
+RETURNS TABLE (company_id text, case_id uuid)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
+    SELECT c.company_id, c.id FROM recovery_cases c WHERE c.link_token = p_token
+    UNION ALL
+    SELECT a.company_id, a.case_id FROM case_link_aliases a WHERE a.link_token = p_token
+    LIMIT 1
+$$;

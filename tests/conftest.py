@@ -37,7 +37,7 @@ pytest_plugins = ["tests.whop_fixtures"]
 
 ROOT = Path(__file__).resolve().parent.parent
 TENANT_TABLES = ("creator_settings", "events", "recovery_cases", "recovery_actions", "rate_limits",
-                 "experiments")
+                 "experiments", "case_link_aliases")
 # Not tenant data (no company_id, no RLS), emptied after each test all the same
 # (request_limits: the limits that hold before a tenant is known, issue 9).
 OPS_TABLES = ("poison_events", "request_limits")
