@@ -10,9 +10,10 @@ from typing import Any
 
 from chalice.app import Chalice, CloudWatchEvent, ConvertToMiddleware, Rate, Response, SQSEvent
 
+from chalicelib.clock import Clock, ClockSkew, checked_now, system_clock
 from chalicelib.config import get_config
 from chalicelib.db import get_database
-from chalicelib.errors import NotFound, Unauthorized
+from chalicelib.errors import NotFound, ServiceUnavailable, Unauthorized
 from chalicelib.health import health_check
 from chalicelib.http import bearer_matches, handle_errors, json_response, link_page, without_token_query
 from chalicelib.ingest import accept_webhook
@@ -110,11 +111,15 @@ def _deadline(seconds: float) -> Callable[[], bool]:
     return lambda: time.monotonic() >= ends
 
 
-def run_tick(out_of_time: Callable[[], bool] | None = None) -> dict[str, Any]:
+def run_tick(out_of_time: Callable[[], bool] | None = None, clock: Clock = system_clock) -> dict[str, Any]:
     from chalicelib.effects import default_context
     from chalicelib.scheduler import tick
 
-    result = tick(default_context(), datetime.now(UTC), out_of_time=out_of_time)
+    try:
+        now = checked_now("tick", clock)  # the database's time; refused on a skewed host clock
+    except ClockSkew:
+        return {"refused": "clock_skew"}
+    result = tick(default_context(), now, out_of_time=out_of_time)
     for name, value in result.as_metrics().items():
         metrics.add_metric(name=name, unit="Milliseconds" if name.endswith("Ms") else "Count", value=value)
     count("TickCompleted")
@@ -142,7 +147,10 @@ def scheduler_reminders() -> Response:
                           "too many failed scheduler requests from this address")
         raise Unauthorized("missing or invalid bearer token")
     enforce_principal("scheduler", "route", now, "too many scheduler requests")
-    return json_response(run_tick(_deadline(HTTP_TICK_BUDGET_S)))
+    result = run_tick(_deadline(HTTP_TICK_BUDGET_S))
+    if "refused" in result:
+        raise ServiceUnavailable("this host's clock disagrees with the database's; the tick did not run")
+    return json_response(result)
 
 
 @app.route("/r/{token}", methods=["GET"], content_types=ANY_BODY)

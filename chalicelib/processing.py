@@ -24,7 +24,7 @@ import secrets
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch import (
@@ -38,6 +38,7 @@ from pydantic import ValidationError
 
 from chalicelib import measurement, store
 from chalicelib.cases import Resume, fold, order_key
+from chalicelib.clock import Clock, ClockSkew, checked_now, system_clock
 from chalicelib.db import (
     ConstraintViolation,
     Database,
@@ -273,13 +274,13 @@ def send_opening_nudges(company_id: str, case_ids: list[str], now: datetime) -> 
 # --- the SQS batch (Lambda event source, or the local consumer in make dev) --------------------
 
 
-def _apply_record(record: SQSRecord, opened: dict[str, list[str]]) -> None:
+def _apply_record(record: SQSRecord, opened: dict[str, list[str]], now: datetime) -> None:
     attributes = record.raw_event.get("messageAttributes") or {}
     webhook_id = (attributes.get("webhook_id") or {}).get("stringValue")
     logger.append_keys(message_id=record.message_id, webhook_id=webhook_id)
     try:
         msg = decode_message(record.body, attributes)
-        outcome = process_webhook(msg, now=datetime.now(UTC))
+        outcome = process_webhook(msg, now=now)
     except Exception as exc:
         # The batch processor reports the failure to SQS but logs no cause: say which and why
         # (the class only; a message could hold data).
@@ -296,20 +297,27 @@ def _apply_record(record: SQSRecord, opened: dict[str, list[str]]) -> None:
                                              "opened": len(outcome.opened_case_ids)})
 
 
-def handle_batch(event: dict[str, Any], context: Any = None) -> PartialItemFailureResponse:
-    """Each record succeeds or fails alone; failures come back in ``batchItemFailures``."""
+def handle_batch(event: dict[str, Any], context: Any = None,
+                 clock: Clock = system_clock) -> PartialItemFailureResponse:
+    """Each record succeeds or fails alone; failures come back in ``batchItemFailures``. On a
+    host clock that disagrees with the database's (``clock.checked_now``) the whole batch goes
+    back to SQS untouched."""
+    try:
+        now = checked_now("consumer", clock)
+    except ClockSkew:
+        return {"batchItemFailures": [{"itemIdentifier": str(r.get("messageId", ""))}
+                                      for r in event.get("Records", [])]}
     # A fresh processor per batch: BatchProcessor keeps per-batch state on the instance.
     processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
     opened: dict[str, list[str]] = {}
     result = process_partial_response(
-        event=event, record_handler=lambda record: _apply_record(record, opened), processor=processor,
+        event=event, record_handler=lambda record: _apply_record(record, opened, now), processor=processor,
         context=context)
     failures = len(result.get("batchItemFailures", []))
     if failures:
         count("EventRecordsFailed", failures)
     # T+0 nudges go out once the whole batch is applied: a payment that succeeded in the same
     # batch closes the case first, and the executor then owes that member nothing.
-    now = datetime.now(UTC)
     for company_id, case_ids in opened.items():
         send_opening_nudges(company_id, case_ids, now)
     return result

@@ -53,3 +53,22 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
     SELECT a.company_id, a.case_id FROM case_link_aliases a WHERE a.link_token = p_token
     LIMIT 1
 $$;
+
+-- Leases on the database's clock (issue 20 item 3): a row is claimable again when its lease has
+-- ended by the database's time, not by the caller's p_now (a tick whose clock ran a day ahead
+-- took live leases from healthy executors). Same signature, owner and grants.
+CREATE OR REPLACE FUNCTION due_company_ids(p_now timestamptz, p_limit integer DEFAULT 1000)
+RETURNS TABLE (company_id text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
+    SELECT d.company_id FROM (
+        SELECT c.company_id, c.next_action_at AS due FROM recovery_cases c
+         WHERE c.status = 'open' AND c.next_action_at <= p_now
+        UNION ALL
+        SELECT a.company_id, a.due_at AS due FROM recovery_actions a
+         WHERE a.status IN ('pending', 'claimed') AND a.due_at <= p_now
+           AND (a.claimed_until IS NULL OR a.claimed_until <= now())
+    ) d
+    GROUP BY d.company_id
+    ORDER BY min(d.due), d.company_id
+    LIMIT p_limit
+$$;
