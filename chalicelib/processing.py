@@ -36,7 +36,7 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from pydantic import ValidationError
 
-from chalicelib import measurement, store
+from chalicelib import measurement, replan, store
 from chalicelib.cases import Resume, fold, order_key
 from chalicelib.clock import Clock, ClockSkew, checked_now, system_clock
 from chalicelib.db import (
@@ -59,6 +59,7 @@ class Outcome:
     status: str  # "applied" | "duplicate" | "ignored" | "poisoned"
     company_id: str | None = None
     opened_case_ids: list[str] = field(default_factory=list)
+    reopened_case_ids: list[str] = field(default_factory=list)  # opened again, owed a T+0 anew
     owed_actions: int = 0
     recovered: int = 0  # cases this event moved to recovered (CasesRecovered)
     reason: str | None = None
@@ -115,7 +116,7 @@ def _apply(event: WhopEvent, now: datetime, db: Database | None) -> Outcome:
             return Outcome(status="duplicate", company_id=event.company_id)
         done = refold_membership(tx, event.company_id, event.membership_id, now, history)
     return Outcome(status="applied", company_id=event.company_id, opened_case_ids=done.opened,
-                   owed_actions=done.owed, recovered=done.recovered)
+                   reopened_case_ids=done.reopened, owed_actions=done.owed, recovered=done.recovered)
 
 
 def _poison(msg: QueuedWebhook, reason: str, error_class: str, db: Database | None) -> Outcome:
@@ -168,6 +169,7 @@ class Refolded:
     opened: list[str] = field(default_factory=list)
     owed: int = 0
     recovered: int = 0
+    reopened: list[str] = field(default_factory=list)  # closed cases a late event opened again, owed anew
 
 
 def refold_membership(tx: Transaction, company_id: str, membership_id: str, now: datetime,
@@ -200,7 +202,7 @@ def refold_membership(tx: Transaction, company_id: str, membership_id: str, now:
             done.recovered += int(case.status is CaseStatus.RECOVERED)  # its success came first
             continue
         primary, *duplicates = own
-        done.recovered += int(_update_existing(tx, primary, case, settings))
+        done.recovered += int(_update_existing(tx, primary, case, settings, now, done))
         for duplicate in duplicates:  # a late event joined stored episodes: one row stays
             store.merge_duplicate_case(tx, str(duplicate["id"]), into=str(primary["id"]))
     return done
@@ -241,8 +243,10 @@ def _match(folded: list[Case], rows: list[dict[str, Any]],
     return matched
 
 
-def _update_existing(tx: Transaction, row: dict[str, Any], case: Case, settings: CreatorSettings) -> bool:
-    """Write the re-folded case over its row if it changed; True when it became recovered."""
+def _update_existing(tx: Transaction, row: dict[str, Any], case: Case, settings: CreatorSettings,
+                     now: datetime, done: Refolded) -> bool:
+    """Write the re-folded case over its row if it changed; True when it became recovered. A
+    row the fold opens again is re-planned from its ledger (``replan.reopened``)."""
     if row["cancelled_by"] is not None and case.status is not CaseStatus.CANCELLED:
         # A creator stopped this case by hand, and cancelled is final (contract): later events
         # update its facts, never its status.
@@ -256,6 +260,11 @@ def _update_existing(tx: Transaction, row: dict[str, Any], case: Case, settings:
     if case.status is not CaseStatus.OPEN:
         settle = "window_passed" if case.status is CaseStatus.EXPIRED else "case_closed"
     store.update_case(tx, str(row["id"]), case, next_at, episode=episode, settle=settle)
+    if case.status is CaseStatus.OPEN and row["status"] != CaseStatus.OPEN.value:
+        owed = replan.reopened(tx, str(row["id"]), case, settings, now)
+        done.owed += owed
+        if owed:
+            done.reopened.append(str(row["id"]))
     return case.status is CaseStatus.RECOVERED and row["status"] != CaseStatus.RECOVERED.value
 
 
@@ -291,6 +300,9 @@ def _apply_record(record: SQSRecord, opened: dict[str, list[str]], now: datetime
     if outcome.opened_case_ids and outcome.company_id:
         count("CasesOpened", len(outcome.opened_case_ids))
         opened.setdefault(outcome.company_id, []).extend(outcome.opened_case_ids)
+    if outcome.reopened_case_ids and outcome.company_id:  # their T+0, owed again, goes out promptly too
+        count("CasesReopened", len(outcome.reopened_case_ids))
+        opened.setdefault(outcome.company_id, []).extend(outcome.reopened_case_ids)
     if outcome.recovered:  # counted once committed: a rolled-back fold recovered nothing
         count("CasesRecovered", outcome.recovered)
     logger.info("webhook processed", extra={"outcome": outcome.status, "company_id": outcome.company_id,

@@ -11,6 +11,7 @@ Nothing is owed to a case that is not open, or whose 14-day window has passed.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -82,6 +83,17 @@ def covered_offset(case: Case, settings: CreatorSettings, now: datetime) -> int 
     failure): its T+0 nudge covers them, so no reminder goes out with (or before) the T+0."""
     passed = [d for d in reminder_offsets(case, settings) if _offset_at(case, d) <= now]
     return max(passed) if passed else None
+
+
+def planned_offset(case: Case, settings: CreatorSettings, reminded: Iterable[int],
+                   t0_at: datetime | None) -> int | None:
+    """A case's reminder progress as its ledger shows it (issue 20): the latest offset a reminder
+    was sent or is owed for (``reminded``), or that its T+0 covered, i.e. had already passed when
+    the T+0 went out (``t0_at``: when it did, or now when it is owed now; None: no T+0)."""
+    done = set(reminded)
+    if t0_at is not None:
+        done |= {d for d in reminder_offsets(case, settings) if _offset_at(case, d) <= t0_at}
+    return max(done) if done else None
 
 
 def next_action_at(case: Case, settings: CreatorSettings, last_offset: int | None) -> datetime | None:
