@@ -51,6 +51,7 @@ from typing import Any
 
 from chalicelib import measurement, store
 from chalicelib.attribution import window_passed
+from chalicelib.breaker import endpoint_of, get_breaker
 from chalicelib.db import Database, Transaction, tenant_transaction
 from chalicelib.messages import VariantCopy
 from chalicelib.models import Case, CaseStatus, CreatorSettings
@@ -499,6 +500,14 @@ def execute_owed(ctx: Context, company_id: str, now: datetime, db: Database | No
                       limit=min(CLAIM_BATCH, limit - done), stats=stats)
         if not batch:
             break
+        done += len(batch)
+        # Claims whose Whop endpoint is resting (the breaker, issue 20) go back owed, unpinned:
+        # rendering a copy reads Whop too.
+        breaker = get_breaker()
+        admitted = {c.action_id: breaker.admit(endpoint_of(c.kind, c.channel), now) for c in batch}
+        held = [(c, until) for c in batch if (until := admitted[c.action_id].until) is not None]
+        _hold_all(company_id, held, db, stats)
+        batch = [c for c in batch if admitted[c.action_id].until is None]
         _pin_copies(ctx, company_id, batch, now, db)
         performed: list[tuple[Claim, WhopResult]] = []
         for index, c in enumerate(batch):
@@ -508,13 +517,33 @@ def execute_owed(ctx: Context, company_id: str, now: datetime, db: Database | No
                     release(company_id, left, now, db, attempted=False)
                 return stats
             try:
+                endpoint = endpoint_of(c.kind, c.channel)
+                # Asked again: another executor may have tripped it while this batch was pinned.
+                until = None if admitted[c.action_id].probe else breaker.resting_until(endpoint, now)
+                if until is not None:
+                    _hold_all(company_id, [(c, until)], db, stats)
+                    continue
                 pin_copy(ctx, company_id, c, now, db)  # already pinned with the batch: no-op
-                performed.append((c, perform(ctx, c, now)))
+                result = perform(ctx, c, now)
+                breaker.record(endpoint, now, result)
+                performed.append((c, result))
             except Exception as exc:  # noqa: BLE001 - one row's failure must not strand the others
                 _row_failed(company_id, c, now, db, stats, exc)
         _record_all(company_id, performed, now, db, stats)
-        done += len(batch)
     return stats
+
+
+def _hold_all(company_id: str, held: list[tuple[Claim, datetime]], db: Database | None,
+              stats: Stats) -> None:
+    """Claims the breaker kept from Whop: owed again (pending) from when it lets calls through,
+    their attempt given back (none was made). One transaction for the batch."""
+    if not held:
+        return
+    with tenant_transaction(company_id, db) as tx:
+        for c, until in held:
+            _keep_pending(tx, c.action_id, until, None, "circuit_open", token=c.token, give_back_attempt=True)
+    stats.deferred += len(held)
+    count("WhopCircuitOpen", len(held))
 
 
 def _record_all(company_id: str, performed: list[tuple[Claim, WhopResult]], now: datetime,

@@ -43,6 +43,16 @@ TENANT_TABLES = ("creator_settings", "events", "recovery_cases", "recovery_actio
 OPS_TABLES = ("poison_events", "request_limits")
 
 
+@pytest.fixture(autouse=True)
+def _closed_breaker() -> Iterator[None]:
+    """The Whop circuit breaker is process-wide (issue 20): every test starts with it closed."""
+    from chalicelib.breaker import get_breaker
+
+    get_breaker().reset()
+    yield
+    get_breaker().reset()
+
+
 @pytest.fixture(scope="session")
 def local_database() -> Iterator[localdb.LocalDatabase]:
     base = ROOT / ".tmp"
