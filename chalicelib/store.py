@@ -526,6 +526,9 @@ _FORMULA_CODES = "(9, 13, 43, 45, 61, 64)"
 # (issue 20; migration 0012's rebound_csv_cell says why a leading quote alone cannot help).
 _SEPARATED_FORMULA = r"""'[,;|\t]"*[-=+@\t\r]'"""
 _SEPARATED_FORMULA_SPLIT = r"""'([,;|\t])(?="*[-=+@\t\r])'"""
+# Text columns whose values Rebound itself chose or validated on input (a decline class, an
+# experiment variant name: letters, digits, space, _ . -): they never hold a separator.
+_CSV_NO_SEPARATORS = frozenset({"decline_class", "variant"})
 
 
 # Plain columns whose type COPY writes exactly as the contract does, and never empty (so never
@@ -544,8 +547,13 @@ def _copy_expression(column: str) -> str:
     value = f"x.{column}::text"
     if column in _CSV_PLAIN:
         return f"NULLIF({value}, '')"
-    split = (f"CASE WHEN {value} ~ {_SEPARATED_FORMULA} THEN"
-             rf" regexp_replace({value}, {_SEPARATED_FORMULA_SPLIT}, '\1''', 'g') ELSE {value} END")
+    split = value
+    if column not in _CSV_NO_SEPARATORS:
+        # strpos first: most cells hold no separator, and four strpos cost less than one regex.
+        split = (f"CASE WHEN (strpos({value}, ',') > 0 OR strpos({value}, ';') > 0"
+                 f" OR strpos({value}, '|') > 0 OR strpos({value}, E'\\t') > 0)"
+                 f" AND {value} ~ {_SEPARATED_FORMULA} THEN"
+                 rf" regexp_replace({value}, {_SEPARATED_FORMULA_SPLIT}, '\1''', 'g') ELSE {value} END")
     return f"CASE WHEN ascii({value}) IN {_FORMULA_CODES} THEN '''' || {split} ELSE NULLIF({split}, '') END"
 
 
