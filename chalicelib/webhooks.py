@@ -32,7 +32,14 @@ from typing import Any, Final, Literal
 from pydantic import ValidationError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from chalicelib.models import EventType, WhopEvent, clean_text, currency_decimals, event_time_problem
+from chalicelib.models import (
+    FAILURE_TYPES,
+    EventType,
+    WhopEvent,
+    clean_text,
+    currency_decimals,
+    event_time_problem,
+)
 
 __all__ = [
     "MalformedWebhook",
@@ -228,7 +235,7 @@ def normalise(body: bytes | Mapping[str, Any], webhook_id: str, received_at: dat
     if event_type in MEMBERSHIP_TYPES:
         fields.update(_membership_fields(event_type, data))
     else:
-        fields.update(_payment_fields(data))
+        fields.update(_payment_fields(event_type, data))
     return _build(fields)
 
 
@@ -314,13 +321,30 @@ def _membership_id(event_type: EventType, data: Mapping[str, Any]) -> str | None
     return own or _first_id(data.get("membership_id")) or _ref(data.get("membership"))
 
 
-def _payment_fields(data: Mapping[str, Any]) -> dict[str, Any]:
+def _payment_fields(event_type: EventType, data: Mapping[str, Any]) -> dict[str, Any]:
+    failure = _text(data.get("failure_message"), FAILURE_MESSAGE_MAX) if event_type in FAILURE_TYPES else None
     return {
         "payment_id": _first_id(data.get("id")),
         "decline_code": _text(data.get("decline_code"), _ID_MAX),
-        "failure_message": _text(data.get("failure_message"), FAILURE_MESSAGE_MAX),
+        "failure_message": failure_text(failure) if failure is not None else None,
         "recovery_url": _url(data.get("recovery_url")),
     }
+
+
+# failure_message is free text from the card network (issue 20): the fold needs it, for failures
+# only, as the case's failure reason and a hint of its decline class. Nothing in it may identify
+# the card or the member: e-mail addresses, and any run of four or more digits (a card number,
+# an expiry, a phone number; spaces, dots, dashes, slashes and brackets between them), are
+# replaced before it is queued or stored. A decline code, or amount, in it may go with them.
+_EMAIL = re.compile(r"[^\s@,;:()<>\[\]\"']+@[^\s@,;:()<>\[\]\"']+")
+_DIGIT_RUN = re.compile(r"\+?\(?\d[\d\s()./-]*\d")
+
+
+def failure_text(text: str) -> str:
+    """``text`` without e-mail addresses or long digit runs (each replaced by a placeholder)."""
+    text = _EMAIL.sub("[email]", text)
+    return _DIGIT_RUN.sub(lambda m: "[number]" if sum(ch.isdigit() for ch in m.group()) >= 4 else m.group(),
+                          text)
 
 
 def _membership_fields(event_type: EventType, data: Mapping[str, Any]) -> dict[str, Any]:
