@@ -554,16 +554,25 @@ def run_scenarios(http: Any, sqs: Any, queues: Any, rng: random.Random, crash_ra
 
 def skewed_executor(owner: Any, company_ids: list[str], now: datetime, counts: Counts) -> Skewed:
     """Item 3 of issue 20: the tick's edge on a clock a day ahead refuses to act; an executor a
-    day ahead (its ``now`` handed to it) claims rows of a few companies and dies."""
+    day ahead (its ``now`` handed to it) claims owed rows of a few cases and dies."""
     from app import run_tick
     from chalicelib import effects
 
     before = owner.run("SELECT count(*) FROM recovery_actions WHERE status = 'claimed'")[0][0]
     result = run_tick(clock=lambda: datetime.now(UTC) + DAY)
     after = owner.run("SELECT count(*) FROM recovery_actions WHERE status = 'claimed'")[0][0]
+    # Rows of cases whose window outlasts the skew: a day-ahead executor would also misjudge the
+    # windows closing within that day (skipping their sends), which is what the edge's refusal
+    # prevents; here only its leases are on trial.
+    owed = owner.run(
+        "SELECT c.company_id, c.id::text FROM recovery_cases c WHERE c.status = 'open'"
+        " AND c.first_failure_at + interval '14 days' > CAST(:after AS timestamptz)"
+        " AND EXISTS (SELECT 1 FROM recovery_actions a WHERE a.case_id = c.id AND a.status = 'pending')"
+        " ORDER BY c.company_id, c.id LIMIT :n", after=now + DAY + timedelta(hours=1),
+        n=max(5, len(company_ids) // 2))
     abandoned: list[str] = []
-    for company in company_ids[: max(2, len(company_ids) // 5)]:
-        abandoned += [c.action_id for c in effects.claim(company, now + DAY, limit=10)]
+    for company, case_id in owed:
+        abandoned += [c.action_id for c in effects.claim(company, now + DAY, case_id=case_id, limit=10)]
     return Skewed(refused=result.get("refused") == "clock_skew" and before == after, abandoned=abandoned)
 
 
