@@ -142,3 +142,20 @@ def test_a_consumer_on_a_skewed_clock_refuses_the_batch(consumer: World,
     assert result == {"batchItemFailures": []}
     with tenant_transaction(A, consumer.db) as tx:
         assert tx.scalar("SELECT status FROM recovery_cases") == "open"
+
+
+def test_the_tick_route_answers_503_when_the_clocks_disagree(world: World,  # noqa: F811
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from chalice.test import Client
+
+    from app import app
+    from chalicelib import clock, config
+
+    monkeypatch.setenv("SCHEDULER_SECRET", "sched-secret")
+    config.reset_config()
+    # This host's clock a day ahead of the database's (moved on the database's side here).
+    monkeypatch.setattr(clock, "database_now", lambda db=None: real_now() - DAY)
+    with Client(app) as client:
+        resp = client.http.post("/api/scheduler/reminders", headers={"authorization": "Bearer sched-secret"})
+    assert resp.status_code == 503
+    assert "clock" in resp.json_body["error"]["message"]
