@@ -202,9 +202,10 @@ def refold_membership(tx: Transaction, company_id: str, membership_id: str, now:
             done.recovered += int(case.status is CaseStatus.RECOVERED)  # its success came first
             continue
         primary, *duplicates = own
-        done.recovered += int(_update_existing(tx, primary, case, settings, now, done))
         for duplicate in duplicates:  # a late event joined stored episodes: one row stays
             store.merge_duplicate_case(tx, str(duplicate["id"]), into=str(primary["id"]))
+        # After the merge: a re-plan of the row that stays sees the ledger it took over.
+        done.recovered += int(_update_existing(tx, primary, case, settings, now, done))
     return done
 
 

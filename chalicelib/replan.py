@@ -33,8 +33,10 @@ NOT_OPEN_REASONS = ("window_passed", "case_closed")
 
 
 def _counts(status: str, detail: str | None) -> bool:
-    """Whether a ledger row is something that happened (or will), for planning purposes."""
-    return not (status == "skipped" and detail in NOT_OPEN_REASONS)
+    """Whether a ledger row is something that happened (or will), for planning purposes: not a
+    row skipped because its case was not open, nor one whose case was merged into another."""
+    merged = (detail or "").startswith("merged_into:")
+    return not (status == "skipped" and (detail in NOT_OPEN_REASONS or merged))
 
 
 def _reminded(rows: list[dict[str, Any]]) -> set[int]:
@@ -45,14 +47,17 @@ def _reminded(rows: list[dict[str, Any]]) -> set[int]:
 def reopened(tx: Transaction, case_id: str, case: Case, settings: CreatorSettings, now: datetime) -> int:
     """Re-plan a case a re-fold just opened again; return how many rows it is owed anew."""
     rows = tx.query(
-        "SELECT idempotency_key AS key, kind, step, status, error_detail, completed_at"
+        "SELECT idempotency_key AS key, kind, step, channel, status, error_detail, completed_at"
         " FROM recovery_actions WHERE case_id = CAST(:id AS uuid)"
         " AND kind IN ('nudge', 'reminder', 'incentive')", id=case_id)
     by_key = {r["key"]: r for r in rows}
-    planned = initial_effects(case, settings, now)
+    # A T+0 (or incentive) counts on its channel whichever row of the episode carries it: a row
+    # merged into this one brought its ledger along (a member messaged about the episode is not
+    # sent a second first message).
+    done = {(r["step"], r["channel"]) for r in rows if _counts(r["status"], r["error_detail"])}
+    planned = [e for e in initial_effects(case, settings, now) if (e.step, e.channel) not in done]
     new = [e for e in planned if e.idempotency_key(case_id) not in by_key]
-    revive = [key for e in planned if (key := e.idempotency_key(case_id)) in by_key
-              and not _counts(by_key[key]["status"], by_key[key]["error_detail"])]
+    revive = [key for e in planned if (key := e.idempotency_key(case_id)) in by_key]
     owed = store.add_pending_actions(
         tx, case.company_id, [(case_id, e.kind, e.step, e.channel, e.due_at, e.idempotency_key(case_id))
                               for e in new])

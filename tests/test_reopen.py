@@ -118,3 +118,21 @@ def test_channels_off_then_on_again_get_their_reminders(api: Api) -> None:
         sent = tx.query("SELECT step, channel FROM recovery_actions WHERE status = 'sent' ORDER BY channel")
     assert sent == [{"step": "r4", "channel": "dm"}, {"step": "r4", "channel": "push"}]
     assert json.loads(api.request("GET", path).body)["enable_dm"] is True
+
+
+def test_a_joined_case_counts_the_t0_its_merged_row_sent(world: World) -> None:  # noqa: F811
+    now = T0
+    case_1 = world.fail(now - 13 * DAY, now=now)  # f1 ...
+    world.fail(now - 15 * DAY, now=now)  # ... and a late f0 before its T+0 went: it expires, skipped
+    case_2 = world.fail(now - timedelta(hours=12), now=now)  # f2: its own case
+    assert world.run_effects(now).sent == 2  # f2's case is messaged
+    # f0's success joins f1 and f2 into one episode: the f2 row merges into the f1 row, which opens
+    # again. The member was messaged about this episode already: no second T+0, now or later.
+    world.deliver(payment_event("payment.succeeded", at=now - 15 * DAY + timedelta(hours=1)), now)
+    assert world.case(case_1)["status"] == "open"
+    with tenant_transaction(A, world.db) as tx:
+        assert tx.scalar("SELECT count(*) FROM recovery_cases WHERE id = CAST(:id AS uuid)", id=case_2) == 0
+    for hours in (0, 1, 21, 30):
+        world.tick(now + timedelta(hours=hours, minutes=1))
+    assert len(world.dms_to("user_1")) == 1 and len(world.pushes()) == 1
+    assert world.case(case_1)["last_reminder_offset"] == 4  # the sent T+0 covered the passed offsets
