@@ -232,3 +232,13 @@ def test_the_dashboard_drops_token_query_in_production(monkeypatch: pytest.Monke
         finally:
             monkeypatch.undo()
             config.reset_config()
+
+
+def test_an_exports_continuation_parts_ride_on_the_answer_its_first_part_got(api: Api) -> None:
+    api.call("GET", f"{C}/settings", status=200)
+    before = len(api.whop.calls_to("GET", ACCESS))
+    api.call("GET", f"{C}/cases/export.csv", status=200)
+    assert len(api.whop.calls_to("GET", ACCESS)) == before + 1  # the export starts: asked again
+    resp = api.request("GET", f"/api/companies/{ALPHA}/cases/export.csv?cursor=not-a-real-cursor")
+    assert resp.status_code == 400  # (a made-up cursor is refused, after authentication)
+    assert len(api.whop.calls_to("GET", ACCESS)) == before + 1  # a continuation part: the cache
