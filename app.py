@@ -12,9 +12,10 @@ from typing import Any, Literal
 from chalice.app import Chalice, CloudWatchEvent, ConvertToMiddleware, Rate, Request, Response, SQSEvent
 
 from chalicelib.budgets import SHARED_PROFILE, worst_case_call_s
+from chalicelib.clock import Clock, ClockSkew, checked_now, system_clock
 from chalicelib.config import get_config
 from chalicelib.db import get_database
-from chalicelib.errors import NotFound, Unauthorized
+from chalicelib.errors import NotFound, ServiceUnavailable, Unauthorized
 from chalicelib.health import health_check
 from chalicelib.http import (
     bearer_matches,
@@ -133,13 +134,18 @@ def _deadline(seconds: float) -> Callable[[], bool]:
 
 
 def run_tick(out_of_time: Callable[[], bool] | None = None,
-             whop_profile: Literal["shared", "short"] = "shared") -> dict[str, Any]:
+             whop_profile: Literal["shared", "short"] = "shared",
+             clock: Clock = system_clock) -> dict[str, Any]:
     from chalicelib.effects import default_context
     from chalicelib.scheduler import tick
     from chalicelib.whop import get_whop
 
+    try:
+        now = checked_now("tick", clock)  # the database's time; refused on a skewed host clock
+    except ClockSkew:
+        return {"refused": "clock_skew"}
     ctx = dataclasses.replace(default_context(), whop=get_whop(whop_profile))
-    result = tick(ctx, datetime.now(UTC), out_of_time=out_of_time)
+    result = tick(ctx, now, out_of_time=out_of_time)
     for name, value in result.as_metrics().items():
         metrics.add_metric(name=name, unit="Milliseconds" if name.endswith("Ms") else "Count", value=value)
     count("TickCompleted")
@@ -155,13 +161,22 @@ def scheduler_reminders() -> Response:
         raise NotFound("not found")
     request = app.current_request
     assert request is not None
-    # issue 9: every call counts (a tick hits the database and Whop), accepted or not.
     from chalicelib.ratelimit import enforce_principal
 
-    enforce_principal("scheduler", "route", datetime.now(UTC), "too many scheduler requests")
+    now = datetime.now(UTC)
+    # The bearer first (issue 20): a wrong one counts against its source address only, so wrong
+    # guesses can never spend the real caller's budget; authenticated ticks have their own limit
+    # (a tick hits the database and Whop).
     if not bearer_matches(request.headers.get("authorization"), secret):
+        source = (request.context.get("identity") or {}).get("sourceIp") or "unknown"
+        enforce_principal("scheduler_failures", str(source), now,
+                          "too many failed scheduler requests from this address")
         raise Unauthorized("missing or invalid bearer token")
-    return json_response(run_tick(_deadline(HTTP_TICK_BUDGET_S), whop_profile="short"))
+    enforce_principal("scheduler", "route", now, "too many scheduler requests")
+    result = run_tick(_deadline(HTTP_TICK_BUDGET_S), whop_profile="short")
+    if "refused" in result:
+        raise ServiceUnavailable("this host's clock disagrees with the database's; the tick did not run")
+    return json_response(result)
 
 
 @app.route("/r/{token}", methods=["GET"], content_types=ANY_BODY)

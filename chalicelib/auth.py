@@ -22,8 +22,9 @@ else touches the database:
    (``ratelimit.check_principal("whop_access", sub)``, shared by every instance): over it → 429,
    and the denial is remembered in-process until the window ends, so one token cannot make
    Rebound call Whop once per made-up company id and spend the app-wide Whop quota.
-5. Destructive actions (terminate, cancel-membership) ask Whop again, uncached (``fresh``): a
-   revoked admin cannot end a member's access on a cached answer.
+5. Every write (settings, nudges, case actions, experiments) and the CSV export ask Whop again,
+   uncached (``fresh``): a revoked admin cannot act, or take every case's data, on a cached
+   answer. Reads may use the cache.
 
 Token lifetime is bounded: ``exp - iat`` (or ``exp - now`` without ``iat``) beyond
 ``MAX_TOKEN_LIFETIME_S`` is refused, whatever the signature says.

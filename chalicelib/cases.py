@@ -36,7 +36,7 @@ from typing import Final
 
 from chalicelib import attribution
 from chalicelib.messages import case_decline_class
-from chalicelib.models import Case, CaseStatus, EventType, WhopEvent, window_end
+from chalicelib.models import Case, CaseStatus, EventType, WhopEvent, event_time_problem, window_end
 
 __all__ = ["Resume", "fold", "order_key"]
 
@@ -82,10 +82,13 @@ def fold(company_id: str, membership_id: str, events: Iterable[WhopEvent],
 
 def _dedupe(events: Iterable[WhopEvent], company_id: str, membership_id: str) -> list[WhopEvent]:
     """One event per webhook_id. Redeliveries are identical; should two ever differ, the same one
-    is kept whatever the arrival order."""
+    is kept whatever the arrival order. An event dated outside the sane range (stored before that
+    rule existed) counts for nothing: it is a poison record, not a fact."""
     kept: dict[str, WhopEvent] = {}
     for event in events:
         if event.company_id != company_id or event.membership_id != membership_id:
+            continue
+        if event_time_problem(event.occurred_at, event.received_at) is not None:
             continue
         other = kept.get(event.webhook_id)
         if other is None or (other != event and event.model_dump_json() < other.model_dump_json()):

@@ -1,9 +1,10 @@
 """Executing owed ledger rows: claim → call Whop (with the row's Idempotency-Key) → record.
 
 The three steps are separate transactions on purpose: no database transaction stays open across
-an HTTP call. A claimed row carries a lease (``claimed_until``); a crash after the claim leaves
-it claimed, the next tick re-claims it once the lease ends, and the same Idempotency-Key makes
-Whop apply it once. ``FOR UPDATE SKIP LOCKED`` keeps two concurrent ticks off the same rows.
+an HTTP call. A claimed row carries a lease (``claimed_until``, on the database's clock); a crash
+after the claim leaves it claimed, the next tick re-claims it once the lease ends, and the same
+Idempotency-Key makes Whop apply it once. ``FOR UPDATE SKIP LOCKED`` keeps two concurrent ticks
+off the same rows.
 
 Rules checked at claim time (what a member would expect):
 - nothing is sent for a case that is no longer open, or whose 14-day window has passed;
@@ -53,6 +54,7 @@ from typing import Any
 
 from chalicelib import measurement, recovery_exec, store
 from chalicelib.attribution import window_passed
+from chalicelib.breaker import endpoint_of, get_breaker
 from chalicelib.db import Database, Transaction, tenant_transaction
 from chalicelib.messages import VariantCopy
 from chalicelib.models import Case, CaseStatus, CreatorSettings
@@ -142,7 +144,8 @@ _OWED = (
     " a.case_id::text AS case_id, COALESCE(a.owed_at, a.created_at) AS owed_at, a.result -> 'copy' AS copy"
     " FROM recovery_actions a"
     " WHERE a.status IN ('pending', 'claimed') AND a.due_at <= :now"
-    " AND (a.claimed_until IS NULL OR a.claimed_until <= :now)"
+    # A lease runs on the database's clock, whatever clock the executor reads (issue 20).
+    " AND (a.claimed_until IS NULL OR a.claimed_until <= now())"
     " AND (CAST(:case_id AS uuid) IS NULL OR a.case_id = CAST(:case_id AS uuid))"
     " AND (CAST(:kinds AS text) IS NULL OR a.kind = ANY(string_to_array(CAST(:kinds AS text), ',')))"
     " ORDER BY a.due_at, a.id LIMIT :limit FOR UPDATE SKIP LOCKED"
@@ -155,16 +158,19 @@ def _member_cap(tx: Transaction, user_id: str, channel: str, exclude: str,
     (claimed, lease live) counts as sent now: two executors must not both message the member."""
     row = tx.one(
         "SELECT max(a.completed_at) FILTER (WHERE a.status = 'sent') AS last_sent,"
-        " max(a.claimed_until) FILTER (WHERE a.status = 'claimed' AND a.claimed_until > :now) AS busy"
+        # How long the live lease still runs, on the database's clock (where leases live).
+        " max(a.claimed_until - now()) FILTER (WHERE a.status = 'claimed' AND a.claimed_until > now())"
+        "   AS busy_for"
         " FROM recovery_actions a JOIN recovery_cases c ON c.id = a.case_id"
         " WHERE c.user_id = :u AND a.channel = :ch AND a.status IN ('sent', 'claimed')"
         " AND a.kind IN ('nudge', 'reminder') AND a.id <> CAST(:x AS uuid)",
-        u=user_id, ch=channel, x=exclude, now=now)
+        u=user_id, ch=channel, x=exclude)
     if row is None:
         return None
-    busy: datetime | None = row["busy"]
-    if busy is not None:
-        return busy  # by then it is sent (and the cap runs from it) or it failed (and we may go)
+    busy_for: timedelta | None = row["busy_for"]
+    if busy_for is not None:
+        # By then it is sent (and the cap runs from it) or it failed (and we may go).
+        return now + busy_for
     last: datetime | None = row["last_sent"]
     if last is not None and now - last < FREQUENCY_CAP:
         return last + FREQUENCY_CAP
@@ -284,11 +290,14 @@ def claim(company_id: str, now: datetime, db: Database | None = None, *, case_id
 def _write_claims(tx: Transaction, claims: list[Claim], now: datetime) -> None:
     if not claims:
         return
-    tx.execute("UPDATE recovery_actions a SET status = 'claimed', claimed_until = :lease,"
+    # The lease ends on the database's clock: an executor whose own clock is wrong (a day ahead,
+    # say) must not hold rows for a day when it dies (issue 20).
+    tx.execute("UPDATE recovery_actions a SET status = 'claimed',"
+               " claimed_until = clock_timestamp() + CAST(:lease AS interval),"
                " claim_token = u.token, attempts = a.attempts + 1, updated_at = now()"
                " FROM unnest(CAST(:ids AS uuid[]), CAST(:tokens AS uuid[])) AS u(id, token)"
                " WHERE a.id = u.id",
-               lease=now + LEASE, ids=[c.action_id for c in claims], tokens=[c.token for c in claims])
+               lease=LEASE, ids=[c.action_id for c in claims], tokens=[c.token for c in claims])
 
 
 # --- perform -------------------------------------------------------------------------------------
@@ -510,6 +519,14 @@ def execute_owed(ctx: Context, company_id: str, now: datetime, db: Database | No
                       limit=min(CLAIM_BATCH, limit - done), stats=stats)
         if not batch:
             break
+        done += len(batch)
+        # Claims whose Whop endpoint is resting (the breaker, issue 20) go back owed, unpinned:
+        # rendering a copy reads Whop too.
+        breaker = get_breaker()
+        admitted = {c.action_id: breaker.admit(endpoint_of(c.kind, c.channel), now) for c in batch}
+        held = [(c, until) for c in batch if (until := admitted[c.action_id].until) is not None]
+        _hold_all(company_id, held, db, stats)
+        batch = [c for c in batch if admitted[c.action_id].until is None]
         _pin_copies(ctx, company_id, batch, now, db)
         performed: list[tuple[Claim, WhopResult]] = []
         for index, c in enumerate(batch):
@@ -519,13 +536,33 @@ def execute_owed(ctx: Context, company_id: str, now: datetime, db: Database | No
                     release(company_id, left, now, db, attempted=False)
                 return stats
             try:
+                endpoint = endpoint_of(c.kind, c.channel)
+                # Asked again: another executor may have tripped it while this batch was pinned.
+                until = None if admitted[c.action_id].probe else breaker.resting_until(endpoint, now)
+                if until is not None:
+                    _hold_all(company_id, [(c, until)], db, stats)
+                    continue
                 pin_copy(ctx, company_id, c, now, db)  # already pinned with the batch: no-op
-                performed.append((c, perform(ctx, c, now)))
+                result = perform(ctx, c, now)
+                breaker.record(endpoint, now, result)
+                performed.append((c, result))
             except Exception as exc:  # noqa: BLE001 - one row's failure must not strand the others
                 _row_failed(company_id, c, now, db, stats, exc)
         _record_all(company_id, performed, now, db, stats)
-        done += len(batch)
     return stats
+
+
+def _hold_all(company_id: str, held: list[tuple[Claim, datetime]], db: Database | None,
+              stats: Stats) -> None:
+    """Claims the breaker kept from Whop: owed again (pending) from when it lets calls through,
+    their attempt given back (none was made). One transaction for the batch."""
+    if not held:
+        return
+    with tenant_transaction(company_id, db) as tx:
+        for c, until in held:
+            _keep_pending(tx, c.action_id, until, None, "circuit_open", token=c.token, give_back_attempt=True)
+    stats.deferred += len(held)
+    count("WhopCircuitOpen", len(held))
 
 
 def _record_all(company_id: str, performed: list[tuple[Claim, WhopResult]], now: datetime,

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
-from chalicelib.models import Case, DeclineClass, EventType, currency_decimals
+from chalicelib.models import Case, DeclineClass, EventType, currency_decimals, unsafe_text
 
 _SYMBOLS = {"usd": "$", "cad": "CA$", "aud": "A$", "gbp": "£", "eur": "€"}
 DEFAULT_PRODUCT = "your membership"
@@ -277,9 +277,6 @@ def render(template: str, case: Case, link: str, now: datetime, product: str | N
 
 # --- checking creator copy ------------------------------------------------------------------------
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-
-
 def check_copy(text: str, *, field: str, max_chars: int, requires_link: bool,
                single_line: bool = False) -> str | None:
     """Why ``text`` is not acceptable creator copy (a message for the 400), or None."""
@@ -287,8 +284,11 @@ def check_copy(text: str, *, field: str, max_chars: int, requires_link: bool,
         return "must not be empty"
     if len(text) > max_chars:
         return f"at most {max_chars} characters (has {len(text)})"
-    if _CONTROL.search(text) or (single_line and ("\n" in text or "\r" in text)):
-        return "control characters are not allowed" + (" (one line only)" if single_line else "")
+    if single_line and ("\n" in text or "\r" in text):
+        return "control characters are not allowed (one line only)"
+    unsafe = unsafe_text(text, multiline=True)
+    if unsafe is not None:
+        return unsafe
     try:
         parsed = list(string.Formatter().parse(text))
     except ValueError:

@@ -8,13 +8,37 @@ name, username, phone or card detail, so it is also what the ``events`` table st
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 RECOVERY_WINDOW = timedelta(days=14)
+
+# Event times Rebound accepts (issue 20): Whop did not exist before 2015, and a sender's clock a
+# little ahead is tolerated, but not a day. Anything outside is a poison record, never a case: a
+# year-9999 date used to overflow the window arithmetic, and year 3000 opened a case for ever.
+EARLIEST_EVENT_TIME = datetime(2015, 1, 1, tzinfo=UTC)
+MAX_EVENT_LEAD = timedelta(days=1)
+LATEST_TIME = datetime.max.replace(tzinfo=UTC)
+
+
+def event_time_problem(occurred_at: datetime, received_at: datetime) -> str | None:
+    """Why an event time is unusable ("past", "future"), or None when it is sane."""
+    if occurred_at < EARLIEST_EVENT_TIME:
+        return "past"
+    if occurred_at - received_at > MAX_EVENT_LEAD:  # a difference, so no sum can overflow
+        return "future"
+    return None
+
+
+def later(at: datetime, delta: timedelta) -> datetime:
+    """``at + delta``, saturating at the last representable instant instead of raising."""
+    try:
+        return at + delta
+    except OverflowError:
+        return LATEST_TIME if delta >= timedelta(0) else datetime.min.replace(tzinfo=UTC)
 
 # ISO 4217 currencies whose minor unit is not 1/100 (Stripe's lists, which Whop charges through).
 ZERO_DECIMAL_CURRENCIES = frozenset({
@@ -40,6 +64,34 @@ _UNSTORABLE = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010fff
 def clean_text(value: str) -> str:
     """``value`` without the characters Postgres or SQS would refuse."""
     return _UNSTORABLE.sub("", value)
+
+
+# What no creator-typed text may hold (issue 20): lone surrogates (Postgres cannot store them: a
+# 500), U+FFFE/U+FFFF and the other noncharacters, and the bidi embeddings, overrides and isolates
+# that make text read differently from what it is ("Trojan Source"). C0/C1 controls besides tab
+# and line breaks, and DEL, too. Refused with a 400 naming the field, never stripped.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_NONCHARACTER = re.compile("[\ufdd0-\ufdef\ufffe\uffff]|[\U0001fffe-\U0001ffff\U0002fffe-\U0002ffff"
+                           "\U0003fffe-\U0003ffff\U000efffe-\U000effff\U000ffffe-\U000fffff"
+                           "\U0010fffe-\U0010ffff]")
+_BIDI_CONTROL = re.compile("[\u202a-\u202e\u2066-\u2069]")
+_CONTROL_CHARACTER = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_LINE_BREAK = re.compile("[\t\n\r]")
+
+
+def unsafe_text(value: str, *, multiline: bool = False) -> str | None:
+    """Why ``value`` may not be stored as creator text (a message for a 400), or None.
+
+    ``multiline`` allows tab and LF (message bodies); elsewhere they are control characters too."""
+    if _CONTROL_CHARACTER.search(value) or (not multiline and ("\t" in value or "\n" in value)):
+        return "must not contain control characters"
+    if _SURROGATE.search(value):
+        return "must not contain lone surrogates (invalid Unicode)"
+    if _NONCHARACTER.search(value):
+        return "must not contain Unicode noncharacters such as U+FFFE or U+FFFF"
+    if _BIDI_CONTROL.search(value):
+        return "must not contain bidirectional override, embedding or isolate characters"
+    return None
 
 
 class EventType(StrEnum):
@@ -108,7 +160,7 @@ class WhopEvent(BaseModel):
 
 def window_end(first_failure_at: datetime) -> datetime:
     """The last instant (inclusive) at which a success still recovers a case."""
-    return first_failure_at + RECOVERY_WINDOW
+    return later(first_failure_at, RECOVERY_WINDOW)
 
 
 class CaseStatus(StrEnum):

@@ -359,7 +359,11 @@ OPERATIONS: tuple[Op, ...] = (
        responses={200: Resp("What the tick did.", TickSummary),
                   401: Resp("Missing or wrong bearer token.", ErrorResponse),
                   404: Resp("SCHEDULER_SECRET is not set.", ErrorResponse),
-                  429: Resp("Too many calls of this route.", ErrorResponse, headers=("Retry-After",))}),
+                  429: Resp("Too many wrong bearers from this address, or too many ticks (the bearer is "
+                            "checked first: the two are counted apart).", ErrorResponse,
+                            headers=("Retry-After",)),
+                  503: Resp("This host's clock disagrees with the database's (over 2 minutes): the tick "
+                            "did not run.", ErrorResponse)}),
     Op("get", "/r/{token}", "trackedLink", "Tracked link in a nudge", "member", path_params=("token",),
        description="Records the click and redirects the member to fix their payment.",
        responses={200: Resp("No safe page to send the member to: says what to do in Whop.",

@@ -25,7 +25,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch import (
@@ -37,9 +37,10 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from pydantic import ValidationError
 
-from chalicelib import erasure, measurement, models, recovery, store
+from chalicelib import erasure, measurement, models, recovery, replan, store
 from chalicelib.budgets import SHARED_PROFILE, worst_case_call_s
 from chalicelib.cases import Resume, fold, order_key
+from chalicelib.clock import Clock, ClockSkew, checked_now, system_clock
 from chalicelib.db import (
     ConstraintViolation,
     Database,
@@ -48,11 +49,11 @@ from chalicelib.db import (
     tenant_transaction,
 )
 from chalicelib.effects import default_context, execute_owed
-from chalicelib.models import Case, CaseStatus, CreatorSettings, WhopEvent
+from chalicelib.models import Case, CaseStatus, CreatorSettings, WhopEvent, event_time_problem
 from chalicelib.observability import count, logger
 from chalicelib.queue import QueuedWebhook, decode_message
 from chalicelib.reminders import covered_offset, initial_effects, next_action_at
-from chalicelib.webhooks import MalformedWebhook, event_from_payload, minimal_payload, normalise
+from chalicelib.webhooks import OUT_OF_RANGE, MalformedWebhook, event_from_payload, minimal_payload, normalise
 
 
 @dataclass
@@ -60,6 +61,7 @@ class Outcome:
     status: str  # "applied" | "duplicate" | "ignored" | "poisoned"
     company_id: str | None = None
     opened_case_ids: list[str] = field(default_factory=list)
+    reopened_case_ids: list[str] = field(default_factory=list)  # opened again, owed a T+0 anew
     owed_actions: int = 0
     recovered: int = 0  # cases this event moved to recovered (CasesRecovered)
     reason: str | None = None
@@ -79,9 +81,12 @@ def _event(msg: QueuedWebhook) -> WhopEvent | None:
     if msg.unusable is not None:
         raise Unusable(msg.unusable)
     try:
-        if msg.event is not None:
-            return event_from_payload(msg.event)
-        return normalise(msg.body or b"", msg.webhook_id, msg.received_at)  # a pre-v2 message
+        if msg.event is None:
+            return normalise(msg.body or b"", msg.webhook_id, msg.received_at)  # a pre-v2 message
+        event = event_from_payload(msg.event)
+        if event_time_problem(event.occurred_at, event.received_at):  # queued before the route checked
+            raise MalformedWebhook("occurred_at", OUT_OF_RANGE)
+        return event
     except MalformedWebhook as exc:
         raise Unusable(str(exc)) from None
     except ValidationError as exc:
@@ -125,7 +130,7 @@ def _apply(event: WhopEvent, now: datetime, db: Database | None) -> Outcome:
             return Outcome(status="duplicate", company_id=event.company_id)
         done = refold_membership(tx, event.company_id, event.membership_id, now, history)
     return Outcome(status="applied", company_id=event.company_id, opened_case_ids=done.opened,
-                   owed_actions=done.owed, recovered=done.recovered)
+                   reopened_case_ids=done.reopened, owed_actions=done.owed, recovered=done.recovered)
 
 
 def _poison(msg: QueuedWebhook, reason: str, error_class: str, db: Database | None) -> Outcome:
@@ -178,6 +183,7 @@ class Refolded:
     opened: list[str] = field(default_factory=list)
     owed: int = 0
     recovered: int = 0
+    reopened: list[str] = field(default_factory=list)  # closed cases a late event opened again, owed anew
 
 
 def refold_membership(tx: Transaction, company_id: str, membership_id: str, now: datetime,
@@ -213,9 +219,10 @@ def refold_membership(tx: Transaction, company_id: str, membership_id: str, now:
             done.recovered += int(case.status is CaseStatus.RECOVERED)  # its success came first
             continue
         primary, *duplicates = own
-        done.recovered += int(_update_existing(tx, primary, case, settings))
         for duplicate in duplicates:  # a late event joined stored episodes: one row stays
             store.merge_duplicate_case(tx, str(duplicate["id"]), into=str(primary["id"]))
+        # After the merge: a re-plan of the row that stays sees the ledger it took over.
+        done.recovered += int(_update_existing(tx, primary, case, settings, now, done))
     return done
 
 
@@ -254,8 +261,10 @@ def _match(folded: list[Case], rows: list[dict[str, Any]],
     return matched
 
 
-def _update_existing(tx: Transaction, row: dict[str, Any], case: Case, settings: CreatorSettings) -> bool:
-    """Write the re-folded case over its row if it changed; True when it became recovered."""
+def _update_existing(tx: Transaction, row: dict[str, Any], case: Case, settings: CreatorSettings,
+                     now: datetime, done: Refolded) -> bool:
+    """Write the re-folded case over its row if it changed; True when it became recovered. A
+    row the fold opens again is re-planned from its ledger (``replan.reopened``)."""
     if row["cancelled_by"] is not None and case.status is not CaseStatus.CANCELLED:
         # A creator stopped this case by hand, and cancelled is final (contract): later events
         # update its facts, never its status.
@@ -269,6 +278,11 @@ def _update_existing(tx: Transaction, row: dict[str, Any], case: Case, settings:
     if case.status is not CaseStatus.OPEN:
         settle = "window_passed" if case.status is CaseStatus.EXPIRED else "case_closed"
     store.update_case(tx, str(row["id"]), case, next_at, episode=episode, settle=settle)
+    if case.status is CaseStatus.OPEN and row["status"] != CaseStatus.OPEN.value:
+        owed = replan.reopened(tx, str(row["id"]), case, settings, now)
+        done.owed += owed
+        if owed:
+            done.reopened.append(str(row["id"]))
     return case.status is CaseStatus.RECOVERED and row["status"] != CaseStatus.RECOVERED.value
 
 
@@ -310,13 +324,13 @@ def send_opening_nudges(company_id: str, case_ids: list[str], now: datetime,
 # --- the SQS batch (Lambda event source, or the local consumer in make dev) --------------------
 
 
-def _apply_record(record: SQSRecord, opened: dict[str, list[str]]) -> None:
+def _apply_record(record: SQSRecord, opened: dict[str, list[str]], now: datetime) -> None:
     attributes = record.raw_event.get("messageAttributes") or {}
     webhook_id = (attributes.get("webhook_id") or {}).get("stringValue")
     logger.append_keys(message_id=record.message_id, webhook_id=webhook_id)
     try:
         msg = decode_message(record.body, attributes)
-        outcome = process_webhook(msg, now=datetime.now(UTC))
+        outcome = process_webhook(msg, now=now)
     except Exception as exc:
         # The batch processor reports the failure to SQS but logs no cause: say which and why
         # (the class only; a message could hold data).
@@ -329,26 +343,36 @@ def _apply_record(record: SQSRecord, opened: dict[str, list[str]]) -> None:
         opened.setdefault(outcome.company_id, []).extend(outcome.opened_case_ids)
     if outcome.owed_case_ids and outcome.company_id:  # issue 18: attaches go out with the T+0s
         opened.setdefault(outcome.company_id, []).extend(outcome.owed_case_ids)
+    if outcome.reopened_case_ids and outcome.company_id:  # their T+0, owed again, goes out promptly too
+        count("CasesReopened", len(outcome.reopened_case_ids))
+        opened.setdefault(outcome.company_id, []).extend(outcome.reopened_case_ids)
     if outcome.recovered:  # counted once committed: a rolled-back fold recovered nothing
         count("CasesRecovered", outcome.recovered)
     logger.info("webhook processed", extra={"outcome": outcome.status, "company_id": outcome.company_id,
                                              "opened": len(outcome.opened_case_ids)})
 
 
-def handle_batch(event: dict[str, Any], context: Any = None) -> PartialItemFailureResponse:
-    """Each record succeeds or fails alone; failures come back in ``batchItemFailures``."""
+def handle_batch(event: dict[str, Any], context: Any = None,
+                 clock: Clock = system_clock) -> PartialItemFailureResponse:
+    """Each record succeeds or fails alone; failures come back in ``batchItemFailures``. On a
+    host clock that disagrees with the database's (``clock.checked_now``) the whole batch goes
+    back to SQS untouched."""
+    try:
+        now = checked_now("consumer", clock)
+    except ClockSkew:
+        return {"batchItemFailures": [{"itemIdentifier": str(r.get("messageId", ""))}
+                                      for r in event.get("Records", [])]}
     # A fresh processor per batch: BatchProcessor keeps per-batch state on the instance.
     processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
     opened: dict[str, list[str]] = {}
     result = process_partial_response(
-        event=event, record_handler=lambda record: _apply_record(record, opened), processor=processor,
+        event=event, record_handler=lambda record: _apply_record(record, opened, now), processor=processor,
         context=context)
     failures = len(result.get("batchItemFailures", []))
     if failures:
         count("EventRecordsFailed", failures)
     # T+0 nudges go out once the whole batch is applied: a payment that succeeded in the same
     # batch closes the case first, and the executor then owes that member nothing.
-    now = datetime.now(UTC)
     out_of_time = time_budget(context)
     for company_id, case_ids in opened.items():
         send_opening_nudges(company_id, case_ids, now, out_of_time)

@@ -31,6 +31,11 @@ keyed by a SHA-256 of the principal, so the table holds no user id or link token
 | ``whop_access`` | the token's ``sub``    | 20      | ``RATE_LIMIT_ACCESS_CHECKS`` |
 | ``link``        | the tracked-link token | 30      | ``RATE_LIMIT_LINK_CLICKS``   |
 | ``scheduler``   | the route (one key)    | 12      | ``RATE_LIMIT_SCHEDULER``     |
+| ``scheduler_failures`` | the caller's address | 12 | ``RATE_LIMIT_SCHEDULER_FAILURES`` |
+
+The scheduler route checks its bearer first: ``scheduler`` counts only authenticated ticks, and
+wrong bearers count per source address in ``scheduler_failures``, so nobody without the secret
+can spend the real caller's budget (issue 20).
 
 ``whop_access`` counts only the access checks that would call Whop (a cached answer is free):
 one token cannot make Rebound call Whop once per made-up company id.
@@ -59,14 +64,14 @@ ROUTE_CLASSES: tuple[RouteClass, ...] = ("reads", "settings_write", "actions", "
 PURGE_CHANCE = 0.01
 RETENTION = timedelta(days=1)
 
-PrincipalScope = Literal["whop_access", "link", "scheduler"]
+PrincipalScope = Literal["whop_access", "link", "scheduler", "scheduler_failures"]
 _PRINCIPAL_FIELDS: dict[str, str] = {"whop_access": "access_checks", "link": "link_clicks",
-                                     "scheduler": "scheduler"}
+                                     "scheduler": "scheduler", "scheduler_failures": "scheduler_failures"}
 
 _ENV = {"reads": "RATE_LIMIT_READS", "settings_write": "RATE_LIMIT_SETTINGS_WRITE",
         "actions": "RATE_LIMIT_ACTIONS", "export": "RATE_LIMIT_EXPORT", "window_s": "RATE_LIMIT_WINDOW_S",
         "access_checks": "RATE_LIMIT_ACCESS_CHECKS", "link_clicks": "RATE_LIMIT_LINK_CLICKS",
-        "scheduler": "RATE_LIMIT_SCHEDULER"}
+        "scheduler": "RATE_LIMIT_SCHEDULER", "scheduler_failures": "RATE_LIMIT_SCHEDULER_FAILURES"}
 
 
 class RateLimits(BaseModel):
@@ -82,6 +87,7 @@ class RateLimits(BaseModel):
     access_checks: int = Field(default=20, ge=1, le=1_000_000)
     link_clicks: int = Field(default=30, ge=1, le=1_000_000)
     scheduler: int = Field(default=12, ge=1, le=1_000_000)
+    scheduler_failures: int = Field(default=12, ge=1, le=1_000_000)
 
     def limit(self, route_class: RouteClass) -> int:
         value: int = getattr(self, route_class)

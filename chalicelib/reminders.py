@@ -11,13 +11,14 @@ Nothing is owed to a case that is not open, or whose 14-day window has passed.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from chalicelib.attribution import window_passed
 from chalicelib.messages import SOFT_FIRST_REMINDER_DELAY_DAYS
-from chalicelib.models import Case, CaseStatus, CreatorSettings
+from chalicelib.models import Case, CaseStatus, CreatorSettings, later
 
 DEFAULT_OFFSETS = CreatorSettings().reminder_offsets_days
 
@@ -47,6 +48,10 @@ def initial_effects(case: Case, settings: CreatorSettings, now: datetime) -> lis
     return owed
 
 
+def _offset_at(case: Case, days: int) -> datetime:
+    return later(case.first_failure_at, timedelta(days=days))  # saturates: never an OverflowError
+
+
 def reminder_offsets(case: Case, settings: CreatorSettings) -> tuple[int, ...]:
     """The case's reminder days. Soft declines often clear on their own, so with the default
     offsets their first reminder comes a day later; offsets a creator chose are kept as they are."""
@@ -64,7 +69,7 @@ def due_reminder(case: Case, settings: CreatorSettings, last_offset: int | None,
     if case.status is not CaseStatus.OPEN or window_passed(case.first_failure_at, now):
         return None
     due = [d for d in reminder_offsets(case, settings)
-           if case.first_failure_at + timedelta(days=d) <= now and (last_offset is None or d > last_offset)]
+           if _offset_at(case, d) <= now and (last_offset is None or d > last_offset)]
     return max(due) if due else None
 
 
@@ -76,15 +81,26 @@ def reminder_effects(case: Case, settings: CreatorSettings, offset: int,
 def covered_offset(case: Case, settings: CreatorSettings, now: datetime) -> int | None:
     """The reminder offsets a case had already passed when it opened (a late or backdated
     failure): its T+0 nudge covers them, so no reminder goes out with (or before) the T+0."""
-    passed = [d for d in reminder_offsets(case, settings) if case.first_failure_at + timedelta(days=d) <= now]
+    passed = [d for d in reminder_offsets(case, settings) if _offset_at(case, d) <= now]
     return max(passed) if passed else None
+
+
+def planned_offset(case: Case, settings: CreatorSettings, reminded: Iterable[int],
+                   t0_at: datetime | None) -> int | None:
+    """A case's reminder progress as its ledger shows it (issue 20): the latest offset a reminder
+    was sent or is owed for (``reminded``), or that its T+0 covered, i.e. had already passed when
+    the T+0 went out (``t0_at``: when it did, or now when it is owed now; None: no T+0)."""
+    done = set(reminded)
+    if t0_at is not None:
+        done |= {d for d in reminder_offsets(case, settings) if _offset_at(case, d) <= t0_at}
+    return max(done) if done else None
 
 
 def next_action_at(case: Case, settings: CreatorSettings, last_offset: int | None) -> datetime | None:
     """When the scheduler next owes this case something: its next reminder, else its expiry."""
     if case.status is not CaseStatus.OPEN:
         return None
-    pending = [case.first_failure_at + timedelta(days=d) for d in reminder_offsets(case, settings)
+    pending = [_offset_at(case, d) for d in reminder_offsets(case, settings)
                if last_offset is None or d > last_offset]
     return min([*pending, case.window_ends_at])
 

@@ -284,9 +284,17 @@ def merge_duplicate_case(tx: Transaction, case_id: str, into: str) -> None:
     """A row whose episode turned out to be another row's (a late event joined two episodes):
     its pending rows are settled, its ledger (what the member was sent, clicks, creator
     actions) moves to the row that stays, with its clicks and incentive, and the row goes. A
-    kept duplicate would count the episode twice in KPIs, the list and the export. Links in
-    messages sent for it stop resolving; the case they were about continues under ``into``."""
+    kept duplicate would count the episode twice in KPIs, the list and the export. Its link
+    token (and any it had itself taken over) becomes an alias of ``into``: links in messages
+    already sent keep resolving, to the case they were about (issue 20)."""
     settle_pending(tx, case_id, f"merged_into:{into}")
+    tx.execute(
+        "WITH moved AS (UPDATE case_link_aliases SET case_id = CAST(:into AS uuid)"
+        "   WHERE case_id = CAST(:id AS uuid))"
+        " INSERT INTO case_link_aliases (link_token, company_id, case_id)"
+        " SELECT link_token, company_id, CAST(:into AS uuid) FROM recovery_cases"
+        " WHERE id = CAST(:id AS uuid) AND link_token IS NOT NULL ON CONFLICT (link_token) DO NOTHING",
+        id=case_id, into=into)
     tx.execute("UPDATE recovery_actions SET case_id = CAST(:into AS uuid) WHERE case_id = CAST(:id AS uuid)",
                id=case_id, into=into)
     tx.execute(
@@ -537,6 +545,14 @@ EXPORT_COPY_FILTERS: dict[str, str] = {
 _NO_CURSOR = ("infinity", "ffffffff-ffff-ffff-ffff-ffffffffffff")
 # ascii() of the first character: = + - @ tab CR make a spreadsheet run the cell as a formula.
 _FORMULA_CODES = "(9, 13, 43, 45, 61, 64)"
+# A separator (of any spreadsheet's choosing), then maybe quotes, then a formula character: split
+# on that separator, the next cell would start a formula. A quote goes after the separator
+# (issue 20; migration 0012's rebound_csv_cell says why a leading quote alone cannot help).
+_SEPARATED_FORMULA = r"""'[,;|\t]"*[-=+@\t\r]'"""
+_SEPARATED_FORMULA_SPLIT = r"""'([,;|\t])(?="*[-=+@\t\r])'"""
+# Text columns whose values Rebound itself chose or validated on input (a decline class, an
+# experiment variant name: letters, digits, space, _ . -): they never hold a separator.
+_CSV_NO_SEPARATORS = frozenset({"decline_class", "variant"})
 
 
 # Plain columns whose type COPY writes exactly as the contract does, and never empty (so never
@@ -555,7 +571,14 @@ def _copy_expression(column: str) -> str:
     value = f"x.{column}::text"
     if column in _CSV_PLAIN:
         return f"NULLIF({value}, '')"
-    return f"CASE WHEN ascii({value}) IN {_FORMULA_CODES} THEN '''' || {value} ELSE NULLIF({value}, '') END"
+    split = value
+    if column not in _CSV_NO_SEPARATORS:
+        # strpos first: most cells hold no separator, and four strpos cost less than one regex.
+        split = (f"CASE WHEN (strpos({value}, ',') > 0 OR strpos({value}, ';') > 0"
+                 f" OR strpos({value}, '|') > 0 OR strpos({value}, E'\\t') > 0)"
+                 f" AND {value} ~ {_SEPARATED_FORMULA} THEN"
+                 rf" regexp_replace({value}, {_SEPARATED_FORMULA_SPLIT}, '\1''', 'g') ELSE {value} END")
+    return f"CASE WHEN ascii({value}) IN {_FORMULA_CODES} THEN '''' || {split} ELSE NULLIF({split}, '') END"
 
 
 def export_copy_sql(columns: tuple[str, ...], filters: tuple[str, ...]) -> str:

@@ -33,7 +33,14 @@ from typing import Any, Final, Literal
 from pydantic import ValidationError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from chalicelib.models import EventType, WhopEvent, clean_text, currency_decimals
+from chalicelib.models import (
+    FAILURE_TYPES,
+    EventType,
+    WhopEvent,
+    clean_text,
+    currency_decimals,
+    event_time_problem,
+)
 
 __all__ = [
     "MalformedWebhook",
@@ -49,6 +56,7 @@ FAILURE_MESSAGE_MAX: Final = 500
 _ID_MAX: Final = 255
 _TEXT_MAX: Final = 2048
 _AMOUNT_MAX: Final = Decimal(10) ** 12  # major units; anything larger is not a real charge
+OUT_OF_RANGE: Final = "outside the accepted range (before 2015, or more than a day after receipt)"
 
 VerificationReason = Literal["missing_headers", "bad_timestamp", "stale_timestamp", "bad_signature"]
 
@@ -196,7 +204,8 @@ def normalise(body: bytes | Mapping[str, Any], webhook_id: str, received_at: dat
     """The ``WhopEvent`` for a verified body, or ``None`` for an event type Rebound ignores.
 
     Raises ``MalformedWebhook`` for invalid JSON, a non-object body, a missing type, an envelope
-    ``id`` that differs from ``webhook_id``, or a handled event without company or membership id.
+    ``id`` that differs from ``webhook_id``, a handled event without company or membership id,
+    or an event time outside the sane range (``models.event_time_problem``).
     """
     if received_at.tzinfo is None:
         raise ValueError("received_at must be timezone-aware")
@@ -209,6 +218,8 @@ def normalise(body: bytes | Mapping[str, Any], webhook_id: str, received_at: dat
         return None
     data = _data(envelope)
     occurred_at, inferred = _occurred_at(event_type, envelope, data, received_at.astimezone(UTC))
+    if event_time_problem(occurred_at, received_at):
+        raise MalformedWebhook("occurred_at", OUT_OF_RANGE)
     if event_type is EventType.SETUP_INTENT_SUCCEEDED:
         return _card_saved(envelope, data, webhook_id, occurred_at, inferred, received_at)
     amount_minor, currency = _amount(data)
@@ -228,7 +239,7 @@ def normalise(body: bytes | Mapping[str, Any], webhook_id: str, received_at: dat
     if event_type in MEMBERSHIP_TYPES:
         fields.update(_membership_fields(event_type, data))
     else:
-        fields.update(_payment_fields(data))
+        fields.update(_payment_fields(event_type, data))
     return _build(fields)
 
 
@@ -340,13 +351,30 @@ def _membership_id(event_type: EventType, data: Mapping[str, Any]) -> str | None
     return own or _first_id(data.get("membership_id")) or _ref(data.get("membership"))
 
 
-def _payment_fields(data: Mapping[str, Any]) -> dict[str, Any]:
+def _payment_fields(event_type: EventType, data: Mapping[str, Any]) -> dict[str, Any]:
+    failure = _text(data.get("failure_message"), FAILURE_MESSAGE_MAX) if event_type in FAILURE_TYPES else None
     return {
         "payment_id": _first_id(data.get("id")),
         "decline_code": _text(data.get("decline_code"), _ID_MAX),
-        "failure_message": _text(data.get("failure_message"), FAILURE_MESSAGE_MAX),
+        "failure_message": failure_text(failure) if failure is not None else None,
         "recovery_url": _url(data.get("recovery_url")),
     }
+
+
+# failure_message is free text from the card network (issue 20): the fold needs it, for failures
+# only, as the case's failure reason and a hint of its decline class. Nothing in it may identify
+# the card or the member: e-mail addresses, and any run of four or more digits (a card number,
+# an expiry, a phone number; spaces, dots, dashes, slashes and brackets between them), are
+# replaced before it is queued or stored. A decline code, or amount, in it may go with them.
+_EMAIL = re.compile(r"[^\s@,;:()<>\[\]\"']+@[^\s@,;:()<>\[\]\"']+")
+_DIGIT_RUN = re.compile(r"\+?\(?\d[\d\s()./-]*\d")
+
+
+def failure_text(text: str) -> str:
+    """``text`` without e-mail addresses or long digit runs (each replaced by a placeholder)."""
+    text = _EMAIL.sub("[email]", text)
+    return _DIGIT_RUN.sub(lambda m: "[number]" if sum(ch.isdigit() for ch in m.group()) >= 4 else m.group(),
+                          text)
 
 
 def _membership_fields(event_type: EventType, data: Mapping[str, Any]) -> dict[str, Any]:

@@ -189,7 +189,8 @@ class Bench:
         shutil.rmtree(self.data_dir.parent / f".{self.data_dir.name}-run", ignore_errors=True)
 
     def truncate(self) -> None:
-        self.owner.run("TRUNCATE events, recovery_actions, recovery_cases, creator_settings, rate_limits")
+        self.owner.run("TRUNCATE events, recovery_actions, case_link_aliases, recovery_cases,"
+                       " creator_settings, rate_limits")
 
     def wanted(self, *names: str) -> bool:
         return not self.args.only or bool(self.args.only & set(names))

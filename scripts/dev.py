@@ -43,6 +43,9 @@ DEMO_ADMIN = "user_demo_admin"
 DEV_TOKEN_LIFETIME_S = MAX_TOKEN_LIFETIME_S - 600
 DEMO_EXPERIENCE = "exp_demo"
 DEMO_CARD = "payt_demo_5_new"
+# What make dev gives every process it starts (unless already set): readable log lines, one per
+# record (chalicelib.observability; Lambda keeps JSON whatever this says).
+LOCAL_ENV = {"REBOUND_LOG_FORMAT": "text"}
 
 
 def wait_http(url: str, timeout_s: float = 60.0) -> None:
@@ -221,7 +224,7 @@ def main() -> int:
         })
         if env.get("REBOUND_DEV_METRICS") != "1":
             env.setdefault("POWERTOOLS_METRICS_DISABLED", "true")  # no EMF JSON lines between logs
-        for name, value in DEV_DEFAULTS.items():
+        for name, value in {**DEV_DEFAULTS, **LOCAL_ENV}.items():
             env.setdefault(name, value)
         env["PUBLIC_BASE_URL"] = env.get("PUBLIC_BASE_URL") or api
 

@@ -38,9 +38,32 @@ if str(ROOT) not in sys.path:
 from scripts.whop_payloads import SECRET, card_saved_event, membership_event, payment_event, sign  # noqa: E402
 
 
+class NotRunning(Exception):
+    """Nothing answers at ``origin``: make dev is not running there."""
+
+    def __init__(self, url: str) -> None:
+        parts = urllib.parse.urlsplit(url)
+        self.origin = f"{parts.scheme}://{parts.netloc}"
+        super().__init__(self.origin)
+
+
+def dev_file() -> Path:
+    return Path(os.environ.get("REBOUND_DATA_DIR", ROOT / ".dev")) / "dev.json"
+
+
+def not_running_hint(exc: NotRunning) -> str:
+    """One line: what is wrong and what to do (issue 20: it used to be a URLError traceback)."""
+    path = dev_file()
+    where = (f"read from {path}: that make dev is no longer running" if path.exists() else
+             f"no dev.json in {path.parent}, so the default address (make dev writes it there; "
+             "run this with the same REBOUND_DATA_DIR and PORT as make dev)")
+    return (f"simulate: nothing answers at {exc.origin} ({where}). Start it with `make dev` in another "
+            "terminal, wait for its banner, then run this again.")
+
+
 def dev_info() -> dict[str, str]:
     """What the running `make dev` wrote about itself, or nothing when it never ran."""
-    path = Path(os.environ.get("REBOUND_DATA_DIR", ROOT / ".dev")) / "dev.json"
+    path = dev_file()
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -55,6 +78,8 @@ def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as err:
         return err.code, err.read().decode()
+    except (urllib.error.URLError, OSError):
+        raise NotRunning(url) from None
 
 
 def register_membership(fake: str | None, membership: str, company: str, user: str,
@@ -94,6 +119,8 @@ def _get_json(url: str, headers: dict[str, str]) -> tuple[int, Any]:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as err:
         return err.code, None
+    except (urllib.error.URLError, OSError):
+        raise NotRunning(url) from None
 
 
 def open_case_of(base: str, fake: str | None, admin: str | None, company: str,
@@ -125,6 +152,14 @@ def tick(base: str, secret: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return run(argv)
+    except NotRunning as exc:
+        print(not_running_hint(exc), file=sys.stderr)
+        return 2
+
+
+def run(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario", choices=["failure", "recovery", "churn", "story", "tick", "card-updated"])
     dev = dev_info()

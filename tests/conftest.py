@@ -37,11 +37,21 @@ pytest_plugins = ["tests.whop_fixtures"]
 
 ROOT = Path(__file__).resolve().parent.parent
 TENANT_TABLES = ("creator_settings", "events", "recovery_cases", "recovery_actions", "rate_limits",
-                 "experiments", "erased_companies")
+                 "experiments", "erased_companies", "case_link_aliases")
 # Not tenant data (no company_id, no RLS), emptied after each test all the same
 # (request_limits: the limits that hold before a tenant is known, issue 9; ops_audit: what
 # operators looked at through the rebound_ops functions, issue 19).
 OPS_TABLES = ("poison_events", "request_limits", "ops_audit")
+
+
+@pytest.fixture(autouse=True)
+def _closed_breaker() -> Iterator[None]:
+    """The Whop circuit breaker is process-wide (issue 20): every test starts with it closed."""
+    from chalicelib.breaker import get_breaker
+
+    get_breaker().reset()
+    yield
+    get_breaker().reset()
 
 
 @pytest.fixture(scope="session")

@@ -2,13 +2,14 @@
 
 Production exports through ``store.copy_export_rows`` only. These are what it replaced, and
 the tests compare the two byte for byte: ``csv_cell`` applies the cell rules in Python,
-``export_csv_lines``/``export_csv_page`` in Postgres (migration 0009's ``rebound_csv_cell`` and
+``export_csv_lines``/``export_csv_page`` in Postgres (``rebound_csv_cell``, migrations 0009/0012, and
 ``rebound_csv_time``), and ``export_cases`` reads the raw rows. They share the store's filters.
 """
 
 from __future__ import annotations
 
 import io
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,6 +18,8 @@ from chalicelib.db import Transaction
 from chalicelib.store import _CASE_FILTERS, _CSV_PLAIN, EXPORT_SELECT, _filter_params
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# A separator, maybe quotes, then a formula character: a quote goes after the separator (issue 20).
+SEPARATED_FORMULA = re.compile('([,;|\t])(?="*[-=+@\t\r])')
 
 
 def export_cases(tx: Transaction, *, now: datetime, status: str | None = None,
@@ -90,7 +93,8 @@ def csv_cell(value: Any) -> str:
     """The export's cell rules in Python (Postgres applies the same ones, see migration 0009's
     rebound_csv_cell). One CSV cell: ISO 8601 UTC for times,
     and text that a spreadsheet could run as a formula
-    (starting with = + - @, tab or CR) prefixed with a single quote."""
+    (starting with = + - @, tab or CR) prefixed with a single quote, and a quote between any
+    separator (, ; | tab) and a formula character after it."""
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -98,7 +102,8 @@ def csv_cell(value: Any) -> str:
     if isinstance(value, datetime):
         return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
     text = str(value)
-    return "'" + text if text.startswith(FORMULA_STARTS) else text
+    split = SEPARATED_FORMULA.sub(r"\1'", text)
+    return "'" + split if text.startswith(FORMULA_STARTS) else split
 
 
 def export_csv_copy(tx: Transaction, columns: tuple[str, ...], *, now: datetime,

@@ -26,5 +26,5 @@ def test_the_quick_chaos_run_keeps_every_invariant(owner: Owner) -> None:
             owner.run("TRUNCATE " + ", ".join(TENANT_TABLES + OPS_TABLES) + " CASCADE")
     lines = [line for line in done.stdout.splitlines() if not line.startswith("{")]
     assert done.returncode == 0, "\n".join(lines[-15:]) + done.stderr[-3000:]
-    assert any(line.startswith("chaos: ") and "12/12 checks passed" in line for line in lines)
+    assert any(line.startswith("chaos: ") and "16/16 checks passed" in line for line in lines)
     assert not [line for line in lines if line.startswith("FAIL")]

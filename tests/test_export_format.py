@@ -89,6 +89,8 @@ COPY_TRICKY = [
     *TRICKY,
     '"', '""', "\n", "\r\n", "a\r\nb", "-", "=", "\\.", "\\N", "tab\tinside", "\u2028line sep", "\ufeffbom",
     "zero\u200bwidth", "RTL \u202e", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢", "e\u0301", 'ends with quote"', "x,\n\"y\"\n,z",
+    # A separator, then (maybe quotes and) a formula character (issue 20): anywhere in the cell.
+    ";=1+1", ",=1", "|@x", "a\t-b", ';"=1', "\t;=1", "=1;=2,+3", ";\r=1", "x;\"\"-1",
 ]
 # Currencies of every exponent (0: jpy, 2: usd, 3: kwd) and the amounts at their edges.
 CURRENCIES = [("jpy", 1), ("usd", 999), ("kwd", 1234), ("eur", 0), ("bhd", 2_147_483_647)]

@@ -74,6 +74,14 @@ class World:
                        f" ON CONFLICT (company_id) DO UPDATE SET "
                        + ", ".join(f"{k} = EXCLUDED.{k}" for k in values), company=company, **values)
 
+    def leases_run_out(self, company: str = A) -> None:
+        """Five minutes pass on the database's clock, where leases live (it cannot be moved: the
+        leases are aged instead)."""
+        with tenant_transaction(company, self.db) as tx:
+            tx.execute("UPDATE recovery_actions SET claimed_until = claimed_until"
+                       " - CAST(:lease AS interval) - interval '1 second' WHERE claimed_until IS NOT NULL",
+                       lease=effects.LEASE)
+
     def pushes(self) -> list[Any]:
         return self.fake.calls_to("POST", "/notifications")
 
@@ -358,6 +366,7 @@ def test_a_late_executor_cannot_overwrite_the_claim_holders_result(world: World)
     dm_first = next(c for c in first if c.channel == "dm")
     # The first executor stalls past its lease; a second one claims the row and sends it.
     later = T0 + effects.LEASE + timedelta(minutes=1)
+    world.leases_run_out()
     assert world.run_effects(later).sent == 2
     from chalicelib.whop import WhopResult
     late = effects.record(A, dm_first, WhopResult(ok=False, status_code=400, error_class="permanent",
@@ -383,6 +392,7 @@ def test_crash_after_claim_before_send_is_sent_once_on_the_next_tick(world: Worl
     claimed = effects.claim(A, T0, world.db)  # ... and the process dies here
     assert len(claimed) == 2 and world.dms() == []
     assert world.run_effects(T0 + timedelta(minutes=1)).sent == 0  # the lease still holds
+    world.leases_run_out()
     result = world.tick(T0 + effects.LEASE + timedelta(minutes=1))
     assert result.effects.sent == 2 and len(world.dms()) == 1
 
@@ -391,6 +401,7 @@ def test_crash_after_send_before_record_does_not_send_twice(world: World) -> Non
     world.fail(T0)
     for c in effects.claim(A, T0, world.db):
         effects.perform(world.ctx, c, T0)  # Whop did it; the record step never ran
+    world.leases_run_out()
     world.tick(T0 + effects.LEASE + timedelta(minutes=1))
     assert len(world.fake.state()["messages"]) == 1
 
@@ -424,6 +435,7 @@ def test_incentive_once_under_duplicates_and_concurrency(world: World) -> None:
     world.deliver(msg, T0)  # redelivery
 
     run_concurrently(lambda: world.run_effects(T0), 3, after=world.db.close)
+    world.leases_run_out()
     world.tick(T0 + effects.LEASE + timedelta(minutes=1))
     ok = [c for c in world.fake.calls_to("POST", r"/memberships/mem_1/extend") if c.status == 200]
     assert len(ok) == 1 and ok[0].json == {"days": 2}

@@ -49,6 +49,8 @@ def seed(db: Database, owner: Owner) -> None:
                   " idempotency_key, actor) VALUES (CAST(:id AS uuid), :c, 'link_click', 'click',"
                   " 'done', :k, 'member')",
                   id=case, c=company, k=uuid.uuid4().hex)
+        owner.run("INSERT INTO case_link_aliases (link_token, company_id, case_id)"  # a merged-away link
+                  " VALUES (:t, :c, CAST(:id AS uuid))", t=uuid.uuid4().hex, c=company, id=case)
 
 
 def counts(owner: Owner, company: str) -> dict[str, int]:

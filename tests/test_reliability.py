@@ -183,6 +183,37 @@ def test_the_queued_message_is_the_minimised_event_in_ascii(pipeline: Pipeline) 
     assert content["event"]["failure_message"] == "Karte abgelehnt — ünïcödé ✓"
 
 
+def _queued(pipeline: Pipeline) -> list[dict[str, Any]]:
+    messages = pipeline.sqs.receive_message(QueueUrl=pipeline.queues.queue_url, MaxNumberOfMessages=10,
+                                            MessageAttributeNames=["All"], VisibilityTimeout=0)["Messages"]
+    return [json.loads(m["Body"]) for m in messages]
+
+
+def test_the_card_networks_free_text_is_queued_only_as_far_as_the_fold_needs_it(pipeline: Pipeline) -> None:
+    # issue 20: failure_message is free text from the card network. The fold needs it for the
+    # case's failure reason and its decline class, of failures only; never card or contact data.
+    text = ("Do not honor: card 4242 4242 4242 4242 (exp 12/29) of jane.doe+x@example.com, "
+            "call +1 (555) 010-7788. Insufficient funds.")
+    msg_id, body = payment_event("payment.failed", at=NOW - DAY, failure_message=text,
+                                 decline_code=None)
+    pipeline.deliver(msg_id, body)
+    success_id, success = payment_event("payment.succeeded", at=NOW - DAY + timedelta(hours=1))
+    envelope = json.loads(success)
+    envelope["data"]["failure_message"] = text  # Whop reuses the failed payment's object
+    pipeline.deliver(success_id, json.dumps(envelope).encode())
+    queued = {m["event"]["type"]: m["event"] for m in _queued(pipeline)}
+    raw = json.dumps(queued)
+    for secret in ("4242", "jane.doe", "example.com", "555", "7788", "12/29"):
+        assert secret not in raw, secret
+    assert queued["payment.succeeded"]["failure_message"] is None
+    reason = queued["payment.failed"]["failure_message"]
+    assert reason == ("Do not honor: card [number] (exp [number]) of [email], call [number]. "
+                      "Insufficient funds.")
+    assert pipeline.drain() == (2, 0)
+    cases = pipeline.rows("biz_alpha", "SELECT failure_reason, decline_class FROM recovery_cases")
+    assert cases == [{"failure_reason": reason, "decline_class": "card_soft"}]  # still classified
+
+
 def test_encode_refuses_a_message_with_neither_or_both_contents() -> None:
     with pytest.raises(ValueError):
         encode_message("msg_1", NOW)

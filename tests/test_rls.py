@@ -41,6 +41,9 @@ INSERTS: dict[str, Inserter] = {
         "INSERT INTO experiments (company_id, name, variants, status, stopped_at)"
         " VALUES (:c, 'copy test', CAST(:v AS jsonb), 'stopped', now())",
         {"c": c, "v": '[{"name": "a", "weight": 1}, {"name": "b", "weight": 1}]'}),
+    "case_link_aliases": lambda c, o: (
+        "INSERT INTO case_link_aliases (link_token, company_id, case_id) VALUES (:t, :c, :case_id)",
+        {"t": uuid.uuid4().hex, "c": c, "case_id": _case_id(c, o)}),
     "rate_limits": lambda c, o: (
         "INSERT INTO rate_limits (company_id, bucket, window_start, count) VALUES (:c, 'reads', now(), 1)",
         {"c": c}),

@@ -28,7 +28,7 @@ from chalicelib.webhooks import (
 
 SECRET = "ws_" + "3f" * 32
 MSG_ID = "msg_2pQeXnq7Yb1vZ9rT0cL4kW8aHs"
-RECEIVED = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+RECEIVED = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)  # after every fixture's own time
 PII = ("buyer@example.com", "Jane", "jane", "aa@aaa.com", "stripetestt", "+15555550123")
 
 

@@ -3,8 +3,9 @@
 ``serve`` is the one door every creator route goes through, in this order:
 
 1. ``auth.authenticate`` (401 bad token, 403 not an admin of the path's company, 429 the user's
-   Whop access checks are spent, 503 Whop down); handlers marked ``@destructive`` (terminate,
-   cancel-membership) have admin access re-checked with Whop, never from the cache;
+   Whop access checks are spent, 503 Whop down); every write (PUT/POST), the start of a CSV
+   export and handlers marked ``@destructive`` have admin access re-checked with Whop, never from
+   the cache (reads, and an export's continuation parts, may use the 60 s cache);
 2. ``ratelimit.check`` for the route class, per verified company (429 over the limit);
 3. the resource function, called with a ``CreatorContext`` whose ``company_id`` is the verified
    path company: the only tenant context any of them ever opens a transaction with.
@@ -104,7 +105,15 @@ def serve(request: Request | None, company_id: str, route_class: RouteClass, han
           *args: Any) -> Response:
     """Authenticate, rate-limit, then ``handler(ctx, *args)``; a model becomes a 200 JSON body."""
     assert request is not None
-    creator = authenticate(request.headers, company_id, fresh=bool(getattr(handler, "destructive", False)))
+    # Every write, and an export (every case's data at once), asks Whop again, uncached: a
+    # revoked admin must not act for the cache's 60 s (issue 20). Reads may use the cache, and so
+    # may an export's continuation parts (with a cursor): the part that began it asked Whop
+    # seconds ago, and a large export must not spend the user's access-check budget part by part.
+    query: dict[str, str] = dict(request.query_params or {})
+    starts_export = route_class == "export" and not query.get("cursor")
+    fresh = (bool(getattr(handler, "destructive", False)) or starts_export
+             or request.method in ("PUT", "POST", "PATCH", "DELETE"))
+    creator = authenticate(request.headers, company_id, fresh=fresh)
     logger.append_keys(company_id=creator.company_id, route_class=route_class)
     now = utcnow()
     decision = ratelimit.check(creator.company_id, route_class, now)

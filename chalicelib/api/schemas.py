@@ -8,16 +8,17 @@ Request bodies are strict (``"true"`` is not a boolean, ``5.0`` not an integer) 
 unknown fields. Query strings arrive as text, so query models convert ``"30"`` to 30 but refuse
 anything that is not a whole number in range; unknown query parameters are ignored.
 
-Text parameters refuse control characters (NUL, C0, DEL, C1) and lone surrogates with a 400
-naming the field ("must not contain control characters"): a NUL would reach Postgres, which
-cannot store it, and none has a meaning in an id, a search or a cursor. Rejecting (rather than
-stripping) keeps "what was searched" equal to "what was typed".
+Text parameters and every text field of a body refuse control characters (NUL, C0, DEL, C1), lone
+surrogates, Unicode noncharacters (U+FFFE, U+FFFF, …) and bidi overrides, embeddings and isolates
+(``models.unsafe_text``) with a 400 naming the field: a NUL or a lone surrogate would reach Postgres,
+which cannot store it, and none has a meaning in an id, a search, a cursor, a name or a message.
+Rejecting (rather than stripping) keeps "what was searched" equal to "what was typed". Query text
+also refuses U+FFFD, which is what undecodable bytes become before the handler sees them.
 """
 
 from __future__ import annotations
 
 import re
-import unicodedata
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -36,7 +37,7 @@ from pydantic import (
 
 from chalicelib.kpis import KpiFigures, Kpis, Money
 from chalicelib.messages import MAX_DM_BODY, MAX_PUSH_BODY, MAX_PUSH_TITLE, check_copy
-from chalicelib.models import CaseStatus, DeclineClass
+from chalicelib.models import CaseStatus, DeclineClass, unsafe_text
 from chalicelib.recovery_policy import RecoveredBy, RetryReason
 
 __all__ = ["KpiFigures", "Kpis", "Money"]
@@ -47,8 +48,12 @@ StatusFilter = Literal["open", "recovered", "cancelled", "expired"]
 
 
 def no_control_characters(value: str) -> str:
-    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
-        raise ValueError("must not contain control characters")
+    problem = unsafe_text(value)
+    if problem is not None:
+        raise ValueError(problem)
+    if "\ufffd" in value:
+        # What a server makes of bytes that are not UTF-8: not what the caller typed (issue 20).
+        raise ValueError("must be valid UTF-8 text")
     return value
 
 
@@ -443,8 +448,11 @@ class ExperimentCreate(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not value.strip() or any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        if not value.strip():
             raise ValueError("must be visible text without control characters")
+        problem = unsafe_text(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value.strip()
 
     @field_validator("variants")

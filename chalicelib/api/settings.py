@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chalicelib import recovery_store, store
+from chalicelib import recovery_store, replan, store
 from chalicelib.api import CreatorContext
 from chalicelib.api.schemas import PermissionGap, QuietHoursBody, Settings, SettingsUpdate
 from chalicelib.db import tenant_transaction
@@ -79,8 +79,17 @@ def put_settings(ctx: CreatorContext) -> Settings:
     with tenant_transaction(ctx.company_id) as tx:
         store.lock_settings(tx, ctx.company_id)  # two concurrent PUTs must not lose a field
         current = store.get_settings(tx)
-        return to_view(store.upsert_settings(tx, ctx.company_id, apply_update(current, update)),
-                       recovery_store.permission_gaps(tx))
+        saved = store.upsert_settings(tx, ctx.company_id, apply_update(current, update))
+        if _plan_of(saved) != _plan_of(current):
+            # Open cases were planned with the old channels and offsets (channels off then on
+            # again left them with no reminders): re-plan them from their ledgers (issue 20).
+            replan.open_cases(tx, saved, ctx.now)
+        return to_view(saved, recovery_store.permission_gaps(tx))
+
+
+def _plan_of(settings: CreatorSettings) -> tuple[object, ...]:
+    """The settings a case's reminder plan depends on."""
+    return settings.enable_push, settings.enable_dm, settings.reminder_offsets_days
 
 
 def verify_experience(company_id: str, experience_id: str) -> None:

@@ -92,6 +92,43 @@ def test_a_revoked_admin_cannot_end_a_membership_on_a_cached_answer(api: Api, ac
     api.call("GET", f"{C}/settings", status=403)
 
 
+# Every write, and the export, re-checks admin access uncached (issue 20): a revoked admin kept
+# export, settings changes, nudges, case cancels and experiments for up to 60 s. Reads may keep
+# the cache.
+WRITES: list[tuple[str, str, Any]] = [
+    ("PUT", f"{C}/settings", {"incentive_days": 2}),
+    ("POST", f"{C}/cases/{{case_id}}/nudge", None),
+    ("POST", f"{C}/cases/{{case_id}}/cancel", None),
+    ("POST", f"{C}/experiments", {"name": "copy", "variants": [{"name": "a", "weight": 1},
+                                                                {"name": "b", "weight": 1}]}),
+    ("POST", f"{C}/experiments/{{experiment_id}}/stop", None),
+    ("GET", f"{C}/cases/export.csv", None),
+]
+
+
+@pytest.mark.parametrize(("method", "template", "body"), WRITES,
+                         ids=[f"{m} {t[len(C):]}" for m, t, _ in WRITES])
+def test_a_revoked_admin_cannot_write_or_export_on_a_cached_answer(api: Api, method: str, template: str,
+                                                                  body: Any) -> None:
+    case_id = api.open_case()
+    experiment_id = api.add_experiment()
+    api.call("GET", f"{C}/settings", status=200)  # admin access is now cached for 60 s
+    api.whop.set_access(ADMIN_A, ALPHA, "no_access")  # revoked at Whop
+    api.call(method, template, params={"case_id": case_id, "experiment_id": experiment_id}, body=body,
+             status=403)
+    assert api.case(case_id)["status"] == "open"
+    assert api.rows(ALPHA, "SELECT count(*) AS n FROM creator_settings")[0]["n"] == 0
+    assert api.rows(ALPHA, "SELECT status FROM experiments") == [{"status": "running"}]
+
+
+def test_reads_keep_the_cached_answer(api: Api) -> None:
+    api.call("GET", f"{C}/settings", status=200)
+    before = len(api.whop.calls_to("GET", ACCESS))
+    for template in (f"{C}/settings", f"{C}/kpis", f"{C}/cases", f"{C}/experiments"):
+        api.call("GET", template, status=200)
+    assert len(api.whop.calls_to("GET", ACCESS)) == before  # not one more access check
+
+
 def test_a_current_admin_is_asked_again_for_each_destructive_action(api: Api) -> None:
     case_id = api.open_case()
     api.whop.add_membership("mem_1", company_id=ALPHA, user_id="user_1", status="active")
@@ -100,7 +137,9 @@ def test_a_current_admin_is_asked_again_for_each_destructive_action(api: Api) ->
     api.call("POST", f"{C}/cases/{{case_id}}/cancel-membership", params={"case_id": case_id}, status=200)
     assert len(api.whop.calls_to("GET", ACCESS)) == before + 1
     api.call("POST", f"{C}/cases/{{case_id}}/cancel", params={"case_id": case_id}, status=200)
-    assert len(api.whop.calls_to("GET", ACCESS)) == before + 1  # not destructive: cached
+    assert len(api.whop.calls_to("GET", ACCESS)) == before + 2  # every write asks again (issue 20)
+    api.call("GET", f"{C}/settings", status=200)
+    assert len(api.whop.calls_to("GET", ACCESS)) == before + 2  # a read keeps the cached answer
 
 
 # --- item 7: token lifetimes ------------------------------------------------------------------------
@@ -195,3 +234,13 @@ def test_the_dashboard_drops_token_query_in_production(monkeypatch: pytest.Monke
         finally:
             monkeypatch.undo()
             config.reset_config()
+
+
+def test_an_exports_continuation_parts_ride_on_the_answer_its_first_part_got(api: Api) -> None:
+    api.call("GET", f"{C}/settings", status=200)
+    before = len(api.whop.calls_to("GET", ACCESS))
+    api.call("GET", f"{C}/cases/export.csv", status=200)
+    assert len(api.whop.calls_to("GET", ACCESS)) == before + 1  # the export starts: asked again
+    resp = api.request("GET", f"/api/companies/{ALPHA}/cases/export.csv?cursor=not-a-real-cursor")
+    assert resp.status_code == 400  # (a made-up cursor is refused, after authentication)
+    assert len(api.whop.calls_to("GET", ACCESS)) == before + 1  # a continuation part: the cache
