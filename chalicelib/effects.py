@@ -48,9 +48,9 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from chalicelib import measurement, recovery_exec, store
 from chalicelib.attribution import window_passed
@@ -111,6 +111,31 @@ class Context:
     whop: WhopPort
     app_id: str
     public_base_url: str
+
+
+class OutOfTime(Exception):
+    """The time budget ran out before a Whop call: the claim goes back owed, unperformed."""
+
+
+class _Budgeted:
+    """The Whop port, asking ``out_of_time`` before every call. One row may make several (the
+    product's name for its copy, the push experience, a payment read, then the send), each up to a
+    worst-case call's time, so a margin of one call is only kept by asking before each of them."""
+
+    def __init__(self, port: WhopPort, out_of_time: Callable[[], bool]) -> None:
+        self._port, self._out_of_time = port, out_of_time
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self._port, name)
+        if not callable(target):
+            return target
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self._out_of_time():
+                raise OutOfTime(name)
+            return target(*args, **kwargs)
+
+        return call
 
 
 # --- metrics: sends by channel and outcome --------------------------------------------------------
@@ -371,6 +396,8 @@ def _pin_copies(ctx: Context, company_id: str, batch: list[Claim], now: datetime
                        " AS u(id, token, copy) WHERE a.id = u.id AND a.claim_token = u.token",
                        ids=[c.action_id for c in todo], tokens=[c.token for c in todo],
                        copies=[json.dumps(copy) for copy in copies])
+    except OutOfTime:
+        return  # each row pins its own copy before its send, where the budget is asked again
     except Exception:  # noqa: BLE001 - each row pins (and fails) alone then
         logger.warning("pinning a batch's copies failed; pinning row by row",
                        extra={"company_id": company_id})
@@ -514,6 +541,8 @@ def execute_owed(ctx: Context, company_id: str, now: datetime, db: Database | No
     ever open across one); should that fail, each is recorded alone."""
     stats = Stats()
     done = 0
+    if out_of_time is not None:
+        ctx = replace(ctx, whop=cast(WhopPort, _Budgeted(ctx.whop, out_of_time)))
     while done < limit and not (out_of_time and out_of_time()):
         batch = claim(company_id, now, db, case_id=case_id, kinds=kinds,
                       limit=min(CLAIM_BATCH, limit - done), stats=stats)
@@ -531,10 +560,7 @@ def execute_owed(ctx: Context, company_id: str, now: datetime, db: Database | No
         performed: list[tuple[Claim, WhopResult]] = []
         for index, c in enumerate(batch):
             if out_of_time and out_of_time():
-                _record_all(company_id, performed, now, db, stats)
-                for left in batch[index:]:
-                    release(company_id, left, now, db, attempted=False)
-                return stats
+                return _stop(company_id, performed, batch[index:], now, db, stats)
             try:
                 endpoint = endpoint_of(c.kind, c.channel)
                 # Asked again: another executor may have tripped it while this batch was pinned.
@@ -546,9 +572,20 @@ def execute_owed(ctx: Context, company_id: str, now: datetime, db: Database | No
                 result = perform(ctx, c, now)
                 breaker.record(endpoint, now, result)
                 performed.append((c, result))
+            except OutOfTime:  # before one of the row's Whop calls: nothing of it was sent
+                return _stop(company_id, performed, batch[index:], now, db, stats)
             except Exception as exc:  # noqa: BLE001 - one row's failure must not strand the others
                 _row_failed(company_id, c, now, db, stats, exc)
         _record_all(company_id, performed, now, db, stats)
+    return stats
+
+
+def _stop(company_id: str, performed: list[tuple[Claim, WhopResult]], unperformed: list[Claim],
+          now: datetime, db: Database | None, stats: Stats) -> Stats:
+    """Out of time: record what was performed, and give the rest back owed for the next run."""
+    _record_all(company_id, performed, now, db, stats)
+    for c in unperformed:
+        release(company_id, c, now, db, attempted=False)
     return stats
 
 

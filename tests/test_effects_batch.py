@@ -68,3 +68,37 @@ def test_a_copy_that_cannot_be_pinned_fails_its_row_alone(world: World,
     rows = {a["channel"]: a for a in world.actions()}
     assert rows["dm"]["status"] == "sent" and "copy" in rows["dm"]["result"]
     assert rows["push"]["status"] == "pending" and rows["push"]["error_detail"] == "KeyError"
+
+
+def test_the_budget_is_asked_before_every_whop_call_of_a_row(world: World) -> None:
+    # A push makes two calls (the company's push experience, then the send). The budget runs out
+    # between them: the send must not start, and the row goes back owed with its attempt unspent.
+    world.fail(T0)
+    effects.clear_experience_cache()
+    calls: list[str] = []
+
+    def out_of_time() -> bool:
+        return "find_app_experience" in calls
+
+    real = world.ctx.whop
+
+    class Watching:
+        def __getattr__(self, name: str) -> Any:
+            target = getattr(real, name)
+
+            def call(*args: Any, **kwargs: Any) -> Any:
+                calls.append(name)
+                return target(*args, **kwargs)
+
+            return call
+
+    ctx = effects.Context(whop=Watching(), app_id=world.ctx.app_id,  # type: ignore[arg-type]
+                          public_base_url=world.ctx.public_base_url)
+    stats = effects.execute_owed(ctx, test_nudges.A, T0, world.db, out_of_time=out_of_time)
+    assert "send_push" not in calls and world.pushes() == []
+    assert stats.sent == 0 and stats.errors == 0
+    rows = {a["channel"]: a for a in world.actions()}
+    assert rows["push"]["status"] == "pending" and rows["push"]["attempts"] == 0
+    # With time again, the same row goes, once.
+    assert effects.execute_owed(world.ctx, test_nudges.A, T0, world.db).sent >= 1
+    assert len(world.pushes()) == 1
