@@ -68,6 +68,8 @@ def variant_copy(tx: Transaction, case: Case) -> VariantCopy | None:
 
 
 PRODUCT_CACHE_S = 3600.0
+FAILED_PRODUCT_CACHE_S = 60.0
+_clock = time.monotonic  # replaced by tests
 _PRODUCT_CACHE_MAX = 5000
 _products: dict[str, tuple[str | None, float]] = {}
 _products_lock = threading.Lock()
@@ -75,19 +77,21 @@ _products_lock = threading.Lock()
 
 def product_name(whop: WhopPort, membership_id: str) -> str | None:
     """The Whop product's name for a membership, read once and cached (None when Whop cannot
-    tell: the copy then says "your membership"; a failed read is not cached)."""
+    tell: the copy then says "your membership"). A failed read is remembered only briefly: long
+    enough that a batch of one member's messages asks Whop once, not once per message (each ask
+    can take a worst-case call's time out of a budget), short enough that the next send retries."""
     with _products_lock:
         cached = _products.get(membership_id)
-        if cached and cached[1] > time.monotonic():
+        if cached and cached[1] > _clock():
             return cached[0]
     try:
-        name = whop.retrieve_membership(membership_id).product_title
+        name, ttl = whop.retrieve_membership(membership_id).product_title, PRODUCT_CACHE_S
     except WhopError:
-        return None
+        name, ttl = None, FAILED_PRODUCT_CACHE_S
     with _products_lock:
         if len(_products) >= _PRODUCT_CACHE_MAX:
             _products.clear()
-        _products[membership_id] = (name, time.monotonic() + PRODUCT_CACHE_S)
+        _products[membership_id] = (name, _clock() + ttl)
     return name
 
 

@@ -644,11 +644,20 @@ def test_the_product_name_comes_from_the_membership_or_falls_back() -> None:
     assert messages.product_label(None) == messages.product_label("  \n ") == "your membership"
 
 
-def test_a_failed_product_read_falls_back_and_is_not_cached(api: Api) -> None:
+def test_a_failed_product_read_falls_back_and_is_remembered_only_briefly(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(measurement, "_clock", lambda: clock[0])
     api.whop.add_membership("mem_p", company_id=ALPHA, user_id="user_1", product_title="Gold")
     api.whop.inject("GET", r"/memberships/mem_p$", "500", times=None)
     assert measurement.product_name(get_whop(), "mem_p") is None
+    asked = len(api.whop.calls_to("GET", "/memberships/mem_p"))
     api.whop.clear_faults()
+    # The next messages of the same batch do not ask Whop again for the same failure…
+    assert measurement.product_name(get_whop(), "mem_p") is None
+    assert len(api.whop.calls_to("GET", "/memberships/mem_p")) == asked
+    # …a minute later they do.
+    clock[0] += measurement.FAILED_PRODUCT_CACHE_S + 1
     assert measurement.product_name(get_whop(), "mem_p") == "Gold"
     api.whop.inject("GET", r"/memberships/mem_p$", "500", times=None)
     assert measurement.product_name(get_whop(), "mem_p") == "Gold"  # cached now

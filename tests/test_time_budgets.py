@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import app as app_module
-from chalicelib import budgets, config, effects, processing, whop
+from chalicelib import budgets, config, effects, measurement, processing, whop
 from scripts import local_sqs
 from scripts import split_template as st
 from tests.conftest import Owner
@@ -94,6 +94,7 @@ def test_t0_sends_stop_before_the_time_runs_out_and_the_tick_sends_the_rest(
                     seconds=12.0)
     whop.set_whop(slow)  # type: ignore[arg-type]
     effects.clear_experience_cache()
+    measurement.clear_product_cache()  # every name is read through the slow Whop
     for n in range(3):
         msg_id, body = payment_event_for(n)
         assert pipeline.deliver(msg_id, body).status_code == 200
