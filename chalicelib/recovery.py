@@ -73,6 +73,19 @@ def payday_effects(case: Case, settings: CreatorSettings,
     return [(KIND_RETRY, STEP_PAYDAY, None, due, retry_key(case.company_id, case.payment_id))]
 
 
+def reopened(tx: Transaction, case_id: str, case: Case, settings: CreatorSettings, now: datetime,
+             not_open_reasons: tuple[str, ...]) -> int:
+    """What smart retry owes a case a late event opened again (``replan.reopened``): its card
+    attaches and its payday retry, when they were skipped only because the case was not open and
+    never reached Whop (their once-only keys are unspent); a payday retry it never had is owed as
+    for a new case. The executor's own checks (holdout, the window, Whop's view) still apply."""
+    owed = recovery_store.revive_skipped(tx, case_id, not_open_reasons, kind=KIND_ATTACH, due_at=now)
+    for kind, step, _channel, due, key in payday_effects(case, settings, now):
+        revived = recovery_store.revive_skipped(tx, case_id, not_open_reasons, kind=kind, due_at=due, key=key)
+        owed += revived or len(recovery_store.owe(tx, case.company_id, [(case_id, kind, step, due, key, {})]))
+    return owed
+
+
 def owe_saved_card(tx: Transaction, case_id: str, case: Case, settings: CreatorSettings, now: datetime,
                    saved: list[tuple[str, datetime]] | None) -> int:
     """Owe the attach of the newest card the member saved since shortly before the case's first

@@ -92,6 +92,21 @@ def owe(tx: Transaction, company_id: str,
     return [r["case_id"] for r in found]
 
 
+def revive_skipped(tx: Transaction, case_id: str, reasons: tuple[str, ...], *, kind: str,
+                   due_at: datetime, key: str | None = None) -> int:
+    """Owe again, due at ``due_at``, the case's ``kind`` rows (or the one row of ``key``) that were
+    skipped for one of ``reasons`` and never attempted: Whop never saw them, so their once-only
+    key is unspent. Returns how many rows came back."""
+    return tx.execute(
+        "UPDATE recovery_actions SET status = 'pending', due_at = :due, owed_at = :due,"
+        " error_class = NULL, error_detail = NULL, completed_at = NULL, claimed_until = NULL,"
+        " claim_token = NULL, updated_at = now()"
+        " WHERE case_id = CAST(:id AS uuid) AND kind = :kind AND status = 'skipped' AND attempts = 0"
+        " AND error_detail = ANY(CAST(:reasons AS text[]))"
+        " AND (CAST(:key AS text) IS NULL OR idempotency_key = :key)",
+        due=due_at, id=case_id, kind=kind, reasons=list(reasons), key=key)
+
+
 def row_by_key(tx: Transaction, key: str, *, lock: bool = False) -> dict[str, Any] | None:
     sql = ("SELECT id::text AS id, kind, step, status, attempts, actor, error_detail, result"
            " FROM recovery_actions WHERE idempotency_key = :k")

@@ -23,7 +23,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from chalicelib import store
+from chalicelib import recovery, store
 from chalicelib.db import Transaction
 from chalicelib.models import Case, CreatorSettings
 from chalicelib.reminders import initial_effects, next_action_at, planned_offset
@@ -62,6 +62,7 @@ def reopened(tx: Transaction, case_id: str, case: Case, settings: CreatorSetting
         tx, case.company_id, [(case_id, e.kind, e.step, e.channel, e.due_at, e.idempotency_key(case_id))
                               for e in new])
     owed += _revive(tx, revive, now)
+    owed += recovery.reopened(tx, case_id, case, settings, now, NOT_OPEN_REASONS)  # issue 18's rows
     t0_owed = any(e.step == "t0" for e in new) or any(by_key[k]["step"] == "t0" for k in revive) or any(
         r["step"] == "t0" and r["status"] in ("pending", "claimed") for r in rows)
     t0_sent = [r["completed_at"] for r in rows if r["step"] == "t0" and r["status"] == "sent"]

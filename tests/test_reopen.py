@@ -136,3 +136,24 @@ def test_a_joined_case_counts_the_t0_its_merged_row_sent(world: World) -> None: 
         world.tick(now + timedelta(hours=hours, minutes=1))
     assert len(world.dms_to("user_1")) == 1 and len(world.pushes()) == 1
     assert world.case(case_1)["last_reminder_offset"] == 4  # the sent T+0 covered the passed offsets
+
+
+def test_a_reopened_soft_decline_is_owed_its_payday_retry_again(world: World) -> None:  # noqa: F811
+    # Issue 18's row follows issue 20's rule: a payday retry skipped only because the case closed
+    # (and never sent to Whop) is owed again when a late event opens the case again.
+    now = T0 + 12 * DAY  # Saturday 14 November, 15:00 UTC: the next payday slot is tomorrow 09:00
+    case_b = world.fail(now - 11 * DAY, now=now)  # a soft decline (insufficient funds)
+
+    def retries() -> list[dict[str, Any]]:
+        with tenant_transaction(A, world.db) as tx:
+            return tx.query("SELECT status, error_detail, attempts, due_at FROM recovery_actions"
+                            " WHERE case_id = CAST(:c AS uuid) AND kind = 'payment_retry'", c=case_b)
+
+    payday = now.replace(day=15, hour=9)
+    assert [(r["status"], r["due_at"]) for r in retries()] == [("pending", payday)]
+    world.fail(now - 14 * DAY - timedelta(hours=1), now=now)  # joins B: the window has passed
+    assert world.case(case_b)["status"] == "expired"
+    assert [(r["status"], r["error_detail"]) for r in retries()] == [("skipped", "window_passed")]
+    world.deliver(payment_event("payment.succeeded", at=now - 14 * DAY), now)  # the older one's
+    assert world.case(case_b)["status"] == "open"
+    assert [(r["status"], r["attempts"], r["due_at"]) for r in retries()] == [("pending", 0, payday)]
