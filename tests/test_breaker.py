@@ -34,10 +34,12 @@ def whop_requests(world: World) -> int:  # noqa: F811
 
 
 def ledger(world: World) -> dict[str, int]:  # noqa: F811
+    """The owed sends by status (a soft decline's payday retry, issue 18, is due days later)."""
     counts: dict[str, int] = {}
     for company in COMPANIES:
         with tenant_transaction(company, world.db) as tx:
-            for row in tx.query("SELECT status, count(*) AS n FROM recovery_actions GROUP BY status"):
+            for row in tx.query("SELECT status, count(*) AS n FROM recovery_actions"
+                                " WHERE kind <> 'payment_retry' GROUP BY status"):
                 counts[row["status"]] = counts.get(row["status"], 0) + int(row["n"])
     return counts
 

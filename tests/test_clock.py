@@ -28,10 +28,17 @@ def real_now() -> datetime:
     return datetime.now(UTC)
 
 
+# A soft decline also owes a payday retry (issue 18), due at the next 1st or 15th: whether that
+# falls in a window opened at the real now depends on the day the suite runs. These cases are
+# hard declines (no payday retry), and the queries leave the kind out all the same.
+NOT_PAYDAY = " WHERE kind <> 'payment_retry'"
+HARD = {"decline_code": "expired_card"}
+
+
 def leases(world: World) -> list[dict[str, Any]]:  # noqa: F811
     with tenant_transaction(A, world.db) as tx:
         return tx.query("SELECT status, claimed_until, clock_timestamp() AS db_now FROM recovery_actions"
-                        " ORDER BY channel")
+                        + NOT_PAYDAY + " ORDER BY channel")
 
 
 def lease_time_passes(world: World, by: timedelta) -> None:  # noqa: F811
@@ -43,7 +50,7 @@ def lease_time_passes(world: World, by: timedelta) -> None:  # noqa: F811
 
 def test_an_executor_a_day_ahead_leases_on_the_database_clock(world: World) -> None:  # noqa: F811
     now = real_now()
-    world.fail(now - timedelta(hours=1), now=now)
+    world.fail(now - timedelta(hours=1), now=now, **HARD)
     claimed = effects.claim(A, now + DAY, world.db)  # a day-ahead executor claims ... and dies
     assert {c.channel for c in claimed} == {"push", "dm"}
     for row in leases(world):
@@ -57,7 +64,7 @@ def test_an_executor_a_day_ahead_leases_on_the_database_clock(world: World) -> N
 
 def test_an_executor_a_day_ahead_cannot_take_a_live_lease(world: World) -> None:  # noqa: F811
     now = real_now()
-    world.fail(now - timedelta(hours=1), now=now)
+    world.fail(now - timedelta(hours=1), now=now, **HARD)
     assert len(effects.claim(A, now, world.db)) == 2  # a healthy executor is sending these
     stats = world.tick(now + DAY)  # another one, its clock a day ahead
     assert stats.effects.sent == 0 and world.dms() == [] and world.pushes() == []
@@ -66,13 +73,13 @@ def test_an_executor_a_day_ahead_cannot_take_a_live_lease(world: World) -> None:
 
 def test_the_frequency_cap_waits_for_a_lease_on_the_database_clock(world: World) -> None:  # noqa: F811
     now = real_now()
-    world.fail(now - timedelta(hours=1), now=now, membership="mem_1", user="user_1")
+    world.fail(now - timedelta(hours=1), now=now, membership="mem_1", user="user_1", **HARD)
     held = effects.claim(A, now, world.db, kinds=("nudge",))
     assert len(held) == 2
-    world.fail(now - timedelta(minutes=30), now=now, membership="mem_2", user="user_1")
+    world.fail(now - timedelta(minutes=30), now=now, membership="mem_2", user="user_1", **HARD)
     world.run_effects(now)
     with tenant_transaction(A, world.db) as tx:
-        waits = tx.query("SELECT due_at FROM recovery_actions WHERE status = 'pending'")
+        waits = tx.query("SELECT due_at FROM recovery_actions" + NOT_PAYDAY + " AND status = 'pending'")
     # Deferred until the in-flight send's lease ends: about five minutes from now, on the
     # executor's clock, whatever the clock it leased on.
     assert len(waits) == 2
@@ -92,7 +99,7 @@ def test_a_tick_on_a_skewed_clock_refuses_and_says_why(world: World,  # noqa: F8
     from chalicelib import clock
 
     now = real_now()
-    world.fail(now - timedelta(hours=1), now=now)
+    world.fail(now - timedelta(hours=1), now=now, **HARD)
     result = run_tick(clock=lambda: real_now() + DAY)
     assert result["refused"] == "clock_skew"
     assert [r["status"] for r in leases(world)] == ["pending", "pending"]  # nothing claimed

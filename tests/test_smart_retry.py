@@ -22,6 +22,7 @@ import pytest
 
 from chalicelib import api as api_module
 from chalicelib import config, effects, health, processing, recovery_exec
+from chalicelib.db import tenant_transaction
 from chalicelib.effects import default_context, execute_owed
 from chalicelib.recovery_policy import attach_key, retry_key
 from chalicelib.scheduler import tick
@@ -155,8 +156,10 @@ def world(pipeline: Pipeline, owner: Owner, monkeypatch: pytest.MonkeyPatch) -> 
             return clock[0]
 
     # The edges' clocks: the consumer's and the creator API's (webhook signatures and user tokens
-    # keep the real one).
+    # keep the real one). The consumer acts on the database's time (issue 20): here, on the
+    # simulated one (tests/test_clock.py covers the database clock and its skew check).
     monkeypatch.setattr(processing, "datetime", _Clock)
+    monkeypatch.setattr(processing, "checked_now", lambda *_args, **_kw: clock[0])
     monkeypatch.setattr(api_module, "datetime", _Clock)
     pipeline.whop.clock = lambda: clock[0]
     recovery_exec.clear_paid_cache()
@@ -502,7 +505,11 @@ def test_a_crash_between_the_call_and_its_record_repeats_harmlessly(world: World
         execute_owed(default_context(), ALPHA, world.now, kinds=("card_attach",))
     assert world.ledger("mem_1", "card_attach")[0]["status"] == "claimed"  # its lease runs on
 
-    world.tick(world.now + timedelta(minutes=6))  # the lease ended: claimed again, sent again
+    # The lease ends (leases run on the database's clock, issue 20: age it there) …
+    with tenant_transaction(ALPHA, world.p.db) as tx:
+        tx.execute("UPDATE recovery_actions SET claimed_until = claimed_until - interval '6 minutes'"
+                   " WHERE claimed_until IS NOT NULL")
+    world.tick(world.now + timedelta(minutes=6))  # … claimed again, sent again
     patches = calls(world.fake, "PATCH", PATCH)
     assert [p.replayed for p in patches] == [False, True] and len({p.idempotency_key for p in patches}) == 1
     assert world.fake.payments["pay_mem_1"].charges == ["attach:payt_new"]
