@@ -107,8 +107,10 @@ def test_concurrent_executors_share_one_breaker_and_one_probe(world: World) -> N
         return effects.execute_owed(world.ctx, next(companies), later, world.db)
 
     run_concurrently(probing, 8, after=world.db.close)
-    # Two endpoints, one probe each: its product lookup and its send, each retried once (a 500).
-    assert whop_requests(world) - before == 2 * 2 * 2
+    # Two endpoints, one probe each (not one per executor): its calls, each retried once inside
+    # the client (a 500) — the send or the lookup it needs first (the push experience), and the
+    # product's name unless a failed lookup of it is still remembered (a minute).
+    assert 2 * 2 <= whop_requests(world) - before <= 2 * 2 * 2
 
 
 def test_member_errors_do_not_open_the_breaker(world: World) -> None:  # noqa: F811
