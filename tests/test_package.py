@@ -353,3 +353,19 @@ def test_a_view_named_like_a_template_resource_is_refused() -> None:
 def test_the_real_settings_file_gives_every_app_route_a_kind(routes: list[st.Route]) -> None:
     plans = st.plan_functions(routes, st.load_settings())
     assert sorted(p.name for p in plans) == sorted({r.view_name for r in routes})
+
+
+def test_api_gateways_own_errors_answer_in_the_contracts_error_shape(packaged: Packaged) -> None:
+    # API Gateway answers some requests before any function runs: a path or method no route has
+    # (its 403 "Missing Authentication Token"), throttling, its other 4xx/5xx. Those answers use
+    # the contract's {"error": {"code", "message"}} too, and a missing route is the contract's 404.
+    template, _, _ = packaged
+    responses = template["Resources"]["RestAPI"]["Properties"]["GatewayResponses"]
+    assert responses["MISSING_AUTHENTICATION_TOKEN"]["StatusCode"] == "404"
+    assert responses["THROTTLED"]["StatusCode"] == "429"
+    for kind in ("MISSING_AUTHENTICATION_TOKEN", "THROTTLED", "DEFAULT_4XX", "DEFAULT_5XX"):
+        body = responses[kind]["ResponseTemplates"]["application/json"]
+        # $context.error.messageString is API Gateway's message, already a quoted JSON string.
+        rendered = json.loads(body.replace("$context.error.messageString", json.dumps("Forbidden")))
+        assert set(rendered) == {"error"} and set(rendered["error"]) == {"code", "message"}, kind
+        assert rendered["error"]["code"] and rendered["error"]["message"], kind
