@@ -21,7 +21,8 @@ Two severities, two SNS topics (``PageTopic``, ``TicketTopic``, infra/merge-temp
   answer 503, the consumer cannot apply events). The page-severity metric alarms are also the
   rollback triggers of each function's gradual deployment.
 - **ticket**: worth a look in working hours (``EffectsFailedRateAlarm``, ``WebhookRefusedAlarm``,
-  ``WhopRateLimitedAlarm``, ``TickDurationAlarm``): actions on the ticket topic.
+  ``WhopRateLimitedAlarm``, ``WhopPermissionMissingAlarm``, ``TickDurationAlarm``): actions on
+  the ticket topic.
 
 Every alarm carries tags ``severity`` and ``playbook`` (its section in docs/runbook.md);
 ``tests/test_alarms.py`` checks both, and that every metric an alarm reads is emitted by the code.
@@ -249,6 +250,10 @@ def alarm_resources(routes: Iterable[RouteAlarm], namespace: str, *, tick_timeou
     out["WhopRateLimitedAlarm"] = _single(
         "WhopRateLimitedAlarm", TICKET, "Whop answered 429 to over 10 sends in each of 3 periods of "
         "5 minutes", namespace, "WhopRateLimited", "Sum", 10, periods=3)
+    out["WhopPermissionMissingAlarm"] = _single(
+        "WhopPermissionMissingAlarm", TICKET, "Whop refused a card attach or a payment retry for a "
+        "permission the app lacks (smart retry): a creator's install or the app's scopes need it",
+        namespace, "WhopPermissionMissing", "Sum", 0)
     out["TickDurationAlarm"] = _single(
         "TickDurationAlarm", TICKET, "A reminder tick took over 80% of its timeout", namespace,
         "TickDurationMs", "Maximum", round(tick_timeout_s * 1000 * 0.8))
