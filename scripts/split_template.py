@@ -496,6 +496,9 @@ def dashboard(plans: list[FunctionPlan], namespace: str, stage: str) -> dict[str
             namespace, ["EffectsSent", "EffectsFailed", "EffectsRetrying", "EffectsDeferred",
                         "EffectsSkipped", "WhopRateLimited", "WhopUnavailable", "WhopAuthRefused"]), 12, 12),
         _widget("Sends by channel and outcome", _custom(namespace, sends), 0, 18),
+        _widget("Smart retry: cards attached, payments retried, permissions missing", _custom(
+            namespace, ["Send_attach_sent", "Send_attach_failed", "Send_retry_sent", "Send_retry_failed",
+                        "ManualRetries", "WhopPermissionMissing"]), 0, 48),
         _widget("Reminders per tick",
                 _custom(namespace, ["RemindersDue", "RemindersOwed", "CasesExpired"]), 12, 18),
         _widget("Cases opened and recovered, manual nudges, link clicks", _custom(

@@ -385,6 +385,49 @@ def test_every_dashboard_and_alarm_metric_is_emitted_by_a_real_path(
     assert resp.status_code == 200, resp.body
     assert take()["ManualNudges"] == 1
 
+    # Smart retry (issue 18), in a company of its own with it on: a saved card attached; one
+    # refused for a permission the app lacks; a creator's manual retry of a payment.
+    sr = "biz_smart"
+    for n, decline in ((1, "expired_card"), (2, "expired_card"), (3, "insufficient_funds"),
+                       (4, "insufficient_funds")):
+        member, user = f"mem_sr{n}", f"user_sr{n}"
+        pipeline.whop.add_membership(member, company_id=sr, user_id=user)
+        pipeline.whop.add_payment(f"pay_sr{n}", company_id=sr, membership_id=member, user_id=user)
+        pipeline.whop.add_payment_method(f"payt_sr{n}", user_id=user, company_id=sr)
+        fail = payment_event("payment.failed", company=sr, at=NOW - timedelta(hours=1), membership=member,
+                             user=user, payment=f"pay_sr{n}", decline_code=decline)
+        assert _deliver_signed(pipeline, fail).status_code == 200
+    pipeline.drain()
+    take()
+    assert _deliver_signed(pipeline, card_saved_event(company=sr, user="user_sr1", payment_method="payt_sr1",
+                                                      at=NOW)).status_code == 200
+    pipeline.drain()
+    assert take()["Send_attach_sent"] == 1
+    pipeline.whop.deny_permission("member:payment_methods:manage")
+    assert _deliver_signed(pipeline, card_saved_event(company=sr, user="user_sr2", payment_method="payt_sr2",
+                                                      at=NOW)).status_code == 200
+    pipeline.drain()
+    refused = take()
+    assert refused["Send_attach_failed"] == 1 and refused["WhopPermissionMissing"] == 1
+    pipeline.whop.deny_permission("member:payment_methods:manage", denied=False)
+    pipeline.whop.set_access("user_admin", sr, "admin")
+    case_id = pipeline.rows(sr, "SELECT id::text FROM recovery_cases WHERE membership_id = 'mem_sr3'")
+    resp = pipeline.client.http.post(
+        f"/api/companies/{sr}/cases/{case_id[0]['id']}/retry", body=b"",
+        headers={"x-whop-user-token": pipeline.whop.mint_user_token("user_admin"),
+                 "content-type": "application/json"})
+    assert resp.status_code == 200, resp.body
+    retried = take()
+    assert retried["ManualRetries"] == 1 and retried["Send_retry_sent"] == 1
+    pipeline.whop.payments["pay_sr4"].retries = 1  # retried elsewhere already: Whop answers 400
+    case_id = pipeline.rows(sr, "SELECT id::text FROM recovery_cases WHERE membership_id = 'mem_sr4'")
+    resp = pipeline.client.http.post(
+        f"/api/companies/{sr}/cases/{case_id[0]['id']}/retry", body=b"",
+        headers={"x-whop-user-token": pipeline.whop.mint_user_token("user_admin"),
+                 "content-type": "application/json"})
+    assert resp.status_code == 409, resp.body
+    assert take()["Send_retry_failed"] == 1
+
     # The database goes away: the creator API answers 503 and says so (DatabaseDownAlarm).
     monkeypatch.setenv("DATABASE_URL", "postgresql://nobody:pw@127.0.0.1:9/rebound?sslmode=disable")
     config.reset_config()
