@@ -131,7 +131,8 @@ def seed_demo_cases(api: str, secret: str) -> None:
     now = datetime.now(UTC)
     stories = [
         payment_event("payment.failed", company=DEMO_COMPANY, membership="mem_demo_1", user="user_demo_1",
-                      at=now - timedelta(hours=2), payment="pay_demo_1"),
+                      at=now - timedelta(hours=2), payment="pay_demo_1", decline_code="expired_card",
+                      failure_message="Your card has expired."),
         payment_event("payment.failed", company=DEMO_COMPANY, membership="mem_demo_2", user="user_demo_2",
                       at=now - timedelta(days=3), amount=49.0, payment="pay_demo_2"),
         payment_event("payment.succeeded", company=DEMO_COMPANY, membership="mem_demo_2",
@@ -140,9 +141,13 @@ def seed_demo_cases(api: str, secret: str) -> None:
                       at=now - timedelta(days=5), amount=9.99, payment="pay_demo_3"),
         membership_event("membership.cancel_at_period_end_changed", company=DEMO_COMPANY,
                          membership="mem_demo_3", at=now - timedelta(days=4), cancel_at_period_end=True),
-        payment_event("payment.failed", company=DEMO_COMPANY, membership="mem_demo_4", user="user_demo_4",
-                      at=now - timedelta(days=2, hours=3), amount=29.0, payment="pay_demo_4",
-                      recovery_url="https://whop.com/checkout/3ds"),
+        # The bank asks the member to confirm (3-D Secure): the link goes to the payment's
+        # recovery_url, and the case is in the authentication class.
+        payment_event("payment.requires_action", company=DEMO_COMPANY, membership="mem_demo_4",
+                      user="user_demo_4", at=now - timedelta(days=2, hours=3), amount=29.0,
+                      payment="pay_demo_4",
+                      recovery_url="https://whop.com/checkout/3ds", decline_code="authentication_required",
+                      failure_message="Your bank asked you to confirm this payment."),
         # issue 18: a declined renewal, then the member saves a new card: Rebound attaches it, the
         # fake Whop charges the open payment on it and sends payment.succeeded back (rebound_retry).
         payment_event("payment.failed", company=DEMO_COMPANY, membership="mem_demo_5", user="user_demo_5",
