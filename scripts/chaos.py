@@ -611,7 +611,10 @@ def run_scenarios(http: Any, sqs: Any, queues: Any, rng: random.Random, crash_ra
             rows = owner.run(
                 "SELECT c.id::text, array_agg(a.status) FILTER (WHERE a.step = 't0') FROM recovery_cases c"
                 " LEFT JOIN recovery_actions a ON a.case_id = c.id WHERE c.company_id = :c"
-                " AND c.membership_id = :m AND c.status = 'open' GROUP BY c.id", c=company, m=membership)
+                # A held-out case is owed no message (issue 18's run holds out cases of every fifth
+                # company): its T+0 is skipped on purpose, like the checkpoint invariant's.
+                " AND c.membership_id = :m AND c.status = 'open' AND NOT c.holdout GROUP BY c.id",
+                c=company, m=membership)
             story.late_open += len(rows)
             story.late_unowed += [r[0] for r in rows
                                   if not {"sent", "pending", "claimed"} & set(r[1] or [])]
