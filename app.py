@@ -26,7 +26,7 @@ from chalicelib.http import (
     without_token_query,
 )
 from chalicelib.ingest import accept_webhook
-from chalicelib.observability import count, logger, metrics
+from chalicelib.observability import MetricUnit, count, logger, measure, metrics
 from chalicelib.queue import EventQueue, get_queue
 
 # Created by the merge template (infra/merge-template.json); the name is fixed there too.
@@ -147,7 +147,7 @@ def run_tick(out_of_time: Callable[[], bool] | None = None,
     ctx = dataclasses.replace(default_context(), whop=get_whop(whop_profile))
     result = tick(ctx, now, out_of_time=out_of_time)
     for name, value in result.as_metrics().items():
-        metrics.add_metric(name=name, unit="Milliseconds" if name.endswith("Ms") else "Count", value=value)
+        measure(name, value, MetricUnit.Milliseconds if name.endswith("Ms") else MetricUnit.Count)
     count("TickCompleted")
     logger.info("reminder tick", extra=result.as_metrics())
     return {"companies": result.companies, **result.as_metrics()}

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 from chalicelib.config import ConfigError
 from chalicelib.db import DatabaseUnavailable, TransientDatabaseError
 from chalicelib.errors import AppError, MethodNotAllowed, ServiceUnavailable, bad_request_from
-from chalicelib.observability import MetricUnit, count, logger, metrics
+from chalicelib.observability import MetricUnit, count, logger, measure
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -51,8 +51,7 @@ def handle_errors(view: F) -> F:
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
         response = _answer(view, args, kwargs)
-        metrics.add_metric(name=latency_name, unit=MetricUnit.Milliseconds,
-                           value=round((time.perf_counter() - started) * 1000, 3))
+        measure(latency_name, round((time.perf_counter() - started) * 1000, 3), MetricUnit.Milliseconds)
         if getattr(response, "status_code", 200) >= 500:
             count(errors_name)
         return response

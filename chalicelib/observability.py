@@ -15,6 +15,7 @@ from datetime import datetime
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "rebound")
 NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "Rebound")
@@ -54,9 +55,18 @@ metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
 
 # No Tracer: importing the X-Ray SDK costs ~200 ms of cold start on every webhook; structured
 # logs (correlated by request and webhook id) and EMF metrics cover what we need.
-__all__ = ["MetricUnit", "count", "logger", "metrics"]
+__all__ = ["MetricUnit", "count", "logger", "measure", "metrics"]
+
+
+def measure(name: str, value: float, unit: MetricUnit = MetricUnit.Count) -> None:
+    """Add a value to a metric (flushed by the log_metrics middleware at the end of a handler).
+    With metrics off (``POWERTOOLS_METRICS_DISABLED``: make dev, chaos, the load test) nothing is
+    kept: Powertools would keep collecting, since its flush prints nothing and so never clears,
+    and it prints a set anyway once a metric holds 100 values (its EMF limit)."""
+    if not is_metrics_disabled():
+        metrics.add_metric(name=name, unit=unit, value=value)
 
 
 def count(name: str, value: float = 1) -> None:
-    """Add to a counter metric (flushed by the log_metrics middleware at the end of a handler)."""
-    metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+    """Add to a counter metric."""
+    measure(name, value)

@@ -466,3 +466,23 @@ def chalice_template() -> dict[str, Any]:
         "ProcessReminders": json.loads(json.dumps(function)),
         "RestAPI": {"Type": "AWS::Serverless::Api", "Properties": {
             "StageName": "api", "DefinitionBody": {"info": {"title": "rebound"}, "paths": paths}}}}}
+
+
+def test_with_metrics_off_nothing_is_kept_or_printed(monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    # make dev, chaos and the load test turn metrics off. Powertools would keep collecting (its
+    # flush prints nothing, so never clears) and print a set anyway once a metric holds 100
+    # values: the chaos report filled with EMF lines.
+    from chalicelib.observability import MetricUnit, count, measure
+
+    metrics.clear_metrics()
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+    for _ in range(150):
+        count("EffectsSent")
+        measure("RouteLatency_health", 1.5, MetricUnit.Milliseconds)
+    assert metrics.metric_set == {}
+    assert "_aws" not in capsys.readouterr().out
+    monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED")
+    count("EffectsSent")
+    assert "EffectsSent" in metrics.metric_set
+    metrics.clear_metrics()
