@@ -32,16 +32,22 @@ from chalicelib.reminders import initial_effects, next_action_at, planned_offset
 NOT_OPEN_REASONS = ("window_passed", "case_closed")
 
 
-def _counts(status: str, detail: str | None) -> bool:
+def _counts(status: str, detail: str | None, not_done: tuple[str, ...] = NOT_OPEN_REASONS) -> bool:
     """Whether a ledger row is something that happened (or will), for planning purposes: not a
-    row skipped because its case was not open, nor one whose case was merged into another."""
+    row skipped for one of the ``not_done`` reasons, nor one whose case was merged into another."""
     merged = (detail or "").startswith("merged_into:")
-    return not (status == "skipped" and (detail in NOT_OPEN_REASONS or merged))
+    return not (status == "skipped" and (detail in not_done or merged))
 
 
-def _reminded(rows: list[dict[str, Any]]) -> set[int]:
+def _not_done(held_out: bool) -> tuple[str, ...]:
+    """Skip reasons that mean nothing reached the member: a held-out skip counts as done only for
+    a held-out case (one that came with a held-out row merged into this one never messaged)."""
+    return NOT_OPEN_REASONS if held_out else (*NOT_OPEN_REASONS, "holdout")
+
+
+def _reminded(rows: list[dict[str, Any]], not_done: tuple[str, ...]) -> set[int]:
     return {int(r["step"][1:]) for r in rows if r["kind"] == "reminder" and r["step"][1:].isdigit()
-            and _counts(r["status"], r["error_detail"])}
+            and _counts(r["status"], r["error_detail"], not_done)}
 
 
 def reopened(tx: Transaction, case_id: str, case: Case, settings: CreatorSettings, now: datetime) -> int:
@@ -54,7 +60,9 @@ def reopened(tx: Transaction, case_id: str, case: Case, settings: CreatorSetting
     # A T+0 (or incentive) counts on its channel whichever row of the episode carries it: a row
     # merged into this one brought its ledger along (a member messaged about the episode is not
     # sent a second first message).
-    done = {(r["step"], r["channel"]) for r in rows if _counts(r["status"], r["error_detail"])}
+    not_done = _not_done(bool(tx.scalar("SELECT holdout FROM recovery_cases WHERE id = CAST(:id AS uuid)",
+                                        id=case_id)))
+    done = {(r["step"], r["channel"]) for r in rows if _counts(r["status"], r["error_detail"], not_done)}
     planned = [e for e in initial_effects(case, settings, now) if (e.step, e.channel) not in done]
     new = [e for e in planned if e.idempotency_key(case_id) not in by_key]
     revive = [key for e in planned if (key := e.idempotency_key(case_id)) in by_key]
@@ -67,7 +75,7 @@ def reopened(tx: Transaction, case_id: str, case: Case, settings: CreatorSetting
         r["step"] == "t0" and r["status"] in ("pending", "claimed") for r in rows)
     t0_sent = [r["completed_at"] for r in rows if r["step"] == "t0" and r["status"] == "sent"]
     t0_at = now if t0_owed else min(t0_sent, default=None)
-    last = planned_offset(case, settings, _reminded(rows), t0_at)
+    last = planned_offset(case, settings, _reminded(rows, not_done), t0_at)
     store.advance_cases(tx, [(case_id, last, next_action_at(case, settings, last))])
     return owed
 
@@ -89,7 +97,7 @@ def open_cases(tx: Transaction, settings: CreatorSettings, now: datetime) -> int
     """Re-plan the reminders of every open case of the company (a settings change); return how
     many cases' plans changed. Two statements whatever the number of cases."""
     rows = tx.query(
-        "SELECT " + store.DUE_CASE_COLUMNS + ", next_action_at,"  # noqa: S608 - constant column list
+        "SELECT " + store.DUE_CASE_COLUMNS + ", next_action_at, holdout,"  # noqa: S608 - constant column list
         " COALESCE((SELECT jsonb_agg(jsonb_build_object('kind', a.kind, 'step', a.step,"
         "   'status', a.status, 'error_detail', a.error_detail))"
         "   FROM recovery_actions a WHERE a.case_id = recovery_cases.id AND a.kind = 'reminder'),"
@@ -102,7 +110,7 @@ def open_cases(tx: Transaction, settings: CreatorSettings, now: datetime) -> int
     changed: list[tuple[str, int | None, datetime | None]] = []
     for row in rows:
         case = store.case_from_row(row)
-        last = planned_offset(case, settings, _reminded(row["reminders"]),
+        last = planned_offset(case, settings, _reminded(row["reminders"], _not_done(row["holdout"])),
                               now if row["t0_owed"] else row["t0_sent_at"])
         next_at = next_action_at(case, settings, last)
         if (last, next_at) != (row["last_reminder_offset"], row["next_action_at"]):

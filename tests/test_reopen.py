@@ -157,3 +157,36 @@ def test_a_reopened_soft_decline_is_owed_its_payday_retry_again(world: World) ->
     world.deliver(payment_event("payment.succeeded", at=now - 14 * DAY), now)  # the older one's
     assert world.case(case_b)["status"] == "open"
     assert [(r["status"], r["attempts"], r["due_at"]) for r in retries()] == [("pending", 0, payday)]
+
+
+def test_a_reopened_case_is_not_kept_quiet_by_a_held_out_rows_ledger(world: World) -> None:  # noqa: F811
+    # Found by the full chaos run: an episode join merged a held-out row into this (not held out)
+    # case, bringing its T+0 rows skipped as "holdout"; when the case then opened again, those
+    # counted as its T+0 and the member was never messaged.
+    from chalicelib import replan, store
+
+    now = T0
+    case_b = world.fail(now - 13 * DAY, now=now)
+    with tenant_transaction(A, world.db) as tx:
+        tx.execute("UPDATE recovery_actions SET status = 'skipped', error_detail = 'window_passed'"
+                   " WHERE case_id = CAST(:c AS uuid)", c=case_b)
+        for channel in ("push", "dm"):  # what a merged-away held-out row left behind
+            tx.execute("INSERT INTO recovery_actions (case_id, company_id, kind, step, channel, status,"
+                       " error_detail, idempotency_key) VALUES (CAST(:c AS uuid), :co, 'nudge', 't0', :ch,"
+                       " 'skipped', 'holdout', :k)", c=case_b, co=A, ch=channel, k=f"merged:t0:{channel}")
+        row = tx.one("SELECT * FROM recovery_cases WHERE id = CAST(:c AS uuid)", c=case_b)
+        assert row is not None and not row["holdout"]
+        owed = replan.reopened(tx, case_b, store.case_from_row(row), store.get_settings(tx), now)
+    assert owed >= 2
+    with tenant_transaction(A, world.db) as tx:
+        own = {r["channel"]: r["status"] for r in tx.query(
+            "SELECT channel, status FROM recovery_actions WHERE idempotency_key LIKE :k", k=f"{case_b}:t0:%")}
+    assert own == {"push": "pending", "dm": "pending"}
+    # A held-out case's own "holdout" skips do count: it is owed nothing.
+    with tenant_transaction(A, world.db) as tx:
+        tx.execute("UPDATE recovery_actions SET status = 'skipped', error_detail = 'holdout'"
+                   " WHERE case_id = CAST(:c AS uuid)", c=case_b)
+        tx.execute("UPDATE recovery_cases SET holdout = true WHERE id = CAST(:c AS uuid)", c=case_b)
+        row = tx.one("SELECT * FROM recovery_cases WHERE id = CAST(:c AS uuid)", c=case_b)
+        assert row is not None
+        assert replan.reopened(tx, case_b, store.case_from_row(row), store.get_settings(tx), now) == 0
