@@ -52,7 +52,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from chalicelib import measurement, recovery_exec, store
+from chalicelib import measurement, recovery_exec
 from chalicelib.attribution import window_passed
 from chalicelib.breaker import endpoint_of, get_breaker
 from chalicelib.db import Database, Transaction, tenant_transaction
@@ -61,6 +61,8 @@ from chalicelib.models import Case, CaseStatus, CreatorSettings
 from chalicelib.observability import count, logger
 from chalicelib.recovery_policy import RECOVERY_KINDS
 from chalicelib.reminders import FREQUENCY_CAP, quiet_until, retry_delay
+from chalicelib.store import cases as case_store
+from chalicelib.store import settings as settings_store
 from chalicelib.whop import WhopError, WhopPermanentError, WhopPort, WhopResult
 
 LEASE = timedelta(minutes=5)
@@ -272,7 +274,7 @@ def claim(company_id: str, now: datetime, db: Database | None = None, *, case_id
     stats = stats if stats is not None else Stats()
     claims: list[Claim] = []
     with tenant_transaction(company_id, db) as tx:
-        settings = store.get_settings(tx)
+        settings = settings_store.get_settings(tx)
         rows = tx.query(_OWED, now=now, case_id=case_id, limit=limit,
                         kinds=",".join(kinds) if kinds else None)
         if not rows:
@@ -289,7 +291,7 @@ def claim(company_id: str, now: datetime, db: Database | None = None, *, case_id
                 _write_claims(tx, unwritten, now)
                 unwritten = []
             case_row = cases[row["case_id"]]
-            case = store.case_from_row(case_row)
+            case = case_store.case_from_row(case_row)
             verdict = (recovery_exec.gate(tx, row, case, settings, now) if row["kind"] in RECOVERY_KINDS
                        else _gate(tx, row, case, settings, now, batch_sends))  # issue 18: its own rules
             if verdict is not None and verdict[0] == "skip":

@@ -108,7 +108,7 @@ def database_health(db: Database | None) -> DatabaseHealth:
 def _permission_gaps(db: Database) -> dict[str, int] | None:
     """What Whop refused smart retry for, across companies (None when it cannot be read: the
     database answered the ping, which is what this check is about)."""
-    from chalicelib.recovery_store import permission_gaps_everywhere
+    from chalicelib.store.recovery import permission_gaps_everywhere
 
     try:
         with service_transaction(db) as tx:

@@ -201,7 +201,7 @@ class Case(BaseModel):
     failure_ids: tuple[str, ...] = ()
     # Measurement (issue 10). The fold sets ``failure_type`` (the latest failure's event type, for
     # the decline class); the others are assigned once when the case row is inserted and only
-    # ever read back from it (``store.case_from_row``).
+    # ever read back from it (``store.cases.case_from_row``).
     failure_type: EventType | None = None
     decline_class: DeclineClass = "unknown"
     holdout: bool = False

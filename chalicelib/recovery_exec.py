@@ -26,7 +26,6 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from chalicelib import recovery_store
 from chalicelib.db import Database, Transaction, tenant_transaction
 from chalicelib.models import Case, CreatorSettings
 from chalicelib.observability import count, logger
@@ -46,6 +45,7 @@ from chalicelib.recovery_policy import (
     retry_key,
     retry_verdict,
 )
+from chalicelib.store import recovery as recovery_store
 from chalicelib.whop import Payment, WhopError, WhopPermanentError, WhopPort, WhopResult
 
 if TYPE_CHECKING:

@@ -36,7 +36,7 @@ Credit for a recovery (``recovered_by``): ``rebound_retry`` when the success fol
 Rebound attach or retry of that case that Whop accepted (by the time Rebound asked, with
 ``CREDIT_SKEW`` of tolerance between Whop's clock and the database's), else ``after_click`` when
 the member followed a Rebound link before the success, else ``other`` (Whop's own retry, or the
-member alone). ``credit`` is the rule; ``chalicelib.recovery_store`` runs the same rule in SQL.
+member alone). ``credit`` is the rule; ``chalicelib.store.recovery`` runs the same rule in SQL.
 """
 
 from __future__ import annotations

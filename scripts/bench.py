@@ -488,7 +488,7 @@ class Bench:
                 "cases": args.cases, "route_ms": round(t_route * 1000, 2), "sql_ms": round(t_sql * 1000, 2),
                 "plan": self._plan(company, kpi_sql, **kpi_params)})
         if self.wanted("cases_page_vs_sql"):
-            from chalicelib.store import CASE_VIEW_COLUMNS
+            from chalicelib.store.views import CASE_VIEW_COLUMNS
 
             ctx = self._ctx(company, {})
             page_sql = ("SELECT " + CASE_VIEW_COLUMNS + " FROM recovery_cases"

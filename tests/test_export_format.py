@@ -8,9 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from chalicelib import store
 from chalicelib.api.cases import EXPORT_COLUMNS
 from chalicelib.db import Database, tenant_transaction
+from chalicelib.store import export as export_store
+from chalicelib.store import views as view_store
 from tests import export_reference as reference
 from tests.export_reference import csv_cell
 
@@ -158,7 +159,7 @@ def test_copy_filters_match_the_parameterised_query(database: Database) -> None:
             assert new["text"] == old["text"] and new["rows"] == old["rows"], filters
         # q is the list's search: the same cases as the list.
         for text in ("mem_1", "mem_%", "="):
-            listed = [r["id"] for r in store.list_cases(tx, now=NOW, q=text, limit=100)]
+            listed = [r["id"] for r in view_store.list_cases(tx, now=NOW, q=text, limit=100)]
             new = reference.export_csv_copy(tx, EXPORT_COLUMNS, now=NOW, limit=100, q=text)
             assert [r[0] for r in csv.reader(io.StringIO(new["text"], newline=""))] == listed, text
             assert new["rows"] == len(listed)
@@ -198,7 +199,7 @@ def test_the_settings_that_carry_copy_values_end_with_the_transaction(database: 
     (b'"\n",1\n"a""\n""b",2\n', 2, 7),
 ])
 def test_crlf_rows_ends_rows_only_outside_quotes(data: bytes, rows: int, last: int) -> None:
-    out, n, start = store.crlf_rows(data)
+    out, n, start = export_store.crlf_rows(data)
     assert n == rows and start == last
     assert list(csv.reader(io.StringIO(out.decode(), newline=""))) == list(
         csv.reader(io.StringIO(data.decode(), newline="")))

@@ -528,12 +528,12 @@ def test_execute_owed_can_be_limited_to_some_kinds(world: World) -> None:
 
 
 def test_a_case_the_creator_cancelled_stays_cancelled(world: World) -> None:
-    from chalicelib import store
+    from chalicelib.store import cases as case_store
 
     case_id = world.fail(T0)
     with tenant_transaction(A, world.db) as tx:
-        store.close_case_by_creator(tx, case_id, close_reason="creator_cancelled", user_id="user_admin",
-                                    now=T0 + DAY)
+        case_store.close_case_by_creator(tx, case_id, close_reason="creator_cancelled", user_id="user_admin",
+                                         now=T0 + DAY)
     world.deliver(payment_event("payment.failed", at=T0 + 2 * DAY), T0 + 2 * DAY)
     world.deliver(payment_event("payment.succeeded", at=T0 + 3 * DAY), T0 + 3 * DAY)
     row = world.case(case_id)

@@ -129,12 +129,12 @@ def test_any_unicode_survives_the_queue_and_the_database(pipeline: Pipeline, tex
 
 def test_an_event_that_breaks_a_constraint_is_a_poison_record_not_a_dead_letter(
         database: Any, owner: Owner, monkeypatch: pytest.MonkeyPatch) -> None:
-    from chalicelib import store
+    from chalicelib.store import events as event_store
 
     def refuse(*_: Any, **__: Any) -> bool:
         raise ConstraintViolation("check violated", "23514")
 
-    monkeypatch.setattr(store, "insert_event", refuse)
+    monkeypatch.setattr(event_store, "insert_event", refuse)
     msg_id, body = payment_event("payment.failed", at=NOW - DAY)
     out = processing.process_webhook(QueuedWebhook(msg_id, NOW, body), NOW, database)
     assert out.status == "poisoned"
