@@ -14,7 +14,6 @@ from chalice.app import Chalice, CloudWatchEvent, ConvertToMiddleware, Rate, Req
 from chalicelib.budgets import SHARED_PROFILE, worst_case_call_s
 from chalicelib.clock import Clock, ClockSkew, checked_now, system_clock
 from chalicelib.config import get_config
-from chalicelib.db import get_database
 from chalicelib.errors import NotFound, ServiceUnavailable, Unauthorized
 from chalicelib.health import health_check
 from chalicelib.http import (
@@ -28,6 +27,7 @@ from chalicelib.http import (
 from chalicelib.ingest import accept_webhook
 from chalicelib.observability import count, logger, metrics
 from chalicelib.queue import EventQueue, get_queue
+from chalicelib.tenancy import get_database
 
 # Created by the merge template (infra/merge-template.json); the name is fixed there too.
 EVENTS_QUEUE_NAME = "rebound-events"

@@ -55,7 +55,8 @@ from typing import Any, cast
 from chalicelib import measurement, recovery_exec
 from chalicelib.attribution import window_passed
 from chalicelib.breaker import endpoint_of, get_breaker
-from chalicelib.db import Database, Transaction, tenant_transaction
+from chalicelib.db import Transaction
+from chalicelib.db_pool import Database
 from chalicelib.messages import VariantCopy
 from chalicelib.models import Case, CaseStatus, CreatorSettings
 from chalicelib.observability import count, logger
@@ -63,6 +64,7 @@ from chalicelib.recovery_policy import RECOVERY_KINDS
 from chalicelib.reminders import FREQUENCY_CAP, quiet_until, retry_delay
 from chalicelib.store import cases as case_store
 from chalicelib.store import settings as settings_store
+from chalicelib.tenancy import tenant_transaction
 from chalicelib.whop import WhopError, WhopPermanentError, WhopPort, WhopResult
 
 LEASE = timedelta(minutes=5)

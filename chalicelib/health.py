@@ -18,9 +18,11 @@ from typing import Literal
 from pydantic import BaseModel
 
 from chalicelib.config import Settings
-from chalicelib.db import Database, DatabaseError, ping, service_transaction
+from chalicelib.db import DatabaseError
+from chalicelib.db_pool import Database
 from chalicelib.errors import BadRequest, Unauthorized
 from chalicelib.queue import EventQueue, QueueUnavailable
+from chalicelib.tenancy import ping, service_transaction
 
 _STARTED = time.monotonic()
 DEEP_CACHE_S = 5.0

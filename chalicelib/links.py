@@ -23,8 +23,9 @@ from datetime import datetime
 from urllib.parse import urlsplit
 
 from chalicelib.config import get_config
-from chalicelib.db import Database, service_transaction, tenant_transaction
+from chalicelib.db_pool import Database
 from chalicelib.store import ledger as ledger_store
+from chalicelib.tenancy import service_transaction, tenant_transaction
 from chalicelib.whop import WhopError, WhopPort
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{20,100}$")

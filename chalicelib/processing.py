@@ -41,13 +41,8 @@ from chalicelib import erasure, measurement, models, recovery, replan
 from chalicelib.budgets import SHARED_PROFILE, worst_case_call_s
 from chalicelib.cases import Resume, fold, order_key
 from chalicelib.clock import Clock, ClockSkew, checked_now, system_clock
-from chalicelib.db import (
-    ConstraintViolation,
-    Database,
-    Transaction,
-    service_transaction,
-    tenant_transaction,
-)
+from chalicelib.db import ConstraintViolation, Transaction
+from chalicelib.db_pool import Database
 from chalicelib.effects import default_context, execute_owed
 from chalicelib.models import Case, CaseStatus, CreatorSettings, WhopEvent, event_time_problem
 from chalicelib.observability import count, logger
@@ -56,6 +51,7 @@ from chalicelib.reminders import covered_offset, initial_effects, next_action_at
 from chalicelib.store import cases as case_store
 from chalicelib.store import events as event_store
 from chalicelib.store import settings as settings_store
+from chalicelib.tenancy import service_transaction, tenant_transaction
 from chalicelib.webhooks import OUT_OF_RANGE, MalformedWebhook, event_from_payload, minimal_payload, normalise
 
 

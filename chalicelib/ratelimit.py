@@ -56,7 +56,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chalicelib.config import ConfigError
-from chalicelib.db import Database, Transaction, service_transaction, tenant_transaction
+from chalicelib.db import Transaction
+from chalicelib.db_pool import Database
+from chalicelib.tenancy import service_transaction, tenant_transaction
 
 RouteClass = Literal["reads", "settings_write", "actions", "export"]
 ROUTE_CLASSES: tuple[RouteClass, ...] = ("reads", "settings_write", "actions", "export")

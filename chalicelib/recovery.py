@@ -20,7 +20,8 @@ from datetime import datetime
 
 from chalicelib import erasure, experiments
 from chalicelib.attribution import window_passed
-from chalicelib.db import Database, Transaction, tenant_transaction
+from chalicelib.db import Transaction
+from chalicelib.db_pool import Database
 from chalicelib.models import Case, CaseStatus, CreatorSettings, WhopEvent
 from chalicelib.recovery_policy import (
     KIND_ATTACH,
@@ -34,6 +35,7 @@ from chalicelib.recovery_policy import (
 )
 from chalicelib.store import recovery as recovery_store
 from chalicelib.store import settings as settings_store
+from chalicelib.tenancy import tenant_transaction
 from chalicelib.webhooks import minimal_payload
 
 

@@ -26,7 +26,8 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from chalicelib.db import Database, Transaction, tenant_transaction
+from chalicelib.db import Transaction
+from chalicelib.db_pool import Database
 from chalicelib.models import Case, CreatorSettings
 from chalicelib.observability import count, logger
 from chalicelib.recovery_policy import (
@@ -46,6 +47,7 @@ from chalicelib.recovery_policy import (
     retry_verdict,
 )
 from chalicelib.store import recovery as recovery_store
+from chalicelib.tenancy import tenant_transaction
 from chalicelib.whop import Payment, WhopError, WhopPermanentError, WhopPort, WhopResult
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from chalicelib.db import Database, service_transaction, tenant_transaction
+from chalicelib.db_pool import Database
 from chalicelib.effects import Context, Stats, execute_owed
 from chalicelib.models import RECOVERY_WINDOW
 from chalicelib.observability import logger
@@ -30,6 +30,7 @@ from chalicelib.retention import purge_expired
 from chalicelib.store import cases as case_store
 from chalicelib.store import ledger as ledger_store
 from chalicelib.store import settings as settings_store
+from chalicelib.tenancy import service_transaction, tenant_transaction
 
 
 @dataclass

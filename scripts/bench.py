@@ -156,9 +156,9 @@ class WireCounter:
 
 class Bench:
     def __init__(self, args: Args) -> None:
-        from chalicelib import config
-        from chalicelib import db as dbmod
-        from chalicelib.db import connect, parse_database_url
+        from chalicelib import config, tenancy
+        from chalicelib.database_url import parse_database_url
+        from chalicelib.db_pool import connect
         from scripts import localdb
 
         self.args = args
@@ -170,7 +170,7 @@ class Bench:
         self.local = localdb.start(self.data_dir, log=lambda _m: None)
         os.environ["DATABASE_URL"] = self.local.runtime_url
         config.reset_config()
-        dbmod.reset_database()
+        tenancy.reset_database()
         # Loading a million rows on a busy machine outlasts the default socket timeout.
         self.owner = connect(parse_database_url(self.local.owner_url), timeout_s=3600)
         # The floors: bare pg8000 on the runtime login (RLS applies to them as to the app).
@@ -178,12 +178,12 @@ class Bench:
         self.now = datetime.now(UTC)
 
     def close(self) -> None:
-        from chalicelib import db as dbmod
+        from chalicelib import tenancy
 
         with contextlib.suppress(Exception):
             self.owner.close()
             self.bare.close()
-        dbmod.reset_database()
+        tenancy.reset_database()
         self.local.stop()
         shutil.rmtree(self.data_dir, ignore_errors=True)
         shutil.rmtree(self.data_dir.parent / f".{self.data_dir.name}-run", ignore_errors=True)
@@ -358,7 +358,7 @@ class Bench:
     # --- the tick ------------------------------------------------------------------------------
 
     def tick(self) -> None:
-        from chalicelib import db as dbmod
+        from chalicelib import tenancy
         from chalicelib.effects import Context, clear_experience_cache
         from chalicelib.scheduler import expire_cases, tick
 
@@ -374,7 +374,7 @@ class Bench:
             c=company, n=args.tick_due, ff=now - timedelta(days=2, hours=1), due=now - timedelta(hours=1))
         self.owner.run("ANALYZE recovery_cases")
         ctx = Context(whop=NullWhop(), app_id="app_bench", public_base_url="https://bench.invalid")
-        database = dbmod.get_database()
+        database = tenancy.get_database()
 
         def rearm() -> None:
             # Every run does the same work: the due cases owe their day-2 reminder again.
@@ -463,7 +463,7 @@ class Bench:
         return rows
 
     def _plan(self, company: str, sql: str, **params: Any) -> str:
-        from chalicelib.db import tenant_transaction
+        from chalicelib.tenancy import tenant_transaction
 
         with tenant_transaction(company) as tx:
             rows = tx.query("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) " + sql, **params)

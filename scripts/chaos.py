@@ -163,7 +163,8 @@ class Killer(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
-        from chalicelib.db import connect, parse_database_url
+        from chalicelib.database_url import parse_database_url
+        from chalicelib.db_pool import connect
 
         conn = connect(parse_database_url(self.owner_url))
         try:
@@ -213,8 +214,9 @@ def run(events: int, companies: int, seed: int, dup_rate: float, fault_rate: flo
     from chalice.test import Client
     from moto import mock_aws
 
-    from chalicelib import config, db, effects, queue
-    from chalicelib.db import connect, parse_database_url
+    from chalicelib import config, effects, queue, tenancy
+    from chalicelib.database_url import parse_database_url
+    from chalicelib.db_pool import connect
     from chalicelib.scheduler import tick
     from scripts import local_sqs, localdb, redrive
     from scripts.whop_payloads import sign
@@ -283,7 +285,7 @@ def run(events: int, companies: int, seed: int, dup_rate: float, fault_rate: flo
             accepted |= {m for m, _ in story.webhooks}
             _phase(f"scenarios: {counts.scenario_memberships} memberships, each event consumed in turn",
                    clock)
-            db.reset_database()
+            tenancy.reset_database()
             counts.redriven = redrive.redrive(sqs, queues.dlq_url, queues.queue_url)
             consume(sqs, queues, rng, 0.0, counts, seen)
             counts.sqs_redeliveries = sum(seen.values()) - len(seen)
@@ -334,7 +336,7 @@ def run(events: int, companies: int, seed: int, dup_rate: float, fault_rate: flo
 def _seed_world(fake: Any, webhooks: list[tuple[str, bytes]]) -> tuple[list[str], dict[str, tuple[str, str]]]:
     """Every company has an experience, every membership exists at the fake Whop, and every
     fifth company grants 3 free days."""
-    from chalicelib.db import tenant_transaction
+    from chalicelib.tenancy import tenant_transaction
 
     company_ids = sorted({json.loads(b)["company_id"] for _, b in webhooks})
     members: dict[str, tuple[str, str]] = {}
@@ -603,7 +605,8 @@ def run_scenarios(http: Any, sqs: Any, queues: Any, rng: random.Random, crash_ra
     for phase in phases:
         story.webhooks += phase
         _deliver_and_consume(http, sqs, queues, rng, crash_rate, counts, seen, fake, phase)
-    from chalicelib.db import connect, parse_database_url
+    from chalicelib.database_url import parse_database_url
+    from chalicelib.db_pool import connect
 
     owner = connect(parse_database_url(owner_url))
     try:

@@ -91,7 +91,8 @@ def seed_fake_whop(fake: str, owner_url: str) -> None:
 
 
 def known_memberships(owner_url: str) -> dict[str, tuple[str, str | None]]:
-    from chalicelib.db import connect, parse_database_url
+    from chalicelib.database_url import parse_database_url
+    from chalicelib.db_pool import connect
 
     conn = connect(parse_database_url(owner_url))
     try:
@@ -115,7 +116,8 @@ def banner(lines: list[str]) -> str:
 
 def seed_demo_settings(owner_url: str) -> None:
     """The demo company grants 3 free days as an incentive, so `simulate.py` shows one."""
-    from chalicelib.db import connect, parse_database_url
+    from chalicelib.database_url import parse_database_url
+    from chalicelib.db_pool import connect
 
     conn = connect(parse_database_url(owner_url))
     try:

@@ -18,9 +18,10 @@ import pytest
 from chalice.test import Client, HTTPResponse
 
 from chalicelib import auth, effects, measurement, processing, ratelimit
-from chalicelib.db import Database, tenant_transaction
+from chalicelib.db_pool import Database
 from chalicelib.openapi import build_document
 from chalicelib.queue import QueuedWebhook
+from chalicelib.tenancy import tenant_transaction
 from scripts.fake_whop import FakeWhop
 from tests.helpers import membership_event, payment_event
 

@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from chalicelib import effects
-from chalicelib.db import tenant_transaction
+from chalicelib.tenancy import tenant_transaction
 from tests.helpers import run_concurrently
 from tests.test_nudges import T0, World, world  # noqa: F401
 

@@ -14,11 +14,12 @@ from typing import Any, ClassVar
 import pytest
 
 from chalicelib.cases import fold
-from chalicelib.db import Database, service_transaction
+from chalicelib.db_pool import Database
 from chalicelib.ingest import accept_webhook
 from chalicelib.models import EventType
 from chalicelib.processing import process_webhook
 from chalicelib.queue import QueuedWebhook
+from chalicelib.tenancy import service_transaction
 from chalicelib.webhooks import MalformedWebhook, minimal_payload, normalise, verify
 from scripts.fake_whop import FakeWhop
 from scripts.whop_payloads import SECRET, card_saved_event, payment_event, sign

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from chalicelib import effects, processing
-from chalicelib.db import tenant_transaction
+from chalicelib.tenancy import tenant_transaction
 from scripts.local_sqs import LambdaContext
 from tests.helpers import payment_event
 from tests.test_nudges import A, World, world  # noqa: F401

@@ -9,9 +9,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from chalicelib.api.cases import EXPORT_COLUMNS
-from chalicelib.db import Database, tenant_transaction
+from chalicelib.db_pool import Database
 from chalicelib.store import export as export_store
 from chalicelib.store import views as view_store
+from chalicelib.tenancy import tenant_transaction
 from tests import export_reference as reference
 from tests.export_reference import csv_cell
 

@@ -14,10 +14,10 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from chalicelib import effects, experiments, lift, measurement, messages, scheduler
-from chalicelib.db import tenant_transaction
 from chalicelib.kpis import CaseTimes, cohorts
 from chalicelib.messages import VariantCopy, decline_class
 from chalicelib.models import Case, CaseStatus
+from chalicelib.tenancy import tenant_transaction
 from chalicelib.whop import get_whop
 from tests.helpers import payment_event, run_concurrently
 from tests.test_api_cases import insert_case

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from chalice.test import Client
 
-from chalicelib import config, db, effects, queue
+from chalicelib import config, effects, queue, tenancy
 from chalicelib.observability import metrics
 from scripts import split_template as st
 from scripts.whop_payloads import card_saved_event
@@ -431,7 +431,7 @@ def test_every_dashboard_and_alarm_metric_is_emitted_by_a_real_path(
     # The database goes away: the creator API answers 503 and says so (DatabaseDownAlarm).
     monkeypatch.setenv("DATABASE_URL", "postgresql://nobody:pw@127.0.0.1:9/rebound?sslmode=disable")
     config.reset_config()
-    db.reset_database()
+    tenancy.reset_database()
     token = pipeline.whop.mint_user_token("user_admin")
     resp = pipeline.client.http.get(f"/api/companies/{company}/settings",
                                     headers={"x-whop-user-token": token})

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from chalicelib import effects, measurement, processing, scheduler
-from chalicelib.db import Database, tenant_transaction
+from chalicelib.db_pool import Database
 from chalicelib.queue import QueuedWebhook
+from chalicelib.tenancy import tenant_transaction
 from chalicelib.whop import get_whop
 from scripts.fake_whop import FakeWhop
 from tests.conftest import Owner

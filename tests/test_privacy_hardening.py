@@ -18,9 +18,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from chalicelib import effects, processing, ratelimit, retention, scheduler
-from chalicelib.db import Database, QueryError, TenantViolation, service_transaction, tenant_transaction
+from chalicelib.db import QueryError, TenantViolation
+from chalicelib.db_pool import Database
 from chalicelib.queue import QueuedWebhook
 from chalicelib.ratelimit import RateLimits
+from chalicelib.tenancy import service_transaction, tenant_transaction
 from chalicelib.whop import get_whop
 from scripts import purge_company
 from scripts.fake_whop import FakeWhop

@@ -10,8 +10,9 @@ import pytest
 
 from chalicelib import ratelimit
 from chalicelib.config import ConfigError
-from chalicelib.db import Database, get_database, tenant_transaction
+from chalicelib.db_pool import Database
 from chalicelib.ratelimit import Decision, RateLimits, check, load_limits, window_start
+from chalicelib.tenancy import get_database, tenant_transaction
 from tests.test_api_support import ADMIN_B, ALPHA, BRAVO, Api, api_fixture  # noqa: F401
 
 T0 = datetime(2026, 3, 1, 12, 0, 5, tzinfo=UTC)  # 5 s into a 60 s window

@@ -13,11 +13,12 @@ from hypothesis import strategies as st
 
 from chalicelib import processing
 from chalicelib.cases import fold
-from chalicelib.db import Database, tenant_transaction
+from chalicelib.db_pool import Database
 from chalicelib.models import WhopEvent
 from chalicelib.queue import QueuedWebhook
 from chalicelib.store import events as event_store
 from chalicelib.store import ledger as ledger_store
+from chalicelib.tenancy import tenant_transaction
 from chalicelib.webhooks import normalise
 from tests.helpers import membership_event, payment_event
 

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 from chalicelib import processing, scheduler
-from chalicelib.db import ConstraintViolation, service_transaction, tenant_transaction
+from chalicelib.db import ConstraintViolation
 from chalicelib.queue import QueuedWebhook, decode_message, encode_message
+from chalicelib.tenancy import service_transaction, tenant_transaction
 from tests import test_nudges, test_pipeline
 from tests.conftest import Owner
 from tests.helpers import membership_event, payment_event

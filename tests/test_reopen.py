@@ -12,7 +12,7 @@ import json
 from datetime import timedelta
 from typing import Any
 
-from chalicelib.db import tenant_transaction
+from chalicelib.tenancy import tenant_transaction
 from tests.helpers import payment_event
 from tests.test_api_support import ALPHA, NOW, Api, api_fixture  # noqa: F401
 from tests.test_nudges import DAY, T0, A, World, world  # noqa: F401

@@ -22,10 +22,10 @@ import pytest
 
 from chalicelib import api as api_module
 from chalicelib import config, effects, health, processing, recovery_exec
-from chalicelib.db import tenant_transaction
 from chalicelib.effects import default_context, execute_owed
 from chalicelib.recovery_policy import attach_key, retry_key
 from chalicelib.scheduler import tick
+from chalicelib.tenancy import tenant_transaction
 from scripts.fake_whop import FakeWhop
 from scripts.whop_payloads import card_saved_event, payment_event
 from tests.conftest import Owner

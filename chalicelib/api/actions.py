@@ -24,7 +24,7 @@ from chalicelib.api import BadGateway, CreatorContext, destructive
 from chalicelib.api.cases import parse_case_id
 from chalicelib.api.schemas import ActionOutcome, CaseSummary, NudgeResult, TerminateRequest
 from chalicelib.attribution import window_passed
-from chalicelib.db import Transaction, tenant_transaction
+from chalicelib.db import Transaction
 from chalicelib.errors import Conflict, NotFound, ServiceUnavailable, TooManyRequests
 from chalicelib.observability import count, logger
 from chalicelib.reminders import channels
@@ -32,6 +32,7 @@ from chalicelib.store import cases as case_store
 from chalicelib.store import ledger as ledger_store
 from chalicelib.store import settings as settings_store
 from chalicelib.store import views as view_store
+from chalicelib.tenancy import tenant_transaction
 from chalicelib.whop import WhopResult, get_whop
 
 NUDGE_COOLDOWN = timedelta(hours=1)

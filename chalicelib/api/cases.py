@@ -21,10 +21,11 @@ from chalicelib.api.schemas import (
     ExportQuery,
     TimelineItem,
 )
-from chalicelib.db import Transaction, tenant_transaction
+from chalicelib.db import Transaction
 from chalicelib.errors import BadRequest, NotFound
 from chalicelib.store import export as export_store
 from chalicelib.store import views as view_store
+from chalicelib.tenancy import tenant_transaction
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 

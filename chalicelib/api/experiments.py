@@ -17,9 +17,10 @@ from chalicelib.api.schemas import (
     VariantBody,
     VariantResult,
 )
-from chalicelib.db import Transaction, tenant_transaction
+from chalicelib.db import Transaction
 from chalicelib.errors import Conflict, NotFound
 from chalicelib.http import json_response
+from chalicelib.tenancy import tenant_transaction
 
 
 def _view(tx: Transaction, row: dict[str, Any], ctx: CreatorContext) -> Experiment:

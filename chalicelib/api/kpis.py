@@ -9,9 +9,9 @@ from zoneinfo import ZoneInfo
 from chalicelib import measurement
 from chalicelib.api import CreatorContext
 from chalicelib.api.schemas import CohortQuery, KpiQuery
-from chalicelib.db import tenant_transaction
 from chalicelib.kpis import Cohorts, Kpis, cohort_start, cohorts, report
 from chalicelib.store import settings as settings_store
+from chalicelib.tenancy import tenant_transaction
 
 
 def get_kpis(ctx: CreatorContext) -> Kpis:

@@ -21,13 +21,14 @@ from chalicelib.api.actions import _locked_case
 from chalicelib.api.cases import parse_case_id
 from chalicelib.api.schemas import ActionOutcome, RetryResult
 from chalicelib.attribution import window_passed
-from chalicelib.db import Transaction, tenant_transaction
+from chalicelib.db import Transaction
 from chalicelib.errors import Conflict, ServiceUnavailable
 from chalicelib.observability import count, logger
 from chalicelib.recovery_policy import KIND_RETRY, STEP_MANUAL, retry_key
 from chalicelib.store import ledger as ledger_store
 from chalicelib.store import recovery as recovery_store
 from chalicelib.store import views as view_store
+from chalicelib.tenancy import tenant_transaction
 from chalicelib.whop import Payment, WhopError, WhopNotFound, WhopRetryableError, get_whop
 
 _ALREADY = "Rebound already retried this payment: a payment is retried once"

@@ -7,12 +7,12 @@ from typing import Any
 from chalicelib import replan
 from chalicelib.api import CreatorContext
 from chalicelib.api.schemas import PermissionGap, QuietHoursBody, Settings, SettingsUpdate
-from chalicelib.db import tenant_transaction
 from chalicelib.errors import BadRequest, ServiceUnavailable
 from chalicelib.models import CreatorSettings, QuietHours
 from chalicelib.observability import logger
 from chalicelib.store import recovery as recovery_store
 from chalicelib.store import settings as settings_store
+from chalicelib.tenancy import tenant_transaction
 from chalicelib.whop import WhopError, WhopNotFound, WhopRetryableError, get_whop
 
 _NOT_YOURS = "must be an experience of this company"

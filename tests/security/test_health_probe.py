@@ -8,8 +8,8 @@ import json
 import pytest
 from chalice.test import Client
 
-from chalicelib import config, db, health
-from chalicelib.db import Database
+from chalicelib import config, health, tenancy
+from chalicelib.db_pool import Database
 from chalicelib.health import DatabaseHealth, DeepCheckCache
 from tests.conftest import HEALTH_SCHEDULER_SECRET, HEALTH_SECRET
 
@@ -97,7 +97,7 @@ def test_an_unreachable_database_is_cached_as_unhealthy_too(health_client: Clien
                                                              tmp_path: object) -> None:
     monkeypatch.setenv("DATABASE_URL", f"postgresql://nobody@/rebound?host={tmp_path}")
     config.reset_config()
-    db.reset_database()
+    tenancy.reset_database()
     auth = {"authorization": f"Bearer {SECRET}"}
     assert health_client.http.get("/api/health?type=database", headers=auth).status_code == 503
     assert health_client.http.get("/api/health?type=database", headers=auth).status_code == 503
