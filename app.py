@@ -138,7 +138,7 @@ def run_tick(out_of_time: Callable[[], bool] | None = None,
              clock: Clock = system_clock) -> dict[str, Any]:
     from chalicelib.effects import default_context
     from chalicelib.scheduler import tick
-    from chalicelib.whop import get_whop
+    from chalicelib.whop_client import get_whop
 
     try:
         now = checked_now("tick", clock)  # the database's time; refused on a skewed host clock
@@ -183,7 +183,7 @@ def scheduler_reminders() -> Response:
 @handle_errors
 def tracked_link(token: str) -> Response:
     from chalicelib.links import follow
-    from chalicelib.whop import get_whop
+    from chalicelib.whop_client import get_whop
 
     click = follow(token, datetime.now(UTC), get_whop())
     count(f"LinkClick_{click.status}")

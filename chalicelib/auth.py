@@ -50,7 +50,8 @@ import jwt
 from chalicelib.config import ConfigError, get_config
 from chalicelib.errors import Forbidden, ServiceUnavailable, TooManyRequests, Unauthorized
 from chalicelib.observability import count, logger
-from chalicelib.whop import AccessLevel, WhopError, WhopNotFound, WhopPort, WhopRetryableError, get_whop
+from chalicelib.whop import AccessLevel, WhopError, WhopNotFound, WhopPort, WhopRetryableError
+from chalicelib.whop_client import get_whop
 
 ISSUER = "urn:whopcom:exp-proxy"
 TOKEN_HEADER = "x-whop-user-token"  # noqa: S105 - a header name, not a secret

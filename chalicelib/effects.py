@@ -650,7 +650,7 @@ def _execute_one(company_id: str, c: Claim, result: WhopResult, now: datetime, d
 
 def default_context() -> Context:
     from chalicelib.config import get_config
-    from chalicelib.whop import get_whop
+    from chalicelib.whop_client import get_whop
 
     cfg = get_config()
     return Context(whop=get_whop(), app_id=cfg.WHOP_APP_ID or "",

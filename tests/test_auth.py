@@ -140,7 +140,7 @@ class Clock:
 
 
 def _authenticator(fake: FakeWhop, clock: Clock) -> Authenticator:
-    from chalicelib.whop import get_whop
+    from chalicelib.whop_client import get_whop
 
     keys = KeySet(fake.jwks_url, clock=clock)
     return Authenticator(TokenVerifier(keys, fake.app_id), AccessCache(get_whop(), clock=clock))
@@ -211,7 +211,7 @@ def test_a_token_without_kid_is_tried_against_every_key(fake_whop: FakeWhop) -> 
 
 
 def test_errors_raised_by_the_verifier_and_the_authenticator(fake_whop: FakeWhop) -> None:
-    from chalicelib.whop import WhopClient
+    from chalicelib.whop_client import WhopClient
 
     verifier = TokenVerifier(KeySet(fake_whop.jwks_url), fake_whop.app_id)
     with pytest.raises(Unauthorized):

@@ -15,7 +15,7 @@ from chalicelib import effects, measurement, processing, scheduler
 from chalicelib.db_pool import Database
 from chalicelib.queue import QueuedWebhook
 from chalicelib.tenancy import tenant_transaction
-from chalicelib.whop import get_whop
+from chalicelib.whop_client import get_whop
 from scripts.fake_whop import FakeWhop
 from tests.conftest import Owner
 from tests.helpers import membership_event, payment_event, run_concurrently

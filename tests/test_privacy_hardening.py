@@ -23,7 +23,7 @@ from chalicelib.db_pool import Database
 from chalicelib.queue import QueuedWebhook
 from chalicelib.ratelimit import RateLimits
 from chalicelib.tenancy import service_transaction, tenant_transaction
-from chalicelib.whop import get_whop
+from chalicelib.whop_client import get_whop
 from scripts import purge_company
 from scripts.fake_whop import FakeWhop
 from tests.conftest import Owner

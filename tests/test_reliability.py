@@ -302,7 +302,8 @@ def test_member_cancellation_after_a_late_reorder_keeps_one_case(world: World) -
 
 def test_retry_after_in_an_http_date_far_away_is_capped() -> None:
     from chalicelib.reminders import retry_delay
-    from chalicelib.whop import MAX_RETRY_AFTER_S, parse_retry_after
+    from chalicelib.whop import MAX_RETRY_AFTER_S
+    from chalicelib.whop_retries import parse_retry_after
 
     assert parse_retry_after("1e15") == MAX_RETRY_AFTER_S
     assert parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT") == MAX_RETRY_AFTER_S

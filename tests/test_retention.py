@@ -16,7 +16,7 @@ from chalicelib.db_pool import Database
 from chalicelib.queue import QueuedWebhook
 from chalicelib.tenancy import tenant_transaction
 from chalicelib.webhooks import event_from_payload
-from chalicelib.whop import get_whop
+from chalicelib.whop_client import get_whop
 from scripts.fake_whop import FakeWhop
 from tests.conftest import Owner
 from tests.helpers import membership_event, payment_event

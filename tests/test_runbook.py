@@ -35,7 +35,7 @@ import pytest
 from chalice.test import Client
 from moto import mock_aws
 
-from chalicelib import config, db_pool, health, tenancy, whop
+from chalicelib import config, db_pool, health, tenancy, whop, whop_client
 from chalicelib.database_url import parse_database_url
 from chalicelib.db_pool import connect
 from scripts import localdb, migrate, ops
@@ -217,7 +217,7 @@ def world(local_database: localdb.LocalDatabase, owner: Owner, database: db_pool
             monkeypatch.setenv("EVENTS_QUEUE_URL", urls["events"])
             config.reset_config()
             tenancy.reset_database()
-            whop.reset_whop()
+            whop_client.reset_whop()
             health.deep_cache.clear()
             from app import app
 
@@ -227,7 +227,7 @@ def world(local_database: localdb.LocalDatabase, owner: Owner, database: db_pool
                 yield world
             config.reset_config()
             tenancy.reset_database()
-            whop.reset_whop()
+            whop_client.reset_whop()
             health.deep_cache.clear()
     finally:
         hba.write_text(trusting)
@@ -369,11 +369,11 @@ def check_put_secret(world: World, argv: list[str], out: str) -> None:
     elif name == "WhopApiKeySecretArn":
         world.fake.api_key = stored  # Whop knows only the new key now
         world.fake.add_membership("mem_rotation", company_id=COMPANY, user_id="user_rotation")
-        before = whop.get_whop()
+        before = whop_client.get_whop()
         with pytest.raises(whop.WhopError):
             before.retrieve_membership("mem_rotation")  # still the old key: 401
         later(world)
-        after = whop.get_whop()
+        after = whop_client.get_whop()
         assert after is not before and after.retrieve_membership("mem_rotation").id == "mem_rotation"
     elif name == "DatabaseUrlSecretArn":
         current = tenancy.get_database()

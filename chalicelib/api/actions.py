@@ -33,7 +33,8 @@ from chalicelib.store import ledger as ledger_store
 from chalicelib.store import settings as settings_store
 from chalicelib.store import views as view_store
 from chalicelib.tenancy import tenant_transaction
-from chalicelib.whop import WhopResult, get_whop
+from chalicelib.whop import WhopResult
+from chalicelib.whop_client import get_whop
 
 NUDGE_COOLDOWN = timedelta(hours=1)
 TERMINAL = ("recovered", "expired")

@@ -29,7 +29,8 @@ from chalicelib.store import ledger as ledger_store
 from chalicelib.store import recovery as recovery_store
 from chalicelib.store import views as view_store
 from chalicelib.tenancy import tenant_transaction
-from chalicelib.whop import Payment, WhopError, WhopNotFound, WhopRetryableError, get_whop
+from chalicelib.whop import Payment, WhopError, WhopNotFound, WhopRetryableError
+from chalicelib.whop_client import get_whop
 
 _ALREADY = "Rebound already retried this payment: a payment is retried once"
 

@@ -13,7 +13,8 @@ from chalicelib.observability import logger
 from chalicelib.store import recovery as recovery_store
 from chalicelib.store import settings as settings_store
 from chalicelib.tenancy import tenant_transaction
-from chalicelib.whop import WhopError, WhopNotFound, WhopRetryableError, get_whop
+from chalicelib.whop import WhopError, WhopNotFound, WhopRetryableError
+from chalicelib.whop_client import get_whop
 
 _NOT_YOURS = "must be an experience of this company"
 

@@ -13,7 +13,7 @@ import pytest
 from chalicelib import auth, config
 from chalicelib.auth import KeySet, TokenVerifier
 from chalicelib.errors import Unauthorized
-from chalicelib.whop import get_whop
+from chalicelib.whop_client import get_whop
 from scripts.fake_whop import FakeWhop
 from tests.test_api_support import ADMIN_A, ALPHA, Api, api_fixture  # noqa: F401
 
