@@ -9,7 +9,7 @@ count ``ClockSkewRefused`` — the consumer hands its batch back to SQS, the tic
 (``TickMissingAlarm`` then fires). Otherwise they act on the database's time.
 
 Leases themselves are written and compared in SQL (``clock_timestamp()``/``now()``), so even an
-executor handed a wrong ``now`` by its caller cannot hold a row longer than ``effects.LEASE``.
+executor handed a wrong ``now`` by its caller cannot hold a row longer than ``claims.LEASE``.
 """
 
 from __future__ import annotations

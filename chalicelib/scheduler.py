@@ -20,8 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from chalicelib.claims import Context, Stats
 from chalicelib.db_pool import Database
-from chalicelib.effects import Context, Stats, execute_owed
+from chalicelib.effects import execute_owed
 from chalicelib.models import RECOVERY_WINDOW
 from chalicelib.observability import logger
 from chalicelib.reminders import due_reminder, next_action_at, reminder_effects

@@ -359,7 +359,8 @@ class Bench:
 
     def tick(self) -> None:
         from chalicelib import tenancy
-        from chalicelib.effects import Context, clear_experience_cache
+        from chalicelib.claims import Context
+        from chalicelib.effects import clear_experience_cache
         from chalicelib.scheduler import expire_cases, tick
 
         args = self.args

@@ -637,7 +637,7 @@ def skewed_executor(owner: Any, company_ids: list[str], now: datetime, counts: C
     """Item 3 of issue 20: the tick's edge on a clock a day ahead refuses to act; an executor a
     day ahead (its ``now`` handed to it) claims owed rows of a few cases and dies."""
     from app import run_tick
-    from chalicelib import effects
+    from chalicelib import claim_gate
 
     before = owner.run("SELECT count(*) FROM recovery_actions WHERE status = 'claimed'")[0][0]
     result = run_tick(clock=lambda: datetime.now(UTC) + DAY)
@@ -653,7 +653,7 @@ def skewed_executor(owner: Any, company_ids: list[str], now: datetime, counts: C
         n=max(5, len(company_ids) // 2))
     abandoned: list[str] = []
     for company, case_id in owed:
-        abandoned += [c.action_id for c in effects.claim(company, now + DAY, case_id=case_id, limit=10)]
+        abandoned += [c.action_id for c in claim_gate.claim(company, now + DAY, case_id=case_id, limit=10)]
     return Skewed(refused=result.get("refused") == "clock_skew" and before == after, abandoned=abandoned)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 # The metric names the dashboard lists come from the code that emits them (fixed sets).
-from chalicelib.effects import SEND_CHANNELS, SEND_OUTCOMES
+from chalicelib.claims import SEND_CHANNELS, SEND_OUTCOMES
 from chalicelib.ingest import type_label
 from chalicelib.models import EventType
 from scripts import alarms

@@ -301,7 +301,7 @@ def test_member_cancellation_after_a_late_reorder_keeps_one_case(world: World) -
 
 
 def test_retry_after_in_an_http_date_far_away_is_capped() -> None:
-    from chalicelib.reminders import retry_delay
+    from chalicelib.retry_policy import retry_delay
     from chalicelib.whop import MAX_RETRY_AFTER_S
     from chalicelib.whop_retries import parse_retry_after
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from chalicelib import config, effects, processing, retention, scheduler
+from chalicelib import claims, config, processing, retention, scheduler
 from chalicelib.db_pool import Database
 from chalicelib.queue import QueuedWebhook
 from chalicelib.tenancy import tenant_transaction
@@ -146,7 +146,7 @@ def test_the_tick_runs_the_purge_and_survives_its_failure(database: Database, ow
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     case_id = seed_membership(database, A, "mem_tick", NOW - 10 * DAY)
     add_click(owner, A, case_id, NOW - 400 * DAY)
-    ctx = effects.Context(whop=get_whop(), app_id=whop_env.app_id, public_base_url="https://r.test")
+    ctx = claims.Context(whop=get_whop(), app_id=whop_env.app_id, public_base_url="https://r.test")
     scheduler.tick(ctx, NOW, database)
     assert owner.run("SELECT count(*) FROM recovery_actions WHERE kind = 'link_click'") == [[0]]
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from chalicelib import api as api_module
-from chalicelib import config, effects, health, processing, recovery_exec
+from chalicelib import claims, config, effects, health, processing, recovery_exec
 from chalicelib.effects import default_context, execute_owed
 from chalicelib.recovery_policy import attach_key, retry_key
 from chalicelib.scheduler import tick
@@ -116,7 +116,7 @@ class World:
             assert sent.status == 200, sent
         self.drain()
 
-    def tick(self, at: datetime) -> effects.Stats:
+    def tick(self, at: datetime) -> claims.Stats:
         self.clock[0] = at
         return tick(default_context(), at).effects
 
