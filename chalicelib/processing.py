@@ -52,7 +52,8 @@ from chalicelib.store import cases as case_store
 from chalicelib.store import events as event_store
 from chalicelib.store import settings as settings_store
 from chalicelib.tenancy import service_transaction, tenant_transaction
-from chalicelib.webhooks import OUT_OF_RANGE, MalformedWebhook, event_from_payload, minimal_payload, normalise
+from chalicelib.webhook_text import event_from_payload, minimal_payload
+from chalicelib.webhooks import OUT_OF_RANGE, MalformedWebhook, normalise
 
 
 @dataclass

@@ -36,7 +36,7 @@ from chalicelib.recovery_policy import (
 from chalicelib.store import recovery as recovery_store
 from chalicelib.store import settings as settings_store
 from chalicelib.tenancy import tenant_transaction
-from chalicelib.webhooks import minimal_payload
+from chalicelib.webhook_text import minimal_payload
 
 
 @dataclass

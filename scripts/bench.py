@@ -222,7 +222,8 @@ class Bench:
     def _records(events: list[tuple[str, bytes]], received: datetime) -> list[dict[str, Any]]:
         """SQS records as the webhook route queues them (the minimised event, not the body)."""
         from chalicelib.queue import encode_message
-        from chalicelib.webhooks import minimal_payload, normalise
+        from chalicelib.webhook_text import minimal_payload
+        from chalicelib.webhooks import normalise
 
         records = []
         for msg_id, body in events:
@@ -255,7 +256,7 @@ class Bench:
     def _floor(self, events: list[Any], received: datetime) -> None:
         """What the consumer cannot do with less: one transaction per event that sets the tenant,
         stores the event and upserts its case (5 statements, 11 waits on the server)."""
-        from chalicelib.webhooks import minimal_payload
+        from chalicelib.webhook_text import minimal_payload
 
         conn = self.bare
         for event in events:

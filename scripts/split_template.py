@@ -59,7 +59,7 @@ VPC_ACTIONS = ["ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces",
                "ec2:DeleteNetworkInterface", "ec2:AssignPrivateIpAddresses",
                "ec2:UnassignPrivateIpAddresses"]
 HANDLER_IDS = {"process_events": "ProcessEvents", "process_reminders": "ProcessReminders"}
-# The webhook route's rejections (webhooks.verify reasons, all 401): a spike means a wrong secret
+# The webhook route's rejections (webhook_signature.verify reasons, all 401): a spike means a wrong secret
 # after rotation, a clock problem, or someone probing the endpoint.
 # (A signed but unusable body is acknowledged, Webhook_ignored_unusable: Whop did nothing wrong.)
 WEBHOOK_REJECTIONS = ("Webhook_rejected_missing_headers", "Webhook_rejected_bad_timestamp",

@@ -20,7 +20,9 @@ from chalicelib.models import EventType
 from chalicelib.processing import process_webhook
 from chalicelib.queue import QueuedWebhook
 from chalicelib.tenancy import service_transaction
-from chalicelib.webhooks import MalformedWebhook, minimal_payload, normalise, verify
+from chalicelib.webhook_signature import verify
+from chalicelib.webhook_text import minimal_payload
+from chalicelib.webhooks import MalformedWebhook, normalise
 from scripts.fake_whop import FakeWhop
 from scripts.whop_payloads import SECRET, card_saved_event, payment_event, sign
 

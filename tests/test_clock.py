@@ -114,7 +114,8 @@ def test_a_tick_on_a_skewed_clock_refuses_and_says_why(world: World,  # noqa: F8
 
 def _sqs_event(bodies: list[tuple[str, bytes]]) -> dict[str, Any]:
     from chalicelib.queue import encode_message
-    from chalicelib.webhooks import minimal_payload, normalise
+    from chalicelib.webhook_text import minimal_payload
+    from chalicelib.webhooks import normalise
 
     records = []
     for i, (msg_id, body) in enumerate(bodies):

@@ -15,7 +15,7 @@ from chalicelib import claims, config, processing, retention, scheduler
 from chalicelib.db_pool import Database
 from chalicelib.queue import QueuedWebhook
 from chalicelib.tenancy import tenant_transaction
-from chalicelib.webhooks import event_from_payload
+from chalicelib.webhook_text import event_from_payload
 from chalicelib.whop_client import get_whop
 from scripts.fake_whop import FakeWhop
 from tests.conftest import Owner

@@ -3,7 +3,7 @@ membership needs.
 
 Invariants: a webhook id is stored once (``ON CONFLICT (webhook_id) DO NOTHING``: a redelivery
 returns None and changes nothing); stored payloads are the minimal, PII-free ones
-(``webhooks.minimal_payload``); ``poison_events`` keeps ids and reasons only, never a payload.
+(``webhook_text.minimal_payload``); ``poison_events`` keeps ids and reasons only, never a payload.
 The statement that stores an event also reads the membership's payloads, cases and the
 company's settings (one round trip per webhook), from the last closed episode on (FoldStart).
 """
