@@ -18,26 +18,13 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from chalicelib.api import MAX_BODY_BYTES
 from chalicelib.api.cases import EXPORT_COLUMNS, EXPORT_MAX_BYTES, EXPORT_NEXT_CURSOR_HEADER
-from chalicelib.api.schemas import (
-    CaseDetail,
-    CaseList,
-    CaseListQuery,
-    CaseSummary,
-    CohortQuery,
-    ErrorResponse,
-    Experiment,
-    ExperimentCreate,
-    ExperimentList,
-    ExportQuery,
-    KpiQuery,
-    ManageUrl,
-    MembershipView,
-    NudgeResult,
-    RetryResult,
-    Settings,
-    SettingsUpdate,
-    TerminateRequest,
-)
+from chalicelib.api.schemas.actions import NudgeResult, RetryResult, TerminateRequest
+from chalicelib.api.schemas.cases import CaseDetail, CaseList, CaseListQuery, CaseSummary, ExportQuery
+from chalicelib.api.schemas.common import ErrorResponse
+from chalicelib.api.schemas.experiments import Experiment, ExperimentCreate, ExperimentList
+from chalicelib.api.schemas.kpis import CohortQuery, KpiQuery
+from chalicelib.api.schemas.memberships import ManageUrl, MembershipView
+from chalicelib.api.schemas.settings import Settings, SettingsUpdate
 from chalicelib.auth import COMPANY_ID, TOKEN_HEADER
 from chalicelib.health import ApplicationHealth, DatabaseHealth, WebhookHealth
 from chalicelib.kpis import Cohorts, Kpis

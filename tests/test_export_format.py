@@ -59,7 +59,7 @@ def test_postgres_cells_match_the_python_rules(database: Database, offset_us: in
 def test_a_page_that_does_not_fit_is_cut_between_rows_and_resumes(database: Database,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from chalicelib.api import cases as case_views
-    from chalicelib.api.schemas import ExportQuery
+    from chalicelib.api.schemas.cases import ExportQuery
 
     with tenant_transaction("biz_a", database) as tx:
         tx.execute("INSERT INTO recovery_cases (company_id, membership_id, first_failure_at, last_failure_at,"
@@ -214,7 +214,7 @@ def test_export_parts_add_up_to_the_formatted_rows_whatever_the_chunk_and_budget
         database: Database, monkeypatch: pytest.MonkeyPatch, chunk: int, max_bytes: int,
         page_rows: int) -> None:
     from chalicelib.api import cases as case_views
-    from chalicelib.api.schemas import ExportQuery
+    from chalicelib.api.schemas.cases import ExportQuery
 
     with tenant_transaction("biz_a", database) as tx:
         _insert_tricky(tx, "biz_a", same_time=True)  # ties: the cursor must split them exactly

@@ -104,7 +104,7 @@ def test_creator_operations_document_auth_errors_parameters_and_rate_limits() ->
 
 
 def test_schemas_are_the_handlers_models() -> None:
-    from chalicelib.api.schemas import SettingsUpdate
+    from chalicelib.api.schemas.settings import SettingsUpdate
 
     generated = SettingsUpdate.model_json_schema(ref_template="#/components/schemas/{model}")
     documented = DOC["components"]["schemas"]["SettingsUpdate"]

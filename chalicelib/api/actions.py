@@ -22,7 +22,8 @@ from typing import Any
 from chalicelib import effects
 from chalicelib.api import BadGateway, CreatorContext, destructive
 from chalicelib.api.cases import parse_case_id
-from chalicelib.api.schemas import ActionOutcome, CaseSummary, NudgeResult, TerminateRequest
+from chalicelib.api.schemas.actions import ActionOutcome, NudgeResult, TerminateRequest
+from chalicelib.api.schemas.cases import CaseSummary
 from chalicelib.attribution import window_passed
 from chalicelib.db import Transaction
 from chalicelib.errors import Conflict, NotFound, ServiceUnavailable, TooManyRequests

@@ -12,7 +12,7 @@ from typing import Any
 from chalice.app import Response
 
 from chalicelib.api import CreatorContext
-from chalicelib.api.schemas import (
+from chalicelib.api.schemas.cases import (
     CaseDetail,
     CaseFilters,
     CaseList,

@@ -10,7 +10,7 @@ from chalicelib import experiments as domain
 from chalicelib import measurement
 from chalicelib.api import CreatorContext
 from chalicelib.api.cases import parse_uuid
-from chalicelib.api.schemas import (
+from chalicelib.api.schemas.experiments import (
     Experiment,
     ExperimentCreate,
     ExperimentList,

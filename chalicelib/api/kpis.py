@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 from chalicelib import measurement
 from chalicelib.api import CreatorContext
-from chalicelib.api.schemas import CohortQuery, KpiQuery
+from chalicelib.api.schemas.kpis import CohortQuery, KpiQuery
 from chalicelib.kpis import Cohorts, Kpis, cohort_start, cohorts, report
 from chalicelib.store import settings as settings_store
 from chalicelib.tenancy import tenant_transaction

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from chalicelib.api import BadGateway, CreatorContext
-from chalicelib.api.schemas import ManageUrl, MembershipView
+from chalicelib.api.schemas.memberships import ManageUrl, MembershipView
 from chalicelib.errors import NotFound, ServiceUnavailable
 from chalicelib.whop import Membership, WhopError, WhopNotFound, WhopRetryableError
 from chalicelib.whop_client import get_whop

@@ -19,7 +19,7 @@ from chalicelib import effects
 from chalicelib.api import CreatorContext, destructive
 from chalicelib.api.actions import _locked_case
 from chalicelib.api.cases import parse_case_id
-from chalicelib.api.schemas import ActionOutcome, RetryResult
+from chalicelib.api.schemas.actions import ActionOutcome, RetryResult
 from chalicelib.attribution import window_passed
 from chalicelib.db import Transaction
 from chalicelib.errors import Conflict, ServiceUnavailable

@@ -6,7 +6,7 @@ from typing import Any
 
 from chalicelib import replan
 from chalicelib.api import CreatorContext
-from chalicelib.api.schemas import PermissionGap, QuietHoursBody, Settings, SettingsUpdate
+from chalicelib.api.schemas.settings import PermissionGap, QuietHoursBody, Settings, SettingsUpdate
 from chalicelib.errors import BadRequest, ServiceUnavailable
 from chalicelib.models import CreatorSettings, QuietHours
 from chalicelib.observability import logger

@@ -2,7 +2,7 @@
 issue 9 "Keep it found"): never a 5xx, always the error shape, and text parameters that cannot
 hold control characters name the field in a 400.
 
-Decision (documented in chalicelib/api/schemas.py): control characters are REJECTED with a 400
+Decision (documented in chalicelib/api/schemas/__init__.py): control characters are REJECTED with a 400
 field error, not stripped: what was searched stays equal to what was typed.
 """
 
