@@ -130,14 +130,12 @@ class DeepCheckCache:
         self._clock = clock
         self._lock = threading.Lock()
         self._answers: dict[str, tuple[float, Deep]] = {}
-        self.probes = 0
 
     def get(self, check: str, probe: Callable[[], Deep]) -> Deep:
         with self._lock:  # held while probing: concurrent callers wait for the one answer
             cached = self._answers.get(check)
             if cached is not None and self._clock() - cached[0] < self.ttl_s:
                 return cached[1]
-            self.probes += 1
             answer = probe()
             self._answers[check] = (self._clock(), answer)
             return answer

@@ -107,7 +107,6 @@ class EventType(StrEnum):
 
 
 FAILURE_TYPES = frozenset({EventType.PAYMENT_FAILED, EventType.PAYMENT_REQUIRES_ACTION})
-SUCCESS_TYPES = frozenset({EventType.PAYMENT_SUCCEEDED, EventType.MEMBERSHIP_ACTIVATED})
 
 # Why a membership went invalid, as far as the payload tells: only a member's own cancellation
 # closes a case; a deactivation caused by the failed payment leaves it open (they can still fix it).
@@ -152,10 +151,6 @@ class WhopEvent(BaseModel):
     @property
     def is_failure(self) -> bool:
         return self.type in FAILURE_TYPES
-
-    @property
-    def is_success(self) -> bool:
-        return self.type in SUCCESS_TYPES
 
 
 def window_end(first_failure_at: datetime) -> datetime:

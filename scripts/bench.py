@@ -55,7 +55,6 @@ NAMES = ("consume_vs_floor", "statements_per_event", "round_trips_per_event", "r
          "export_vs_copy", "ingest_vs_floor", "import_vs_stack", "consumer_peak_rss_mb",
          "export_peak_rss_mb", "package_zip_mb")
 COMPANY = "biz_bench"
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 @dataclass

@@ -433,15 +433,10 @@ def metric_alarms(plans: Iterable[FunctionPlan], settings: FunctionSettings,
                                   webhook_silence_minutes=settings.webhook_silence_minutes)
 
 
-def api_name(template: Mapping[str, Any]) -> Any:
-    return template["Resources"]["RestAPI"]["Properties"]["DefinitionBody"]["info"]["title"]
-
-
 def stage_name(template: Mapping[str, Any]) -> str:
     return str(template["Resources"]["RestAPI"]["Properties"]["StageName"])
 
 
-SERVICE_DIMENSION = [{"Name": "service", "Value": {"Ref": "AWS::StackName"}}]
 # Kept for readers of rendered templates (tests, docs): see scripts/alarms.py.
 alarm_metric_names = alarms.alarm_metric_names
 

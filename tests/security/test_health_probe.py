@@ -85,11 +85,17 @@ def test_the_cache_expires() -> None:
     now = [0.0]
     cache = DeepCheckCache(ttl_s=5, clock=lambda: now[0])
     answer = DatabaseHealth(status="ok", reachable=True)
+    probes: list[float] = []
+
+    def probe() -> DatabaseHealth:
+        probes.append(now[0])
+        return answer
+
     for _ in range(3):
-        cache.get("database", lambda: answer)
+        assert cache.get("database", probe) is answer
     now[0] = 5.1
-    cache.get("database", lambda: answer)
-    assert cache.probes == 2
+    cache.get("database", probe)
+    assert probes == [0.0, 5.1]
 
 
 def test_an_unreachable_database_is_cached_as_unhealthy_too(health_client: Client,

@@ -89,7 +89,7 @@ def test_hostile_query_values(api: Api, template: str, param: str, monkeypatch: 
     from chalicelib import ratelimit
 
     monkeypatch.setenv("RATE_LIMIT_EXPORT", "100")  # every hostile value reaches the export's handler
-    ratelimit.reset_limits()
+    ratelimit.get_limits.cache_clear()
     api.open_case()
     path = template.format(company_id=ALPHA)
     for name, value in HOSTILE:
