@@ -40,7 +40,7 @@ app.register_middleware(ConvertToMiddleware(metrics.log_metrics))
 
 @app.middleware("http")
 def contract_errors(event: Request, get_response: Callable[[Request], Response]) -> Response:
-    # Every route's 405 in the contract's error shape (issue 17), not Chalice's own.
+    # Every route's 405 in the contract's error shape, not Chalice's own.
     return contract_method_not_allowed(get_response(event))
 
 
@@ -164,7 +164,7 @@ def scheduler_reminders() -> Response:
     from chalicelib.ratelimit import enforce_principal
 
     now = datetime.now(UTC)
-    # The bearer first (issue 20): a wrong one counts against its source address only, so wrong
+    # The bearer first: a wrong one counts against its source address only, so wrong
     # guesses can never spend the real caller's budget; authenticated ticks have their own limit
     # (a tick hits the database and Whop).
     if not bearer_matches(request.headers.get("authorization"), secret):

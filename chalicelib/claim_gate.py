@@ -49,7 +49,7 @@ _OWED = (
     " a.case_id::text AS case_id, COALESCE(a.owed_at, a.created_at) AS owed_at, a.result -> 'copy' AS copy"
     " FROM recovery_actions a"
     " WHERE a.status IN ('pending', 'claimed') AND a.due_at <= :now"
-    # A lease runs on the database's clock, whatever clock the executor reads (issue 20).
+    # A lease runs on the database's clock, whatever clock the executor reads.
     " AND (a.claimed_until IS NULL OR a.claimed_until <= now())"
     " AND (CAST(:case_id AS uuid) IS NULL OR a.case_id = CAST(:case_id AS uuid))"
     " AND (CAST(:kinds AS text) IS NULL OR a.kind = ANY(string_to_array(CAST(:kinds AS text), ',')))"
@@ -171,7 +171,7 @@ def claim(company_id: str, now: datetime, db: Database | None = None, *, case_id
             case_row = cases[row["case_id"]]
             case = case_store.case_from_row(case_row)
             verdict = (recovery_exec.gate(tx, row, case, settings, now) if row["kind"] in RECOVERY_KINDS
-                       else _gate(tx, row, case, settings, now, batch_sends))  # issue 18: its own rules
+                       else _gate(tx, row, case, settings, now, batch_sends))  # smart retry's own rules
             if verdict is not None and verdict[0] == "skip":
                 settle(tx, row["action_id"], now, "skipped", "skipped", verdict[1])
                 stats.skipped += 1

@@ -103,7 +103,7 @@ def write_claims(tx: Transaction, claims: list[Claim], now: datetime) -> None:
     if not claims:
         return
     # The lease ends on the database's clock: an executor whose own clock is wrong (a day ahead,
-    # say) must not hold rows for a day when it dies (issue 20).
+    # say) must not hold rows for a day when it dies.
     tx.execute("UPDATE recovery_actions a SET status = 'claimed',"
                " claimed_until = clock_timestamp() + CAST(:lease AS interval),"
                " claim_token = u.token, attempts = a.attempts + 1, updated_at = now()"

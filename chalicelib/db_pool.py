@@ -222,7 +222,7 @@ class Database:
                              locks=list(locks), ms=self.statement_timeout_ms)
                 elif company_id is not None and locks:
                     # Tenant and locks in one round trip (the consumer's per-membership lock, and
-                    # the per-member one a failure shares with a saved card: issue 18), in order.
+                    # the per-member one a failure shares with a saved card), in order.
                     taken = ", ".join(f"pg_advisory_xact_lock(hashtextextended(:lock{i}, 0))"
                                       for i in range(len(locks)))
                     tx.query("SELECT set_config('app.company_id', :cid, true), " + taken, cid=company_id,

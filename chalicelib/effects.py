@@ -105,7 +105,7 @@ def pin_copy(ctx: Context, company_id: str, c: Claim, now: datetime, db: Databas
     """Store the message before its first attempt. Every retry then sends the same body under
     the same Idempotency-Key, even if the case changed in between (a late event moved its first
     failure, say): Whop refuses a reused key with other content, and a new key would send twice.
-    An attach/retry row instead reads Whop and pins when it was first attempted (issue 18)."""
+    An attach/retry row instead reads Whop and pins when it was first attempted."""
     if c.kind in RECOVERY_KINDS:
         recovery_exec.prepare(ctx, company_id, c, now, db)
         return
@@ -152,7 +152,7 @@ def perform(ctx: Context, c: Claim, now: datetime) -> WhopResult:
         if c.kind in RECOVERY_KINDS:
             return recovery_exec.perform(ctx, c)
         if c.kind == "reminder" and recovery_exec.payment_already_paid(ctx.whop, c.case):
-            # issue 18: Whop already shows the payment paid (its success webhook is late).
+            # Whop already shows the payment paid (its success webhook is late).
             return WhopResult(ok=False, error_class="permanent", error_code="already_paid")
         copy = c.copy or message_copy(ctx, c, now)
         assert c.case.user_id is not None
@@ -255,7 +255,7 @@ def execute_owed(ctx: Context, company_id: str, now: datetime, db: Database | No
         if not batch:
             break
         done += len(batch)
-        # Claims whose Whop endpoint is resting (the breaker, issue 20) go back owed, unpinned:
+        # Claims whose Whop endpoint is resting (the breaker) go back owed, unpinned:
         # rendering a copy reads Whop too.
         breaker = get_breaker()
         admitted = {c.action_id: breaker.admit(endpoint_of(c.kind, c.channel), now) for c in batch}

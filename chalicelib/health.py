@@ -42,7 +42,7 @@ class DatabaseHealth(BaseModel):
     latency_ms: float | None = None
     schema_version: str | None = None
     error: str | None = None  # the error class only: messages may name hosts or users
-    # issue 18: per Whop permission, how many companies' latest card attach or payment retry Whop
+    # Per Whop permission, how many companies' latest card attach or payment retry Whop
     # refused for lacking it (403): "grant member:payment_methods:manage". Counts, never ids.
     whop_permissions_missing: dict[str, int] | None = None
 

@@ -65,7 +65,7 @@ class Outcome:
     owed_actions: int = 0
     recovered: int = 0  # cases this event moved to recovered (CasesRecovered)
     reason: str | None = None
-    owed_case_ids: list[str] = field(default_factory=list)  # issue 18: cases a saved card owes an attach
+    owed_case_ids: list[str] = field(default_factory=list)  # cases a saved card owes an attach
 
 
 class Unusable(Exception):
@@ -100,7 +100,7 @@ def process_webhook(msg: QueuedWebhook, now: datetime, db: Database | None = Non
         if event is None:
             return Outcome(status="ignored")
         if event.type is models.EventType.SETUP_INTENT_SUCCEEDED:
-            # issue 18: a member's saved card, not a membership's event
+            # A member's saved card, not a membership's event
             saved = recovery.apply_card_saved(event, now, db)
             return Outcome(status=saved.status, company_id=event.company_id,
                            owed_case_ids=saved.owed_case_ids)
@@ -117,7 +117,7 @@ def process_webhook(msg: QueuedWebhook, now: datetime, db: Database | None = Non
 def _apply(event: WhopEvent, now: datetime, db: Database | None) -> Outcome:
     assert event.membership_id is not None
     # Tenant and per-membership lock in one round trip; the insert reads the history back. A
-    # failure also takes its member's lock, which a saved card takes too (issue 18): whichever
+    # failure also takes its member's lock, which a saved card takes too: whichever
     # commits second sees the other, so a card saved as the failure arrives is never missed.
     locks: tuple[str, ...] = (f"{event.company_id}/{event.membership_id}",)
     if event.is_failure and event.user_id:
@@ -209,13 +209,13 @@ def refold_membership(tx: Transaction, company_id: str, membership_id: str, now:
             covered = covered_offset(case, settings, now)
             effects = [(e.kind, e.step, e.channel, e.due_at, e.idempotency_key(case_id))
                        for e in initial_effects(case, settings, now)]
-            effects += recovery.payday_effects(case, settings, now)  # issue 18: soft declines
+            effects += recovery.payday_effects(case, settings, now)  # a soft decline's payday retry
             done.owed += case_store.open_case(tx, case, next_action_at(case, settings, covered),
                                               new_link_token(), case_id, effects,
                                               last_reminder_offset=covered)
             done.opened.append(case_id)
             measurement.assign_new_case(tx, case_id, settings)  # holdout / experiment variant (issue 10)
-            # issue 18: a card the member saved shortly before this failure arrived is attached now
+            # A card the member saved shortly before this failure arrived is attached now
             done.owed += recovery.owe_saved_card(tx, case_id, case, settings, now, history.saved_cards)
             done.recovered += int(case.status is CaseStatus.RECOVERED)  # its success came first
             continue
@@ -342,7 +342,7 @@ def _apply_record(record: SQSRecord, opened: dict[str, list[str]], now: datetime
     if outcome.opened_case_ids and outcome.company_id:
         count("CasesOpened", len(outcome.opened_case_ids))
         opened.setdefault(outcome.company_id, []).extend(outcome.opened_case_ids)
-    if outcome.owed_case_ids and outcome.company_id:  # issue 18: attaches go out with the T+0s
+    if outcome.owed_case_ids and outcome.company_id:  # attaches go out with the T+0s
         opened.setdefault(outcome.company_id, []).extend(outcome.owed_case_ids)
     if outcome.reopened_case_ids and outcome.company_id:  # their T+0, owed again, goes out promptly too
         count("CasesReopened", len(outcome.reopened_case_ids))

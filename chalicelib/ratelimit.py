@@ -35,7 +35,7 @@ keyed by a SHA-256 of the principal, so the table holds no user id or link token
 
 The scheduler route checks its bearer first: ``scheduler`` counts only authenticated ticks, and
 wrong bearers count per source address in ``scheduler_failures``, so nobody without the secret
-can spend the real caller's budget (issue 20).
+can spend the real caller's budget.
 
 ``whop_access`` counts only the access checks that would call Whop (a cached answer is free):
 one token cannot make Rebound call Whop once per made-up company id.

@@ -1,4 +1,4 @@
-"""Smart retry in the consumer (issue 18): what a saved card and a newly opened case owe.
+"""Smart retry in the consumer: what a saved card and a newly opened case owe.
 
 Both are ledger rows written in the consumer's transaction, executed like a nudge after the batch
 (``processing.handle_batch``) and by the tick (``chalicelib.recovery_exec`` runs them):

@@ -1,4 +1,4 @@
-"""Executing smart retry's ledger rows (issue 18): the effects executor's hooks for the kinds
+"""Executing smart retry's ledger rows: the effects executor's hooks for the kinds
 ``card_attach`` and ``payment_retry``. The executor claims, calls and records them like any
 send (leases, the row's Idempotency-Key, outcomes guarded by the claim); these hooks add:
 

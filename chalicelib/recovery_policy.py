@@ -1,4 +1,4 @@
-"""Smart retry (issue 18): what Rebound does to the charge itself, and when. Pure: no database,
+"""Smart retry: what Rebound does to the charge itself, and when. Pure: no database,
 no HTTP; time is passed in.
 
 | signal                 | action                     | when                 | guards                       |

@@ -87,7 +87,7 @@ def covered_offset(case: Case, settings: CreatorSettings, now: datetime) -> int 
 
 def planned_offset(case: Case, settings: CreatorSettings, reminded: Iterable[int],
                    t0_at: datetime | None) -> int | None:
-    """A case's reminder progress as its ledger shows it (issue 20): the latest offset a reminder
+    """A case's reminder progress as its ledger shows it: the latest offset a reminder
     was sent or is owed for (``reminded``), or that its T+0 covered, i.e. had already passed when
     the T+0 went out (``t0_at``: when it did, or now when it is owed now; None: no T+0)."""
     done = set(reminded)

@@ -1,4 +1,4 @@
-"""Re-planning an open case from its events and its ledger (issue 20).
+"""Re-planning an open case from its events and its ledger.
 
 A case's plan is its owed ledger rows plus two columns, ``last_reminder_offset`` (the reminder
 progress) and ``next_action_at`` (when the tick next looks at it). Both used to be written once
@@ -64,7 +64,7 @@ def reopened(tx: Transaction, case_id: str, case: Case, settings: CreatorSetting
         tx, case.company_id, [(case_id, e.kind, e.step, e.channel, e.due_at, e.idempotency_key(case_id))
                               for e in new])
     owed += _revive(tx, revive, now)
-    owed += recovery.reopened(tx, case_id, case, settings, now, NOT_OPEN_REASONS)  # issue 18's rows
+    owed += recovery.reopened(tx, case_id, case, settings, now, NOT_OPEN_REASONS)  # smart retry's rows
     t0_owed = any(e.step == "t0" for e in new) or any(by_key[k]["step"] == "t0" for k in revive) or any(
         r["step"] == "t0" and r["status"] in ("pending", "claimed") for r in rows)
     t0_sent = [r["completed_at"] for r in rows if r["step"] == "t0" and r["status"] == "sent"]

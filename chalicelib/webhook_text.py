@@ -48,7 +48,7 @@ def id_ref(value: Any) -> str | None:
     return first_id(value, nested_id(value))
 
 
-# failure_message is free text from the card network (issue 20): the fold needs it, for failures
+# failure_message is free text from the card network: the fold needs it, for failures
 # only, as the case's failure reason and a hint of its decline class. Nothing in it may identify
 # the card or the member: e-mail addresses, and any run of four or more digits (a card number,
 # an expiry, a phone number; spaces, dots, dashes, slashes and brackets between them), are

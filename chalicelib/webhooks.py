@@ -13,7 +13,7 @@ Event time follows the contract ("Shapes and meanings"):
 | payment.failed, payment.requires_action | data.last_payment_attempt (dated: ..._at), else         |
 |                                         | data.created_at, else the envelope timestamp            |
 | membership.*                            | the envelope timestamp                                  |
-| setup_intent.succeeded                  | the envelope timestamp (issue 18: a saved card)         |
+| setup_intent.succeeded                  | the envelope timestamp (a saved card)                   |
 | none of those usable                    | received_at, with occurred_at_inferred=True             |
 """
 
@@ -138,7 +138,7 @@ def normalise(body: bytes | Mapping[str, Any], webhook_id: str, received_at: dat
     return _build(fields)
 
 
-# A saved payment method (issue 18). Two shapes, like every event: legacy v1 nests
+# A saved payment method. Two shapes, like every event: legacy v1 nests
 # ``payment_method{id}`` and ``member{id, user{id}}``; the dated v1 SetupIntent is flat
 # (``payment_method_id``, ``member_id``, ``user{id}``), with ``account_id`` in the envelope.
 _PAYMENT_METHOD_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")

@@ -54,7 +54,7 @@ class Membership(BaseModel):
 
 
 class Payment(BaseModel):
-    """What Rebound needs of a Whop payment (issue 18: smart retry). No card, e-mail or name."""
+    """What Rebound needs of a Whop payment (smart retry). No card, e-mail or name."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -166,7 +166,7 @@ class WhopPort(Protocol):
 
     def retry_payment(self, payment_id: str, idempotency_key: str) -> WhopResult: ...
 
-    # issue 18 (smart retry): read a payment; attach a saved method to a membership.
+    # Smart retry: read a payment; attach a saved method to a membership.
     def retrieve_payment(self, payment_id: str) -> Payment: ...
 
     def attach_payment_method(self, membership_id: str, payment_method_id: str,

@@ -273,7 +273,7 @@ class WhopClient(RetryingCalls, WhopPort):
     def attach_payment_method(self, membership_id: str, payment_method_id: str,
                               idempotency_key: str) -> WhopResult:
         """``PATCH /memberships/{id}`` with ``payment_method_id``: future renewals charge it and
-        Whop retries the open past-due payment on it right away (issue 18; needs the
+        Whop retries the open past-due payment on it right away (needs the
         ``member:payment_methods:manage`` permission, a 403 without it)."""
         key = check_idempotency_key(idempotency_key)
 

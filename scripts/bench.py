@@ -510,7 +510,7 @@ class Bench:
                 " (SELECT count(*) FROM recovery_actions a WHERE a.case_id = recovery_cases.id"
                 "   AND a.kind IN ('nudge', 'reminder', 'manual_nudge') AND a.status = 'sent'),"
                 " incentive_days, holdout, experiment_id, variant, decline_class, link_clicks,"  # issue 10's
-                " opened_at, holdout_percent_at_open, contaminated, incentive_cost_minor,"  # issue 17's
+                " opened_at, holdout_percent_at_open, contaminated, incentive_cost_minor,"
                 " retried_at, CASE WHEN status = 'recovered' THEN COALESCE(recovered_by, 'other') END"  # 18's
                 " FROM recovery_cases ORDER BY first_failure_at DESC, id DESC"
                 f" LIMIT {int(rows)}) TO STDOUT WITH (FORMAT csv, HEADER)")

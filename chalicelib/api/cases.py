@@ -35,9 +35,9 @@ EXPORT_COLUMNS = ("case_id", "membership_id", "user_id", "status", "first_failur
                   "decline_code", "failure_reason", "nudges_sent", "incentive_days",
                   # measurement (issue 10): appended, never reordered
                   "holdout", "experiment_id", "variant", "decline_class", "clicks",
-                  # measurement eligibility (issue 17): appended, never reordered
+                  # measurement eligibility: appended, never reordered
                   "opened_at", "holdout_percent_at_open", "contaminated", "incentive_cost_minor",
-                  # recovery source (issue 18)
+                  # recovery source
                   "retried_at", "recovered_by")
 # Lambda answers at most 6 MB (the body travels JSON-escaped): stop well before and hand a cursor.
 EXPORT_MAX_BYTES = 5_500_000
@@ -140,7 +140,7 @@ def _action_item(action: dict[str, Any]) -> TimelineItem:
     detail: dict[str, str | int | bool | None] = {"step": action["step"], "attempts": action["attempts"]}
     if action["error_detail"]:
         detail["error"] = action["error_detail"]
-    for name in _WHOP_ANSWER:  # issue 18: what Whop said to an attach or a retry
+    for name in _WHOP_ANSWER:  # what Whop said to an attach or a retry
         if action.get(name):
             detail[name] = action[name]
     return TimelineItem(at=action["completed_at"] or action["created_at"], source="action",

@@ -1,4 +1,4 @@
-"""Smart retry in the creator API (issue 18).
+"""Smart retry in the creator API.
 
 - ``POST …/cases/{case_id}/retry``: a creator retries the case's payment now
   (``POST /payments/{id}/retry`` at Whop, the payment's original method). Once per payment,

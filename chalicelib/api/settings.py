@@ -36,7 +36,7 @@ def to_view(settings: CreatorSettings, gaps: list[dict[str, Any]] | None = None)
 
 
 def permission_gaps(rows: list[dict[str, Any]]) -> list[PermissionGap]:
-    """issue 18: what Whop refused smart retry for, and what the creator should do."""
+    """What Whop refused smart retry for, and what the creator should do."""
     return [PermissionGap(permission=r["permission"], since=r["completed_at"],
                           message=f"grant {r['permission']} to this app in your Whop dashboard")
             for r in rows]
@@ -85,7 +85,7 @@ def put_settings(ctx: CreatorContext) -> Settings:
         saved = settings_store.upsert_settings(tx, ctx.company_id, apply_update(current, update))
         if _plan_of(saved) != _plan_of(current):
             # Open cases were planned with the old channels and offsets (channels off then on
-            # again left them with no reminders): re-plan them from their ledgers (issue 20).
+            # again left them with no reminders): re-plan them from their ledgers.
             replan.open_cases(tx, saved, ctx.now)
         return to_view(saved, recovery_store.permission_gaps(tx))
 

@@ -93,7 +93,7 @@ def update_case(tx: Transaction, case_id: str, case: Case, next_action_at: datet
     assignments = ", ".join(f"{c} = :{c}" for c in _CASE_COLUMNS)  # constant names, bound values
     update = (
         "UPDATE recovery_cases SET " + assignments  # noqa: S608
-        # issue 18: who gets the credit, re-read whenever a recovered case is written
+        # Who gets the credit, re-read whenever a recovered case is written
         + ", recovered_by = " + _RECOVERED_BY
         + ", seq = :seq, episode_webhook_id = COALESCE(episode_webhook_id, :episode),"
         " manage_url = COALESCE(:manage_url, manage_url), next_action_at = :next_action_at,"
@@ -129,7 +129,7 @@ def merge_duplicate_case(tx: Transaction, case_id: str, into: str) -> None:
     actions) moves to the row that stays, with its clicks and incentive, and the row goes. A
     kept duplicate would count the episode twice in KPIs, the list and the export. Its link
     token (and any it had itself taken over) becomes an alias of ``into``: links in messages
-    already sent keep resolving, to the case they were about (issue 20)."""
+    already sent keep resolving, to the case they were about."""
     settle_pending(tx, case_id, f"merged_into:{into}")
     tx.execute(
         "WITH moved AS (UPDATE case_link_aliases SET case_id = CAST(:into AS uuid)"
@@ -176,7 +176,7 @@ def advance_cases(tx: Transaction, rows: list[tuple[str, int | None, datetime | 
 
 
 def mark_contaminated(tx: Transaction, case_id: str) -> None:
-    """A creator nudged a holdout case by hand (issue 17)."""
+    """A creator nudged a holdout case by hand."""
     tx.execute("UPDATE recovery_cases SET contaminated = true, updated_at = now()"
                " WHERE id = CAST(:id AS uuid)", id=case_id)
 

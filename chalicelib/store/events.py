@@ -43,7 +43,7 @@ class History:
     settings: CreatorSettings
     cases: list[dict[str, Any]] | None = None  # as membership_cases returns them (after ``start``)
     start: FoldStart | None = None  # None: payloads and cases are the membership's whole history
-    # issue 18: the member's latest saved cards in this company, (payment method, saved at), newest
+    # The member's latest saved cards in this company, (payment method, saved at), newest
     # first: a case that opens attaches one saved shortly before its failure. None: not read.
     saved_cards: list[tuple[str, datetime]] | None = None
 
@@ -101,7 +101,7 @@ def insert_event(tx: Transaction, event: WhopEvent, payload: dict[str, Any]) -> 
         "                          WHERE n.membership_id = :membership_id AND n.occurred_at <= b.after"
         "                            AND n.payload ->> 'manage_url' IS NOT NULL)) AS manage_url_payloads,"
         " (SELECT to_jsonb(s) FROM creator_settings s WHERE EXISTS (SELECT 1 FROM ins)) AS settings,"
-        # issue 18: read after the per-member lock the transaction took (see processing._apply).
+        # Saved cards: read after the per-member lock the transaction took (see processing._apply).
         " (SELECT COALESCE(jsonb_agg(jsonb_build_array(k.payload ->> 'payment_method_id', k.occurred_at)"
         "   ORDER BY k.occurred_at DESC, k.id DESC), '[]'::jsonb) FROM (SELECT payload, occurred_at, id"
         "   FROM events WHERE type = 'setup_intent.succeeded' AND user_id = :user_id"

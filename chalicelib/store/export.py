@@ -33,8 +33,8 @@ EXPORT_SELECT = (
     "   AND " + view_store.SENT_MESSAGE + ") AS nudges_sent,"
     " incentive_days, holdout, experiment_id::text AS experiment_id, variant, decline_class,"
     " link_clicks AS clicks,"
-    " opened_at, holdout_percent_at_open, contaminated, incentive_cost_minor,"  # issue 17
-    " retried_at, " + recovery_store.RECOVERED_BY_VIEW + " AS recovered_by"  # issue 18
+    " opened_at, holdout_percent_at_open, contaminated, incentive_cost_minor,"
+    " retried_at, " + recovery_store.RECOVERED_BY_VIEW + " AS recovered_by"
     " FROM recovery_cases"
 )
 
@@ -66,7 +66,7 @@ _NO_CURSOR = ("infinity", "ffffffff-ffff-ffff-ffff-ffffffffffff")
 _FORMULA_CODES = "(9, 13, 43, 45, 61, 64)"
 # A separator (of any spreadsheet's choosing), then maybe quotes, then a formula character: split
 # on that separator, the next cell would start a formula. A quote goes after the separator
-# (issue 20; migration 0012's rebound_csv_cell says why a leading quote alone cannot help).
+# (migration 0012's rebound_csv_cell says why a leading quote alone cannot help).
 _SEPARATED_FORMULA = r"""'[,;|\t]"*[-=+@\t\r]'"""
 _SEPARATED_FORMULA_SPLIT = r"""'([,;|\t])(?="*[-=+@\t\r])'"""
 # Text columns whose values Rebound itself chose or validated on input (a decline class, an

@@ -22,8 +22,8 @@ CASE_VIEW_COLUMNS = (
     " recovered_currency, closed_at, close_reason, cancelled_by, incentive_days, link_clicks,"
     " last_clicked_at, next_action_at, created_at, updated_at,"
     " holdout, experiment_id::text AS experiment_id, variant, decline_class,"
-    " contaminated, opened_at, holdout_percent_at_open,"  # issue 17
-    # issue 18 (smart retry): what Rebound did to the charge, and the recovery's credit
+    " contaminated, opened_at, holdout_percent_at_open,"
+    # Smart retry: what Rebound did to the charge, and the recovery's credit
     " retried_at, retry_reason, " + recovery_store.RECOVERED_BY_VIEW + " AS recovered_by"
 )
 
@@ -108,7 +108,7 @@ def case_actions(tx: Transaction, case_id: str, limit: int = 500) -> list[dict[s
     can never push a creator's own action out of the timeline (issue 8)."""
     columns = ("id::text AS id, kind, step, channel, status, actor, attempts, error_class, error_detail,"
                " created_at, completed_at,"
-               # issue 18: Whop's answer to an attach or a retry (statuses and Whop's own text only)
+               # Whop's answer to an attach or a retry (statuses and Whop's own text only)
                " result ->> 'status' AS whop_status, result ->> 'failure_message' AS whop_failure,"
                " result ->> 'whop_reason' AS whop_reason, result ->> 'permission' AS permission")
     return tx.query(

@@ -79,7 +79,7 @@ class CaseSummary(BaseModel):
     decline_class: DeclineClass = Field(description=(
         "card_hard (the card cannot work again), card_soft (may work on retry), authentication "
         "(the bank asks the member to confirm) or unknown."))
-    # issue 18 (smart retry)
+    # smart retry
     retried_at: AwareDatetime | None = Field(default=None, description=(
         "When Rebound first asked Whop to charge the payment again (a saved card attached, the "
         "payday retry or a manual retry); null if it never did."))

@@ -17,7 +17,7 @@ def no_control_characters(value: str) -> str:
     if problem is not None:
         raise ValueError(problem)
     if "\ufffd" in value:
-        # What a server makes of bytes that are not UTF-8: not what the caller typed (issue 20).
+        # What a server makes of bytes that are not UTF-8: not what the caller typed.
         raise ValueError("must be valid UTF-8 text")
     return value
 
