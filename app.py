@@ -14,7 +14,6 @@ from chalice.app import Chalice, CloudWatchEvent, ConvertToMiddleware, Rate, Req
 from chalicelib.budgets import SHARED_PROFILE, worst_case_call_s
 from chalicelib.clock import Clock, ClockSkew, checked_now, system_clock
 from chalicelib.config import get_config
-from chalicelib.db import get_database
 from chalicelib.errors import NotFound, ServiceUnavailable, Unauthorized
 from chalicelib.health import health_check
 from chalicelib.http import (
@@ -28,6 +27,7 @@ from chalicelib.http import (
 from chalicelib.ingest import accept_webhook
 from chalicelib.observability import MetricUnit, count, logger, measure, metrics
 from chalicelib.queue import EventQueue, get_queue
+from chalicelib.tenancy import get_database
 
 # Created by the merge template (infra/merge-template.json); the name is fixed there too.
 EVENTS_QUEUE_NAME = "rebound-events"
@@ -40,7 +40,7 @@ app.register_middleware(ConvertToMiddleware(metrics.log_metrics))
 
 @app.middleware("http")
 def contract_errors(event: Request, get_response: Callable[[Request], Response]) -> Response:
-    # Every route's 405 in the contract's error shape (issue 17), not Chalice's own.
+    # Every route's 405 in the contract's error shape, not Chalice's own.
     return contract_method_not_allowed(get_response(event))
 
 
@@ -138,7 +138,7 @@ def run_tick(out_of_time: Callable[[], bool] | None = None,
              clock: Clock = system_clock) -> dict[str, Any]:
     from chalicelib.effects import default_context
     from chalicelib.scheduler import tick
-    from chalicelib.whop import get_whop
+    from chalicelib.whop_client import get_whop
 
     try:
         now = checked_now("tick", clock)  # the database's time; refused on a skewed host clock
@@ -164,7 +164,7 @@ def scheduler_reminders() -> Response:
     from chalicelib.ratelimit import enforce_principal
 
     now = datetime.now(UTC)
-    # The bearer first (issue 20): a wrong one counts against its source address only, so wrong
+    # The bearer first: a wrong one counts against its source address only, so wrong
     # guesses can never spend the real caller's budget; authenticated ticks have their own limit
     # (a tick hits the database and Whop).
     if not bearer_matches(request.headers.get("authorization"), secret):
@@ -183,7 +183,7 @@ def scheduler_reminders() -> Response:
 @handle_errors
 def tracked_link(token: str) -> Response:
     from chalicelib.links import follow
-    from chalicelib.whop import get_whop
+    from chalicelib.whop_client import get_whop
 
     click = follow(token, datetime.now(UTC), get_whop())
     count(f"LinkClick_{click.status}")

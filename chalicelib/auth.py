@@ -50,7 +50,8 @@ import jwt
 from chalicelib.config import ConfigError, get_config
 from chalicelib.errors import Forbidden, ServiceUnavailable, TooManyRequests, Unauthorized
 from chalicelib.observability import count, logger
-from chalicelib.whop import AccessLevel, WhopError, WhopNotFound, WhopPort, WhopRetryableError, get_whop
+from chalicelib.whop import AccessLevel, WhopError, WhopNotFound, WhopPort, WhopRetryableError
+from chalicelib.whop_client import get_whop
 
 ISSUER = "urn:whopcom:exp-proxy"
 TOKEN_HEADER = "x-whop-user-token"  # noqa: S105 - a header name, not a secret
@@ -126,7 +127,6 @@ class KeySet:
         self._loaded_at: float | None = None
         self._last_attempt: float | None = None
         self._lock = threading.Lock()
-        self.fetches = 0
 
     def keys_for(self, kid: str | None) -> list[jwt.PyJWK]:
         """The keys a token with this ``kid`` may be verified with ([] if none)."""
@@ -147,7 +147,6 @@ class KeySet:
         if self._last_attempt is not None and now - self._last_attempt < self.min_refresh_s:
             return
         self._last_attempt = now
-        self.fetches += 1
         try:
             document = self._fetch(self.url)
         except (httpx.HTTPError, ValueError) as exc:

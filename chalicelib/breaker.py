@@ -1,4 +1,4 @@
-"""A circuit breaker per Whop endpoint, for the effects executor (issue 20).
+"""A circuit breaker per Whop endpoint, for the effects executor.
 
 With Whop answering 429 to everything, a tick used to make one request per owed row (5,000 in
 one report), every one refused, and each refusal made the rate limit longer. Now, after

@@ -9,7 +9,7 @@ count ``ClockSkewRefused`` — the consumer hands its batch back to SQS, the tic
 (``TickMissingAlarm`` then fires). Otherwise they act on the database's time.
 
 Leases themselves are written and compared in SQL (``clock_timestamp()``/``now()``), so even an
-executor handed a wrong ``now`` by its caller cannot hold a row longer than ``effects.LEASE``.
+executor handed a wrong ``now`` by its caller cannot hold a row longer than ``claims.LEASE``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from chalicelib.db import Database, service_transaction
+from chalicelib.db_pool import Database
 from chalicelib.observability import count, logger
+from chalicelib.tenancy import service_transaction
 
 # NTP keeps hosts within milliseconds; two minutes of disagreement is a broken clock, and is
 # still well inside every lease (5 min) and the webhook signature's tolerance (5 min).

@@ -23,6 +23,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from chalicelib.database_url import DatabaseUrlError, check_tls_policy, parse_database_url
+
 AppEnv = Literal["production", "development", "test"]
 
 # Settings a production deploy must provide (contract, "Configuration").
@@ -202,8 +204,6 @@ def _check_database_url(settings: Settings) -> None:
     stops the start with a message naming the setting, never any part of its value."""
     if not settings.DATABASE_URL:
         return
-    from chalicelib.db import DatabaseUrlError, check_tls_policy, parse_database_url
-
     try:
         check_tls_policy(parse_database_url(settings.DATABASE_URL), production=settings.is_production)
     except DatabaseUrlError as exc:

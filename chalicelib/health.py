@@ -18,9 +18,11 @@ from typing import Literal
 from pydantic import BaseModel
 
 from chalicelib.config import Settings
-from chalicelib.db import Database, DatabaseError, ping, service_transaction
+from chalicelib.db import DatabaseError
+from chalicelib.db_pool import Database
 from chalicelib.errors import BadRequest, Unauthorized
 from chalicelib.queue import EventQueue, QueueUnavailable
+from chalicelib.tenancy import ping, service_transaction
 
 _STARTED = time.monotonic()
 DEEP_CACHE_S = 5.0
@@ -40,7 +42,7 @@ class DatabaseHealth(BaseModel):
     latency_ms: float | None = None
     schema_version: str | None = None
     error: str | None = None  # the error class only: messages may name hosts or users
-    # issue 18: per Whop permission, how many companies' latest card attach or payment retry Whop
+    # Per Whop permission, how many companies' latest card attach or payment retry Whop
     # refused for lacking it (403): "grant member:payment_methods:manage". Counts, never ids.
     whop_permissions_missing: dict[str, int] | None = None
 
@@ -108,7 +110,7 @@ def database_health(db: Database | None) -> DatabaseHealth:
 def _permission_gaps(db: Database) -> dict[str, int] | None:
     """What Whop refused smart retry for, across companies (None when it cannot be read: the
     database answered the ping, which is what this check is about)."""
-    from chalicelib.recovery_store import permission_gaps_everywhere
+    from chalicelib.store.recovery import permission_gaps_everywhere
 
     try:
         with service_transaction(db) as tx:
@@ -128,14 +130,12 @@ class DeepCheckCache:
         self._clock = clock
         self._lock = threading.Lock()
         self._answers: dict[str, tuple[float, Deep]] = {}
-        self.probes = 0
 
     def get(self, check: str, probe: Callable[[], Deep]) -> Deep:
         with self._lock:  # held while probing: concurrent callers wait for the one answer
             cached = self._answers.get(check)
             if cached is not None and self._clock() - cached[0] < self.ttl_s:
                 return cached[1]
-            self.probes += 1
             answer = probe()
             self._answers[check] = (self._clock(), answer)
             return answer

@@ -23,13 +23,9 @@ from typing import Any
 from chalicelib.config import ConfigError
 from chalicelib.models import EventType, clean_text
 from chalicelib.queue import EventQueue, QueueUnavailable
-from chalicelib.webhooks import (
-    MalformedWebhook,
-    WebhookVerificationFailed,
-    minimal_payload,
-    normalise,
-    verify,
-)
+from chalicelib.webhook_signature import WebhookVerificationFailed, verify
+from chalicelib.webhook_text import minimal_payload
+from chalicelib.webhooks import MalformedWebhook, normalise
 
 MAX_BODY_BYTES = 256 * 1024
 

@@ -21,7 +21,7 @@ same window):
   currency;
 - ``by_decline_class``: cases, recoveries and recovery rate per decline class (same definitions);
 - ``lift``: treated versus holdout over the window's matured, eligible cases (``chalicelib.lift``);
-- ``by_recovery_source`` (issue 18): the window's recoveries and recovered revenue by who gets
+- ``by_recovery_source``: the window's recoveries and recovered revenue by who gets
   the credit (the CSV's ``recovered_by``: ``rebound_retry``, ``after_click``, ``other``).
 """
 
@@ -120,7 +120,7 @@ class ByDeclineClass(BaseModel):
     unknown: ClassFigures
 
 
-# --- by recovery source (issue 18: smart retry) ------------------------------------------------------
+# --- by recovery source (smart retry) --------------------------------------------------------------
 
 
 class SourceFigures(BaseModel):
@@ -211,7 +211,7 @@ class StatusCount:
     in_lift: bool = False  # opened in time, while a holdout was on (lift.in_lift)
     contaminated: int = 0  # of these cases, holdout cases a creator nudged by hand
     recovered_squares: int = 0  # Σ recovered_amount_minor² of the recovered ones
-    recovered_by: str | None = None  # issue 18: rebound_retry | after_click | other (recovered only)
+    recovered_by: str | None = None  # rebound_retry | after_click | other (recovered only)
 
 
 def _money(pairs: Iterable[tuple[str, int]]) -> list[Money]:

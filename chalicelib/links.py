@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlsplit
 
-from chalicelib import store
 from chalicelib.config import get_config
-from chalicelib.db import Database, service_transaction, tenant_transaction
+from chalicelib.db_pool import Database
+from chalicelib.store import ledger as ledger_store
+from chalicelib.tenancy import service_transaction, tenant_transaction
 from chalicelib.whop import WhopError, WhopPort
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{20,100}$")
@@ -102,8 +103,8 @@ def follow(token: str, now: datetime, whop: WhopPort, db: Database | None = None
                      " RETURNING membership_id, recovery_url, manage_url", id=case_id, now=now)
         if row is None:
             return Click("expired")
-        store.add_action(tx, case_id=case_id, company_id=company_id, kind="link_click", step="click",
-                         status="done", idempotency_key=click_ledger_key(case_id, now), actor="member")
+        ledger_store.add_action(tx, case_id=case_id, company_id=company_id, kind="link_click", step="click",
+                                status="done", idempotency_key=click_ledger_key(case_id, now), actor="member")
     target = _safe(row["recovery_url"]) or _safe(row["manage_url"])
     if target is None:
         try:

@@ -199,7 +199,7 @@ KPI_GROUPS_SQL = (
     " AS recovered_squares,"
     " COALESCE(sum(incentive_cost_minor), 0) AS incentive_cost,"
     " count(*) FILTER (WHERE contaminated) AS contaminated,"
-    # issue 18: the recovery's credit (by_recovery_source); recovered before 0013 = other
+    # The recovery's credit (by_recovery_source); recovered before 0013 = other
     " CASE WHEN status = 'recovered' THEN COALESCE(recovered_by, 'other') END AS recovered_by"
     " FROM recovery_cases WHERE first_failure_at >= :start AND first_failure_at <= :now"
     " GROUP BY 1, 2, 3, 4, 5, 6, 7, 13"

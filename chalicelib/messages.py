@@ -195,8 +195,6 @@ _MANUAL = Copy(
        "**[Update your payment method]({link})** to keep your access.",
 )
 
-# Kept for callers that name a template: "t0", "reminder", "manual" (the neutral copies).
-TEMPLATES: dict[str, Copy] = {"t0": _T0["unknown"], "reminder": _REMINDER["unknown"], "manual": _MANUAL}
 
 
 def default_copy(template: str, cls: DeclineClass = "unknown") -> Copy:

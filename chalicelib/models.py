@@ -16,7 +16,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 
 RECOVERY_WINDOW = timedelta(days=14)
 
-# Event times Rebound accepts (issue 20): Whop did not exist before 2015, and a sender's clock a
+# Event times Rebound accepts: Whop did not exist before 2015, and a sender's clock a
 # little ahead is tolerated, but not a day. Anything outside is a poison record, never a case: a
 # year-9999 date used to overflow the window arithmetic, and year 3000 opened a case for ever.
 EARLIEST_EVENT_TIME = datetime(2015, 1, 1, tzinfo=UTC)
@@ -66,7 +66,7 @@ def clean_text(value: str) -> str:
     return _UNSTORABLE.sub("", value)
 
 
-# What no creator-typed text may hold (issue 20): lone surrogates (Postgres cannot store them: a
+# What no creator-typed text may hold: lone surrogates (Postgres cannot store them: a
 # 500), U+FFFE/U+FFFF and the other noncharacters, and the bidi embeddings, overrides and isolates
 # that make text read differently from what it is ("Trojan Source"). C0/C1 controls besides tab
 # and line breaks, and DEL, too. Refused with a 400 naming the field, never stripped.
@@ -101,13 +101,12 @@ class EventType(StrEnum):
     MEMBERSHIP_ACTIVATED = "membership.activated"
     MEMBERSHIP_DEACTIVATED = "membership.deactivated"
     MEMBERSHIP_CANCEL_AT_PERIOD_END_CHANGED = "membership.cancel_at_period_end_changed"
-    # issue 18: a member saved a payment method. It belongs to a member, not a membership: it
+    # A member saved a payment method. It belongs to a member, not a membership: it
     # never folds into a case; it owes an attach to the member's open cases (chalicelib.recovery).
     SETUP_INTENT_SUCCEEDED = "setup_intent.succeeded"
 
 
 FAILURE_TYPES = frozenset({EventType.PAYMENT_FAILED, EventType.PAYMENT_REQUIRES_ACTION})
-SUCCESS_TYPES = frozenset({EventType.PAYMENT_SUCCEEDED, EventType.MEMBERSHIP_ACTIVATED})
 
 # Why a membership went invalid, as far as the payload tells: only a member's own cancellation
 # closes a case; a deactivation caused by the failed payment leaves it open (they can still fix it).
@@ -134,7 +133,7 @@ class WhopEvent(BaseModel):
     recovery_url: str | None = None
     manage_url: str | None = None
     cancel_at_period_end: bool | None = None
-    # issue 18: the saved payment method of a setup_intent.succeeded (Whop's id, never card data).
+    # The saved payment method of a setup_intent.succeeded (Whop's id, never card data).
     payment_method_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,100}$")
     deactivation_cause: DeactivationCause | None = None
     occurred_at: AwareDatetime
@@ -152,10 +151,6 @@ class WhopEvent(BaseModel):
     @property
     def is_failure(self) -> bool:
         return self.type in FAILURE_TYPES
-
-    @property
-    def is_success(self) -> bool:
-        return self.type in SUCCESS_TYPES
 
 
 def window_end(first_failure_at: datetime) -> datetime:
@@ -201,7 +196,7 @@ class Case(BaseModel):
     failure_ids: tuple[str, ...] = ()
     # Measurement (issue 10). The fold sets ``failure_type`` (the latest failure's event type, for
     # the decline class); the others are assigned once when the case row is inserted and only
-    # ever read back from it (``store.case_from_row``).
+    # ever read back from it (``store.cases.case_from_row``).
     failure_type: EventType | None = None
     decline_class: DeclineClass = "unknown"
     holdout: bool = False
@@ -238,5 +233,5 @@ class CreatorSettings(BaseModel):
     quiet_hours: QuietHours | None = None
     push_experience_id: str | None = None
     holdout_percent: int = Field(default=0, ge=0, le=50)
-    smart_retry: bool = True  # issue 18: attach saved cards, one payday retry for soft declines
+    smart_retry: bool = True  # smart retry: attach saved cards, one payday retry for soft declines
     updated_at: datetime | None = None

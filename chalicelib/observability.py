@@ -26,7 +26,7 @@ warnings.filterwarnings("ignore", message="No application metrics to publish")
 
 
 class LocalFormatter(LambdaPowertoolsFormatter):
-    """One readable line per record for `make dev`'s terminal (issue 20): local time, level,
+    """One readable line per record for `make dev`'s terminal: local time, level,
     message, then the record's own keys (ids, counts, outcomes). An exception adds its class
     only, as the JSON logs do for errors they carry. Lambda always keeps the JSON formatter."""
 

@@ -37,23 +37,23 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from pydantic import ValidationError
 
-from chalicelib import erasure, measurement, models, recovery, replan, store
+from chalicelib import erasure, measurement, models, recovery, replan
 from chalicelib.budgets import SHARED_PROFILE, worst_case_call_s
 from chalicelib.cases import Resume, fold, order_key
 from chalicelib.clock import Clock, ClockSkew, checked_now, system_clock
-from chalicelib.db import (
-    ConstraintViolation,
-    Database,
-    Transaction,
-    service_transaction,
-    tenant_transaction,
-)
+from chalicelib.db import ConstraintViolation, Transaction
+from chalicelib.db_pool import Database
 from chalicelib.effects import default_context, execute_owed
 from chalicelib.models import Case, CaseStatus, CreatorSettings, WhopEvent, event_time_problem
 from chalicelib.observability import count, logger
 from chalicelib.queue import QueuedWebhook, decode_message
 from chalicelib.reminders import covered_offset, initial_effects, next_action_at
-from chalicelib.webhooks import OUT_OF_RANGE, MalformedWebhook, event_from_payload, minimal_payload, normalise
+from chalicelib.store import cases as case_store
+from chalicelib.store import events as event_store
+from chalicelib.store import settings as settings_store
+from chalicelib.tenancy import service_transaction, tenant_transaction
+from chalicelib.webhook_text import event_from_payload, minimal_payload
+from chalicelib.webhooks import OUT_OF_RANGE, MalformedWebhook, normalise
 
 
 @dataclass
@@ -65,7 +65,7 @@ class Outcome:
     owed_actions: int = 0
     recovered: int = 0  # cases this event moved to recovered (CasesRecovered)
     reason: str | None = None
-    owed_case_ids: list[str] = field(default_factory=list)  # issue 18: cases a saved card owes an attach
+    owed_case_ids: list[str] = field(default_factory=list)  # cases a saved card owes an attach
 
 
 class Unusable(Exception):
@@ -100,7 +100,7 @@ def process_webhook(msg: QueuedWebhook, now: datetime, db: Database | None = Non
         if event is None:
             return Outcome(status="ignored")
         if event.type is models.EventType.SETUP_INTENT_SUCCEEDED:
-            # issue 18: a member's saved card, not a membership's event
+            # A member's saved card, not a membership's event
             saved = recovery.apply_card_saved(event, now, db)
             return Outcome(status=saved.status, company_id=event.company_id,
                            owed_case_ids=saved.owed_case_ids)
@@ -117,13 +117,13 @@ def process_webhook(msg: QueuedWebhook, now: datetime, db: Database | None = Non
 def _apply(event: WhopEvent, now: datetime, db: Database | None) -> Outcome:
     assert event.membership_id is not None
     # Tenant and per-membership lock in one round trip; the insert reads the history back. A
-    # failure also takes its member's lock, which a saved card takes too (issue 18): whichever
+    # failure also takes its member's lock, which a saved card takes too: whichever
     # commits second sees the other, so a card saved as the failure arrives is never missed.
     locks: tuple[str, ...] = (f"{event.company_id}/{event.membership_id}",)
     if event.is_failure and event.user_id:
         locks += (recovery.member_lock(event.company_id, event.user_id),)
     with tenant_transaction(event.company_id, db, lock=locks) as tx:
-        history = store.insert_event(tx, event, minimal_payload(event))
+        history = event_store.insert_event(tx, event, minimal_payload(event))
         if not history:
             if erasure.is_erased(tx):  # the insert trigger dropped it (migration 0014)
                 return Outcome(status="ignored", company_id=event.company_id, reason="company_erased")
@@ -135,7 +135,7 @@ def _apply(event: WhopEvent, now: datetime, db: Database | None) -> Outcome:
 
 def _poison(msg: QueuedWebhook, reason: str, error_class: str, db: Database | None) -> Outcome:
     with service_transaction(db) as tx:
-        store.insert_poison(tx, msg.webhook_id, reason, error_class, msg.received_at)
+        event_store.insert_poison(tx, msg.webhook_id, reason, error_class, msg.received_at)
     logger.warning("webhook kept as poison record", extra={"webhook_id": msg.webhook_id,
                                                            "reason": reason, "error_class": error_class})
     return Outcome(status="poisoned", reason=reason)
@@ -187,19 +187,19 @@ class Refolded:
 
 
 def refold_membership(tx: Transaction, company_id: str, membership_id: str, now: datetime,
-                      history: store.History | None = None) -> Refolded:
+                      history: event_store.History | None = None) -> Refolded:
     """Recompute a membership's cases from its stored events. Only cases the fold changed are
     written; a new case and what it owes go in one statement."""
     if history is None:
-        history = store.History(payloads=store.membership_event_payloads(tx, membership_id),
-                                settings=store.get_settings(tx))
+        history = event_store.History(payloads=event_store.membership_event_payloads(tx, membership_id),
+                                      settings=settings_store.get_settings(tx))
     settings = history.settings
     resume = _resume(history.start)
     if history.start is not None and resume is None:  # cannot tell the resume point's state
-        history = store.History(payloads=store.membership_event_payloads(tx, membership_id),
-                                settings=settings)
+        history = event_store.History(payloads=event_store.membership_event_payloads(tx, membership_id),
+                                      settings=settings)
     folded = fold(company_id, membership_id, _stored_events(history.payloads), now, resume=resume)
-    rows = history.cases if history.cases is not None else store.membership_cases(tx, membership_id)
+    rows = history.cases if history.cases is not None else case_store.membership_cases(tx, membership_id)
     matched = _match(folded, rows, resume.seq_before if resume else 0)
     done = Refolded()
     for index, case in enumerate(folded):
@@ -209,24 +209,25 @@ def refold_membership(tx: Transaction, company_id: str, membership_id: str, now:
             covered = covered_offset(case, settings, now)
             effects = [(e.kind, e.step, e.channel, e.due_at, e.idempotency_key(case_id))
                        for e in initial_effects(case, settings, now)]
-            effects += recovery.payday_effects(case, settings, now)  # issue 18: soft declines
-            done.owed += store.open_case(tx, case, next_action_at(case, settings, covered), new_link_token(),
-                                    case_id, effects, last_reminder_offset=covered)
+            effects += recovery.payday_effects(case, settings, now)  # a soft decline's payday retry
+            done.owed += case_store.open_case(tx, case, next_action_at(case, settings, covered),
+                                              new_link_token(), case_id, effects,
+                                              last_reminder_offset=covered)
             done.opened.append(case_id)
             measurement.assign_new_case(tx, case_id, settings)  # holdout / experiment variant (issue 10)
-            # issue 18: a card the member saved shortly before this failure arrived is attached now
+            # A card the member saved shortly before this failure arrived is attached now
             done.owed += recovery.owe_saved_card(tx, case_id, case, settings, now, history.saved_cards)
             done.recovered += int(case.status is CaseStatus.RECOVERED)  # its success came first
             continue
         primary, *duplicates = own
         for duplicate in duplicates:  # a late event joined stored episodes: one row stays
-            store.merge_duplicate_case(tx, str(duplicate["id"]), into=str(primary["id"]))
+            case_store.merge_duplicate_case(tx, str(duplicate["id"]), into=str(primary["id"]))
         # After the merge: a re-plan of the row that stays sees the ledger it took over.
         done.recovered += int(_update_existing(tx, primary, case, settings, now, done))
     return done
 
 
-def _resume(start: store.FoldStart | None) -> Resume | None:
+def _resume(start: event_store.FoldStart | None) -> Resume | None:
     """The fold's state at ``start``; None when a payload that may have set manage_url there
     no longer validates (the whole history is folded instead, which skips it as usual)."""
     if start is None:
@@ -272,12 +273,12 @@ def _update_existing(tx: Transaction, row: dict[str, Any], case: Case, settings:
                                        "close_reason": row["close_reason"]})
     episode = case.failure_ids[0] if row["episode_webhook_id"] is None and case.failure_ids else None
     next_at = next_action_at(case, settings, row["last_reminder_offset"])
-    if store.case_unchanged(row, case, next_at, episode):
+    if case_store.case_unchanged(row, case, next_at, episode):
         return False  # the fold left it as stored (a past episode, a repeated fact): no write
     settle = None
     if case.status is not CaseStatus.OPEN:
         settle = "window_passed" if case.status is CaseStatus.EXPIRED else "case_closed"
-    store.update_case(tx, str(row["id"]), case, next_at, episode=episode, settle=settle)
+    case_store.update_case(tx, str(row["id"]), case, next_at, episode=episode, settle=settle)
     if case.status is CaseStatus.OPEN and row["status"] != CaseStatus.OPEN.value:
         owed = replan.reopened(tx, str(row["id"]), case, settings, now)
         done.owed += owed
@@ -341,7 +342,7 @@ def _apply_record(record: SQSRecord, opened: dict[str, list[str]], now: datetime
     if outcome.opened_case_ids and outcome.company_id:
         count("CasesOpened", len(outcome.opened_case_ids))
         opened.setdefault(outcome.company_id, []).extend(outcome.opened_case_ids)
-    if outcome.owed_case_ids and outcome.company_id:  # issue 18: attaches go out with the T+0s
+    if outcome.owed_case_ids and outcome.company_id:  # attaches go out with the T+0s
         opened.setdefault(outcome.company_id, []).extend(outcome.owed_case_ids)
     if outcome.reopened_case_ids and outcome.company_id:  # their T+0, owed again, goes out promptly too
         count("CasesReopened", len(outcome.reopened_case_ids))

@@ -1,6 +1,6 @@
 """The webhook queue (SQS): what the webhook route writes and ``process_events`` reads.
 
-A message carries the verified, minimised event (``webhooks.minimal_payload``: ids, amounts,
+A message carries the verified, minimised event (``webhook_text.minimal_payload``: ids, amounts,
 codes, times — exactly what ``events.payload`` stores), never the raw body, so no member e-mail
 or name sits in SQS or the DLQ for their 14-day retention. A verified webhook that cannot be
 applied travels as an "unusable" marker (webhook id + reason) so the consumer stores a poison

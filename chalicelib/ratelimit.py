@@ -35,7 +35,7 @@ keyed by a SHA-256 of the principal, so the table holds no user id or link token
 
 The scheduler route checks its bearer first: ``scheduler`` counts only authenticated ticks, and
 wrong bearers count per source address in ``scheduler_failures``, so nobody without the secret
-can spend the real caller's budget (issue 20).
+can spend the real caller's budget.
 
 ``whop_access`` counts only the access checks that would call Whop (a cached answer is free):
 one token cannot make Rebound call Whop once per made-up company id.
@@ -56,10 +56,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chalicelib.config import ConfigError
-from chalicelib.db import Database, Transaction, service_transaction, tenant_transaction
+from chalicelib.db import Transaction
+from chalicelib.db_pool import Database
+from chalicelib.tenancy import service_transaction, tenant_transaction
 
 RouteClass = Literal["reads", "settings_write", "actions", "export"]
-ROUTE_CLASSES: tuple[RouteClass, ...] = ("reads", "settings_write", "actions", "export")
 
 PURGE_CHANCE = 0.01
 RETENTION = timedelta(days=1)
@@ -114,11 +115,6 @@ def get_limits() -> RateLimits:
     return load_limits()
 
 
-def reset_limits() -> None:
-    """Forget the cached limits (tests change the environment)."""
-    get_limits.cache_clear()
-
-
 @dataclass(frozen=True)
 class Decision:
     """The outcome of one check, and the headers that tell the client about it."""
@@ -169,12 +165,6 @@ def check(company_id: str, route_class: RouteClass, now: datetime, *, limits: Ra
     limit = limits.limit(route_class)
     return Decision(allowed=count <= limit, limit=limit, count=count,
                     reset_at=start + timedelta(seconds=limits.window_s))
-
-
-def purge_old_windows(company_id: str, now: datetime, db: Database | None = None) -> int:
-    """Delete the company's windows older than a day; return how many went."""
-    with tenant_transaction(company_id, db) as tx:
-        return _purge(tx, now)
 
 
 def _purge(tx: Transaction, now: datetime) -> int:

@@ -1,4 +1,4 @@
-"""Smart retry in the consumer (issue 18): what a saved card and a newly opened case owe.
+"""Smart retry in the consumer: what a saved card and a newly opened case owe.
 
 Both are ledger rows written in the consumer's transaction, executed like a nudge after the batch
 (``processing.handle_batch``) and by the tick (``chalicelib.recovery_exec`` runs them):
@@ -18,9 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from chalicelib import erasure, experiments, recovery_store, store
+from chalicelib import erasure, experiments
 from chalicelib.attribution import window_passed
-from chalicelib.db import Database, Transaction, tenant_transaction
+from chalicelib.db import Transaction
+from chalicelib.db_pool import Database
 from chalicelib.models import Case, CaseStatus, CreatorSettings, WhopEvent
 from chalicelib.recovery_policy import (
     KIND_ATTACH,
@@ -32,7 +33,10 @@ from chalicelib.recovery_policy import (
     first_payday_retry,
     retry_key,
 )
-from chalicelib.webhooks import minimal_payload
+from chalicelib.store import recovery as recovery_store
+from chalicelib.store import settings as settings_store
+from chalicelib.tenancy import tenant_transaction
+from chalicelib.webhook_text import minimal_payload
 
 
 @dataclass
@@ -54,7 +58,7 @@ def apply_card_saved(event: WhopEvent, now: datetime, db: Database | None = None
     with tenant_transaction(event.company_id, db, lock=member_lock(event.company_id, event.user_id)) as tx:
         if not recovery_store.insert_card_event(tx, event, minimal_payload(event)):
             return CardSaved("ignored" if erasure.is_erased(tx) else "duplicate")
-        if not store.get_settings(tx).smart_retry:
+        if not settings_store.get_settings(tx).smart_retry:
             return CardSaved("applied")
         owed = [(c["id"], KIND_ATTACH, STEP_CARD, now,
                  attach_key(event.company_id, c["membership_id"], method), {"payment_method_id": method})
@@ -65,7 +69,7 @@ def apply_card_saved(event: WhopEvent, now: datetime, db: Database | None = None
 
 def payday_effects(case: Case, settings: CreatorSettings,
                    now: datetime) -> list[tuple[str, str, str | None, datetime, str]]:
-    """The payday retry a newly opened case owes, as ``store.open_case`` takes its effects (held
+    """The payday retry a newly opened case owes, as ``store.cases.open_case`` takes its effects (held
     out cases owe it too, and the executor skips it with reason ``holdout``, as their nudges)."""
     due = first_payday_retry(case, settings, now)
     if due is None or case.payment_id is None:

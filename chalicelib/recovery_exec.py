@@ -1,4 +1,4 @@
-"""Executing smart retry's ledger rows (issue 18): the effects executor's hooks for the kinds
+"""Executing smart retry's ledger rows: the effects executor's hooks for the kinds
 ``card_attach`` and ``payment_retry``. The executor claims, calls and records them like any
 send (leases, the row's Idempotency-Key, outcomes guarded by the claim); these hooks add:
 
@@ -24,10 +24,11 @@ from __future__ import annotations
 import threading
 import time
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from chalicelib import recovery_store
-from chalicelib.db import Database, Transaction, tenant_transaction
+from chalicelib.claims import Claim, Context, keep_pending, settle
+from chalicelib.db import Transaction
+from chalicelib.db_pool import Database
 from chalicelib.models import Case, CreatorSettings
 from chalicelib.observability import count, logger
 from chalicelib.recovery_policy import (
@@ -46,13 +47,11 @@ from chalicelib.recovery_policy import (
     retry_key,
     retry_verdict,
 )
+from chalicelib.store import recovery as recovery_store
+from chalicelib.tenancy import tenant_transaction
 from chalicelib.whop import Payment, WhopError, WhopPermanentError, WhopPort, WhopResult
 
-if TYPE_CHECKING:
-    from chalicelib.effects import Claim, Context
-
 REASON = {STEP_CARD: "card_updated", STEP_PAYDAY: "payday", STEP_MANUAL: "manual"}
-METRIC_LABEL = {KIND_ATTACH: "attach", KIND_RETRY: "retry"}
 _MAX_REASON = 300
 
 
@@ -67,7 +66,7 @@ def facts(payment: Payment) -> PaymentFacts:
 
 def gate(tx: Transaction, row: dict[str, Any], case: Case, settings: CreatorSettings,
          now: datetime) -> tuple[str, Any] | None:
-    """Why this attach/retry row must not be claimed now (the executor's ``_gate`` contract)."""
+    """Why this attach/retry row must not be claimed now (``claim_gate._gate``'s contract)."""
     kind, step = row["kind"], row["step"]
     if kind == KIND_RETRY and (case.payment_id is None
                                or retry_key(case.company_id, case.payment_id) != row["idempotency_key"]):
@@ -155,17 +154,15 @@ def perform(ctx: Context, c: Claim) -> WhopResult:
 def outcome(tx: Transaction, c: Claim, result: WhopResult, now: datetime) -> tuple[str, int] | None:
     """Record what came of an attach/retry row; None leaves it to the executor's retry policy
     (401, 429, 5xx, timeouts: pending with backoff by cause, skipped once the window closes)."""
-    from chalicelib.effects import _keep_pending, _settle
-
     verdict = c.extra.get("verdict")
     keep = {k: c.extra[k] for k in ("payment_method_id", "attempted_at") if c.extra.get(k)}
     if verdict is not None:
         if verdict[0] == "defer":
-            return "deferred", _keep_pending(tx, c.action_id, verdict[1], None, "deferred", token=c.token,
+            return "deferred", keep_pending(tx, c.action_id, verdict[1], None, "deferred", token=c.token,
                                              give_back_attempt=True)
-        return "skipped", _settle(tx, c.action_id, now, "skipped", "skipped", str(verdict[1]), token=c.token)
+        return "skipped", settle(tx, c.action_id, now, "skipped", "skipped", str(verdict[1]), token=c.token)
     if result.ok:
-        touched = _settle(tx, c.action_id, now, "sent", result={**_answer(result), **keep}, token=c.token)
+        touched = settle(tx, c.action_id, now, "sent", result={**_answer(result), **keep}, token=c.token)
         if touched:
             recovery_store.credit_case(tx, c.case_id, attempted_at=keep.get("attempted_at"),
                                        reason=REASON.get(c.step))
@@ -177,11 +174,11 @@ def outcome(tx: Transaction, c: Claim, result: WhopResult, now: datetime) -> tup
         logger.warning("whop refused a smart retry for a missing permission",
                        extra={"company_id": c.case.company_id, "action_id": c.action_id,
                               "permission": permission})
-        return "failed", _settle(tx, c.action_id, now, "failed", "permission", "permission_missing",
+        return "failed", settle(tx, c.action_id, now, "failed", "permission", "permission_missing",
                                  result={"permission": permission, "status_code": 403, "whop_reason": reason,
                                          **keep}, token=c.token)
     if result.cause == "member":
-        return "failed", _settle(tx, c.action_id, now, "failed", "permanent", result.error_code,
+        return "failed", settle(tx, c.action_id, now, "failed", "permanent", result.error_code,
                                  result={"status_code": result.status_code, "whop_reason": reason, **keep},
                                  token=c.token)
     return None

@@ -1,4 +1,4 @@
-"""Smart retry (issue 18): what Rebound does to the charge itself, and when. Pure: no database,
+"""Smart retry: what Rebound does to the charge itself, and when. Pure: no database,
 no HTTP; time is passed in.
 
 | signal                 | action                     | when                 | guards                       |
@@ -36,13 +36,13 @@ Credit for a recovery (``recovered_by``): ``rebound_retry`` when the success fol
 Rebound attach or retry of that case that Whop accepted (by the time Rebound asked, with
 ``CREDIT_SKEW`` of tolerance between Whop's clock and the database's), else ``after_click`` when
 the member followed a Rebound link before the success, else ``other`` (Whop's own retry, or the
-member alone). ``credit`` is the rule; ``chalicelib.recovery_store`` runs the same rule in SQL.
+member alone). ``chalicelib.store.recovery.recovered_by_sql`` applies the rule (in SQL, where the
+ledger is); tests/test_credit_rule.py holds it to this statement of it.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Literal
@@ -60,7 +60,6 @@ STEP_MANUAL = "manual"
 
 RetryReason = Literal["card_updated", "payday", "manual"]
 RecoveredBy = Literal["rebound_retry", "after_click", "other"]
-RECOVERY_SOURCES: tuple[RecoveredBy, ...] = ("rebound_retry", "after_click", "other")
 
 PAYDAYS = (1, 15)  # day of month
 PAYDAY_TIME = time(9, 0)  # company time
@@ -207,17 +206,3 @@ def retry_verdict(step: str, case: Case, settings: CreatorSettings, now: datetim
     slot = payday_slot(pending, settings)
     return ("defer", slot) if slot <= retry_deadline(case) else ("skip", "whop_still_retrying")
 
-
-# --- credit -----------------------------------------------------------------------------------------
-
-
-def credit(recovered_at: datetime, rebound_attempts: Iterable[datetime],
-           clicks: Iterable[datetime]) -> RecoveredBy:
-    """Who gets the credit for a recovery at ``recovered_at`` (see the module docstring):
-    ``rebound_attempts`` are when Rebound asked Whop for the attaches and retries Whop
-    accepted, ``clicks`` when the member followed a Rebound link."""
-    if any(at <= recovered_at + CREDIT_SKEW for at in rebound_attempts):
-        return "rebound_retry"
-    if any(at <= recovered_at for at in clicks):
-        return "after_click"
-    return "other"

@@ -87,7 +87,7 @@ def covered_offset(case: Case, settings: CreatorSettings, now: datetime) -> int 
 
 def planned_offset(case: Case, settings: CreatorSettings, reminded: Iterable[int],
                    t0_at: datetime | None) -> int | None:
-    """A case's reminder progress as its ledger shows it (issue 20): the latest offset a reminder
+    """A case's reminder progress as its ledger shows it: the latest offset a reminder
     was sent or is owed for (``reminded``), or that its T+0 covered, i.e. had already passed when
     the T+0 went out (``t0_at``: when it did, or now when it is owed now; None: no T+0)."""
     done = set(reminded)
@@ -108,8 +108,6 @@ def next_action_at(case: Case, settings: CreatorSettings, last_offset: int | Non
 # --- sending rules --------------------------------------------------------------------------------
 
 FREQUENCY_CAP = timedelta(hours=20)  # automatic messages per member per channel
-_BASE_RETRY = timedelta(minutes=1)
-_MAX_RETRY = timedelta(hours=1)
 _UTC = ZoneInfo("UTC")
 
 
@@ -139,12 +137,3 @@ def quiet_until(now: datetime, settings: CreatorSettings) -> datetime | None:
     end_day = local.date() if t < end else local.date() + timedelta(days=1)
     return datetime.combine(end_day, end, tzinfo=tz).astimezone(now.tzinfo)
 
-
-def retry_delay(attempts: int, retry_after_s: float | None = None) -> timedelta:
-    """Back off exponentially between attempts, never sooner than Whop asked, never over 1 h
-    (whatever the attempt count or the Retry-After: no arithmetic here can overflow)."""
-    exponent = min(max(0, attempts - 1), 10)  # 2**10 minutes is already past the cap
-    backoff: timedelta = min(_BASE_RETRY * (2 ** exponent), _MAX_RETRY)
-    if retry_after_s is not None and retry_after_s == retry_after_s:  # not NaN
-        backoff = max(backoff, timedelta(seconds=min(max(0.0, retry_after_s), _MAX_RETRY.total_seconds())))
-    return backoff

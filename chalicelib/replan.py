@@ -1,4 +1,4 @@
-"""Re-planning an open case from its events and its ledger (issue 20).
+"""Re-planning an open case from its events and its ledger.
 
 A case's plan is its owed ledger rows plus two columns, ``last_reminder_offset`` (the reminder
 progress) and ``next_action_at`` (when the tick next looks at it). Both used to be written once
@@ -23,10 +23,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from chalicelib import recovery, store
+from chalicelib import recovery
 from chalicelib.db import Transaction
 from chalicelib.models import Case, CreatorSettings
 from chalicelib.reminders import initial_effects, next_action_at, planned_offset
+from chalicelib.store import cases as case_store
+from chalicelib.store import ledger as ledger_store
 
 # Why a row was skipped when the case was merely not open: owed again if the case opens again.
 NOT_OPEN_REASONS = ("window_passed", "case_closed")
@@ -66,17 +68,17 @@ def reopened(tx: Transaction, case_id: str, case: Case, settings: CreatorSetting
     planned = [e for e in initial_effects(case, settings, now) if (e.step, e.channel) not in done]
     new = [e for e in planned if e.idempotency_key(case_id) not in by_key]
     revive = [key for e in planned if (key := e.idempotency_key(case_id)) in by_key]
-    owed = store.add_pending_actions(
+    owed = ledger_store.add_pending_actions(
         tx, case.company_id, [(case_id, e.kind, e.step, e.channel, e.due_at, e.idempotency_key(case_id))
                               for e in new])
     owed += _revive(tx, revive, now)
-    owed += recovery.reopened(tx, case_id, case, settings, now, NOT_OPEN_REASONS)  # issue 18's rows
+    owed += recovery.reopened(tx, case_id, case, settings, now, NOT_OPEN_REASONS)  # smart retry's rows
     t0_owed = any(e.step == "t0" for e in new) or any(by_key[k]["step"] == "t0" for k in revive) or any(
         r["step"] == "t0" and r["status"] in ("pending", "claimed") for r in rows)
     t0_sent = [r["completed_at"] for r in rows if r["step"] == "t0" and r["status"] == "sent"]
     t0_at = now if t0_owed else min(t0_sent, default=None)
     last = planned_offset(case, settings, _reminded(rows, not_done), t0_at)
-    store.advance_cases(tx, [(case_id, last, next_action_at(case, settings, last))])
+    case_store.advance_cases(tx, [(case_id, last, next_action_at(case, settings, last))])
     return owed
 
 
@@ -97,7 +99,7 @@ def open_cases(tx: Transaction, settings: CreatorSettings, now: datetime) -> int
     """Re-plan the reminders of every open case of the company (a settings change); return how
     many cases' plans changed. Two statements whatever the number of cases."""
     rows = tx.query(
-        "SELECT " + store.DUE_CASE_COLUMNS + ", next_action_at, holdout,"  # noqa: S608 - constant column list
+        "SELECT " + case_store.DUE_CASE_COLUMNS + ", next_action_at, holdout,"  # noqa: S608 - constant column list
         " COALESCE((SELECT jsonb_agg(jsonb_build_object('kind', a.kind, 'step', a.step,"
         "   'status', a.status, 'error_detail', a.error_detail))"
         "   FROM recovery_actions a WHERE a.case_id = recovery_cases.id AND a.kind = 'reminder'),"
@@ -109,11 +111,11 @@ def open_cases(tx: Transaction, settings: CreatorSettings, now: datetime) -> int
         " FROM recovery_cases WHERE status = 'open'")
     changed: list[tuple[str, int | None, datetime | None]] = []
     for row in rows:
-        case = store.case_from_row(row)
+        case = case_store.case_from_row(row)
         last = planned_offset(case, settings, _reminded(row["reminders"], _not_done(row["holdout"])),
                               now if row["t0_owed"] else row["t0_sent_at"])
         next_at = next_action_at(case, settings, last)
         if (last, next_at) != (row["last_reminder_offset"], row["next_action_at"]):
             changed.append((str(row["id"]), last, next_at))
-    store.advance_cases(tx, changed)
+    case_store.advance_cases(tx, changed)
     return len(changed)

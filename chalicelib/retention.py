@@ -23,8 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from chalicelib.config import get_config
-from chalicelib.db import Database, service_transaction
+from chalicelib.db_pool import Database
 from chalicelib.observability import count, logger
+from chalicelib.tenancy import service_transaction
 
 BATCH = 500
 MAX_BATCHES = 4

@@ -20,14 +20,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from chalicelib import store
-from chalicelib.db import Database, service_transaction, tenant_transaction
-from chalicelib.effects import Context, Stats, execute_owed
+from chalicelib.claims import Context, Stats
+from chalicelib.db_pool import Database
+from chalicelib.effects import execute_owed
 from chalicelib.models import RECOVERY_WINDOW
 from chalicelib.observability import logger
 from chalicelib.reminders import due_reminder, next_action_at, reminder_effects
 from chalicelib.retention import MAX_BATCHES as RETENTION_BATCHES
 from chalicelib.retention import purge_expired
+from chalicelib.store import cases as case_store
+from chalicelib.store import ledger as ledger_store
+from chalicelib.store import settings as settings_store
+from chalicelib.tenancy import service_transaction, tenant_transaction
 
 
 @dataclass
@@ -74,15 +78,15 @@ def owe_reminders(company_id: str, now: datetime, db: Database | None = None,
     Three statements whatever the number of due cases: read them, insert every owed row, and
     advance every case."""
     with tenant_transaction(company_id, db) as tx:
-        settings = store.get_settings(tx)
-        rows = tx.query("SELECT " + store.DUE_CASE_COLUMNS + " FROM recovery_cases"  # noqa: S608 - constant
+        settings = settings_store.get_settings(tx)
+        rows = tx.query("SELECT " + case_store.DUE_CASE_COLUMNS + " FROM recovery_cases"  # noqa: S608 - constant
                         " WHERE status = 'open' AND next_action_at <= :now"
                         " ORDER BY next_action_at LIMIT :limit FOR UPDATE SKIP LOCKED",
                         now=now, limit=limit)
         owed: list[tuple[str, str, str, str | None, datetime, str]] = []
         advanced: list[tuple[str, int | None, datetime | None]] = []
         for row in rows:
-            case = store.case_from_row(row)
+            case = case_store.case_from_row(row)
             case_id = str(row["id"])
             last = row["last_reminder_offset"]
             offset = due_reminder(case, settings, last, now)
@@ -92,8 +96,8 @@ def owe_reminders(company_id: str, now: datetime, db: Database | None = None,
                          for effect in reminder_effects(case, settings, offset, now)]
                 last = offset
             advanced.append((case_id, last, next_action_at(case, settings, last)))
-        added = store.add_pending_actions(tx, company_id, owed)
-        store.advance_cases(tx, advanced)
+        added = ledger_store.add_pending_actions(tx, company_id, owed)
+        case_store.advance_cases(tx, advanced)
     return len(rows), added
 
 

@@ -1,9 +1,8 @@
-"""Verifying and normalising Whop webhooks (pure: no database, no AWS, no network).
-
-``verify`` checks the Standard Webhooks signature the way Whop signs (HMAC over the literal bytes
-of the ``ws_…`` secret) and returns the ``webhook-id``. ``normalise`` turns any of Whop's payload
-generations (v1 legacy, v1 dated, v5, v2) into one ``WhopEvent``, or ``None`` for an event type
-Rebound does not handle. Errors never carry payload values: they name the field only.
+"""Normalising Whop webhooks (pure: no database, no AWS, no network): ``normalise`` turns any of
+Whop's payload generations (v1 legacy, v1 dated, v5, v2) into one ``WhopEvent``, or ``None`` for
+an event type Rebound does not handle. Errors never carry payload values: they name the field
+only. Verifying the signature first is ``webhook_signature``; what of the text may be kept, and
+the stored form of an event, is ``webhook_text``.
 
 Event time follows the contract ("Shapes and meanings"):
 
@@ -14,59 +13,42 @@ Event time follows the contract ("Shapes and meanings"):
 | payment.failed, payment.requires_action | data.last_payment_attempt (dated: ..._at), else         |
 |                                         | data.created_at, else the envelope timestamp            |
 | membership.*                            | the envelope timestamp                                  |
-| setup_intent.succeeded                  | the envelope timestamp (issue 18: a saved card)         |
+| setup_intent.succeeded                  | the envelope timestamp (a saved card)                   |
 | none of those usable                    | received_at, with occurred_at_inferred=True             |
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import math
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from pydantic import ValidationError
-from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from chalicelib.models import (
     FAILURE_TYPES,
     EventType,
     WhopEvent,
-    clean_text,
     currency_decimals,
     event_time_problem,
 )
+from chalicelib.webhook_text import (
+    FAILURE_MESSAGE_MAX,
+    ID_MAX,
+    clean_url,
+    failure_text,
+    first_id,
+    id_ref,
+    nested_id,
+    short_text,
+)
 
-__all__ = [
-    "MalformedWebhook",
-    "WebhookVerificationFailed",
-    "event_from_payload",
-    "minimal_payload",
-    "normalise",
-    "verify",
-]
-
-TIMESTAMP_TOLERANCE: Final = timedelta(minutes=5)
-FAILURE_MESSAGE_MAX: Final = 500
-_ID_MAX: Final = 255
-_TEXT_MAX: Final = 2048
 _AMOUNT_MAX: Final = Decimal(10) ** 12  # major units; anything larger is not a real charge
 OUT_OF_RANGE: Final = "outside the accepted range (before 2015, or more than a day after receipt)"
-
-VerificationReason = Literal["missing_headers", "bad_timestamp", "stale_timestamp", "bad_signature"]
-
-
-class WebhookVerificationFailed(Exception):
-    """The request is not a genuine, fresh Whop delivery. ``reason`` says which check failed."""
-
-    def __init__(self, reason: VerificationReason) -> None:
-        super().__init__(reason)
-        self.reason: str = reason
 
 
 class MalformedWebhook(Exception):
@@ -75,93 +57,6 @@ class MalformedWebhook(Exception):
     def __init__(self, field: str, problem: str = "missing or invalid") -> None:
         super().__init__(f"malformed webhook: {field} {problem}")
         self.field = field
-
-
-# --------------------------------------------------------------------------------------------
-# Verification
-# --------------------------------------------------------------------------------------------
-
-_TIMESTAMP_HEADER = re.compile(r"^[0-9]{1,12}$")
-_BASE64 = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
-
-
-def verify(body: bytes, headers: Mapping[str, str], secret: str, now: datetime) -> str:
-    """Verify a Standard Webhooks delivery signed by Whop; return its ``webhook-id``.
-
-    Raises ``WebhookVerificationFailed`` (reason: missing_headers, bad_timestamp, stale_timestamp
-    or bad_signature) and nothing else for anything the sender controls. An empty ``secret`` or a
-    naive ``now`` is a programming error (``ValueError``).
-    """
-    if not secret:
-        raise ValueError("webhook secret is empty")
-    if now.tzinfo is None:
-        raise ValueError("now must be timezone-aware")
-    lowered = {str(k).lower(): v for k, v in headers.items()}
-    msg_id = lowered.get("webhook-id")
-    timestamp = lowered.get("webhook-timestamp")
-    signatures = lowered.get("webhook-signature")
-    if not (msg_id and timestamp and signatures):
-        raise WebhookVerificationFailed("missing_headers")
-    sent_at = _header_time(timestamp)
-    if abs(now - sent_at) > TIMESTAMP_TOLERANCE:
-        raise WebhookVerificationFailed("stale_timestamp")
-    try:
-        text = bytes(body).decode("utf-8")
-    except UnicodeDecodeError:
-        raise WebhookVerificationFailed("bad_signature") from None
-    candidates = _well_formed_signatures(signatures)
-    if not candidates:
-        raise WebhookVerificationFailed("bad_signature")
-    clean = {"webhook-id": msg_id, "webhook-timestamp": timestamp, "webhook-signature": candidates}
-    try:
-        Webhook(_hmac_key(secret)).verify(text, clean, json_parse=False)
-    except WebhookVerificationError as error:
-        raise WebhookVerificationFailed(_library_reason(error)) from None
-    except (ValueError, TypeError):  # binascii.Error is a ValueError; the header is attacker-made
-        raise WebhookVerificationFailed("bad_signature") from None
-    return msg_id
-
-
-def _hmac_key(secret: str) -> str:
-    """Whop HMACs with the literal secret bytes; the library base64-decodes its key, so encode it."""
-    return base64.b64encode(secret.encode("utf-8")).decode("ascii")
-
-
-def _header_time(value: str) -> datetime:
-    if not _TIMESTAMP_HEADER.match(value.strip()):
-        raise WebhookVerificationFailed("bad_timestamp")
-    try:
-        return datetime.fromtimestamp(int(value), tz=UTC)
-    except (OverflowError, OSError, ValueError):
-        raise WebhookVerificationFailed("bad_timestamp") from None
-
-
-def _well_formed_signatures(header: str) -> str:
-    """Keep only ``v1,<base64>`` parts: a malformed part can never match, and must not stop a
-    valid one later in the list from being tried (the library raises on the first bad part)."""
-    kept = []
-    for part in header.split():
-        version, sep, signature = part.partition(",")
-        if sep and version == "v1" and _BASE64.match(signature) and _decodes(signature):
-            kept.append(part)
-    return " ".join(kept)
-
-
-def _decodes(signature: str) -> bool:
-    try:
-        base64.b64decode(signature, validate=True)
-    except (binascii.Error, ValueError):
-        return False
-    return True
-
-
-def _library_reason(error: WebhookVerificationError) -> VerificationReason:
-    message = str(error).lower()
-    if "too old" in message or "too new" in message:
-        return "stale_timestamp"  # the library's own check against the real clock
-    if "missing" in message:
-        return "missing_headers"
-    return "bad_signature"
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,7 +123,7 @@ def normalise(body: bytes | Mapping[str, Any], webhook_id: str, received_at: dat
         "type": event_type,
         "company_id": _required(_company_id(envelope, data), "company_id"),
         "membership_id": _required(_membership_id(event_type, data), "membership_id"),
-        "user_id": _first_id(data.get("user_id"), _nested_id(data.get("user"))),
+        "user_id": first_id(data.get("user_id"), nested_id(data.get("user"))),
         "amount_minor": amount_minor,
         "currency": currency,
         "occurred_at": occurred_at,
@@ -243,14 +138,7 @@ def normalise(body: bytes | Mapping[str, Any], webhook_id: str, received_at: dat
     return _build(fields)
 
 
-def minimal_payload(event: WhopEvent) -> dict[str, Any]:
-    """The stored, PII-free form of an event (what the ``events`` table keeps). A field only a
-    saved card carries is left out of the other events, so their stored form stays as it was."""
-    unused = {"payment_method_id"} if event.payment_method_id is None else None
-    return event.model_dump(mode="json", exclude=unused)
-
-
-# A saved payment method (issue 18). Two shapes, like every event: legacy v1 nests
+# A saved payment method. Two shapes, like every event: legacy v1 nests
 # ``payment_method{id}`` and ``member{id, user{id}}``; the dated v1 SetupIntent is flat
 # (``payment_method_id``, ``member_id``, ``user{id}``), with ``account_id`` in the envelope.
 _PAYMENT_METHOD_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
@@ -259,9 +147,9 @@ _PAYMENT_METHOD_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 def _card_saved(envelope: Mapping[str, Any], data: Mapping[str, Any], webhook_id: str,
                 occurred_at: datetime, inferred: bool, received_at: datetime) -> WhopEvent:
     member = data.get("member")
-    user_id = _first_id(data.get("user_id"), _nested_id(data.get("user")),
-                        _nested_id(member.get("user")) if isinstance(member, Mapping) else None)
-    method = _first_id(data.get("payment_method_id"), _nested_id(data.get("payment_method")))
+    user_id = first_id(data.get("user_id"), nested_id(data.get("user")),
+                       nested_id(member.get("user")) if isinstance(member, Mapping) else None)
+    method = first_id(data.get("payment_method_id"), nested_id(data.get("payment_method")))
     if method is not None and not _PAYMENT_METHOD_ID.fullmatch(method):
         method = None  # it becomes part of an Idempotency-Key and a URL body: ids only
     return _build({
@@ -272,11 +160,6 @@ def _card_saved(envelope: Mapping[str, Any], data: Mapping[str, Any], webhook_id
         "occurred_at": occurred_at, "occurred_at_inferred": inferred,
         "received_at": received_at.astimezone(UTC), "api_version": _api_version(envelope),
     })
-
-
-def event_from_payload(payload: Mapping[str, Any]) -> WhopEvent:
-    """Inverse of ``minimal_payload``."""
-    return WhopEvent.model_validate(dict(payload))
 
 
 def _load(body: bytes | Mapping[str, Any]) -> Mapping[str, Any]:
@@ -320,67 +203,34 @@ def _required(value: str | None, field: str) -> str:
     return value
 
 
-def _first_id(*values: Any) -> str | None:
-    for value in values:
-        if isinstance(value, str):
-            value = clean_text(value).strip()
-            if 0 < len(value) <= _ID_MAX:
-                return value
-    return None
-
-
-def _nested_id(value: Any) -> Any:
-    return value.get("id") if isinstance(value, Mapping) else None
-
-
-def _ref(value: Any) -> str | None:
-    """An id given either as a plain string or as an object ``{"id": ...}``."""
-    return _first_id(value, _nested_id(value))
-
-
 def _company_id(envelope: Mapping[str, Any], data: Mapping[str, Any]) -> str | None:
-    return (_first_id(envelope.get("company_id"), envelope.get("account_id"))
-            or _ref(envelope.get("company"))
-            or _first_id(data.get("company_id"), data.get("account_id"))
-            or _ref(data.get("company")) or _ref(data.get("account"))
-            or _first_id(data.get("page_id")))
+    return (first_id(envelope.get("company_id"), envelope.get("account_id"))
+            or id_ref(envelope.get("company"))
+            or first_id(data.get("company_id"), data.get("account_id"))
+            or id_ref(data.get("company")) or id_ref(data.get("account"))
+            or first_id(data.get("page_id")))
 
 
 def _membership_id(event_type: EventType, data: Mapping[str, Any]) -> str | None:
-    own = _first_id(data.get("id")) if event_type in MEMBERSHIP_TYPES else None
-    return own or _first_id(data.get("membership_id")) or _ref(data.get("membership"))
+    own = first_id(data.get("id")) if event_type in MEMBERSHIP_TYPES else None
+    return own or first_id(data.get("membership_id")) or id_ref(data.get("membership"))
 
 
 def _payment_fields(event_type: EventType, data: Mapping[str, Any]) -> dict[str, Any]:
-    failure = _text(data.get("failure_message"), FAILURE_MESSAGE_MAX) if event_type in FAILURE_TYPES else None
+    failure = (short_text(data.get("failure_message"), FAILURE_MESSAGE_MAX) if event_type in FAILURE_TYPES
+               else None)
     return {
-        "payment_id": _first_id(data.get("id")),
-        "decline_code": _text(data.get("decline_code"), _ID_MAX),
+        "payment_id": first_id(data.get("id")),
+        "decline_code": short_text(data.get("decline_code"), ID_MAX),
         "failure_message": failure_text(failure) if failure is not None else None,
-        "recovery_url": _url(data.get("recovery_url")),
+        "recovery_url": clean_url(data.get("recovery_url")),
     }
-
-
-# failure_message is free text from the card network (issue 20): the fold needs it, for failures
-# only, as the case's failure reason and a hint of its decline class. Nothing in it may identify
-# the card or the member: e-mail addresses, and any run of four or more digits (a card number,
-# an expiry, a phone number; spaces, dots, dashes, slashes and brackets between them), are
-# replaced before it is queued or stored. A decline code, or amount, in it may go with them.
-_EMAIL = re.compile(r"[^\s@,;:()<>\[\]\"']+@[^\s@,;:()<>\[\]\"']+")
-_DIGIT_RUN = re.compile(r"\+?\(?\d[\d\s()./-]*\d")
-
-
-def failure_text(text: str) -> str:
-    """``text`` without e-mail addresses or long digit runs (each replaced by a placeholder)."""
-    text = _EMAIL.sub("[email]", text)
-    return _DIGIT_RUN.sub(lambda m: "[number]" if sum(ch.isdigit() for ch in m.group()) >= 4 else m.group(),
-                          text)
 
 
 def _membership_fields(event_type: EventType, data: Mapping[str, Any]) -> dict[str, Any]:
     cancel = data.get("cancel_at_period_end")
     fields: dict[str, Any] = {
-        "manage_url": _url(data.get("manage_url")),
+        "manage_url": clean_url(data.get("manage_url")),
         "cancel_at_period_end": cancel if isinstance(cancel, bool) else None,
     }
     if event_type is EventType.MEMBERSHIP_DEACTIVATED:
@@ -406,20 +256,6 @@ def _deactivation_cause(data: Mapping[str, Any]) -> str:
     if status in _PAYMENT_STATUSES:
         return "payment_failed"
     return "unknown"
-
-
-def _text(value: Any, limit: int) -> str | None:
-    if isinstance(value, str) and clean_text(value).strip():
-        return clean_text(value).strip()[:limit]
-    return None
-
-
-def _url(value: Any) -> str | None:
-    # A URL with a control character or space is not one we would ever redirect a member to.
-    if (isinstance(value, str) and value.startswith(("https://", "http://")) and len(value) <= _TEXT_MAX
-            and value.isprintable() and " " not in value):
-        return value
-    return None
 
 
 # --- time ---------------------------------------------------------------------------------------

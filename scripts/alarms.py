@@ -36,7 +36,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from chalicelib.effects import SEND_CHANNELS
+from chalicelib.claims import SEND_CHANNELS
 from chalicelib.http import route_metric_names
 
 PAGE, TICKET = "page", "ticket"

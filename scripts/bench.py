@@ -55,7 +55,6 @@ NAMES = ("consume_vs_floor", "statements_per_event", "round_trips_per_event", "r
          "export_vs_copy", "ingest_vs_floor", "import_vs_stack", "consumer_peak_rss_mb",
          "export_peak_rss_mb", "package_zip_mb")
 COMPANY = "biz_bench"
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 @dataclass
@@ -156,9 +155,9 @@ class WireCounter:
 
 class Bench:
     def __init__(self, args: Args) -> None:
-        from chalicelib import config
-        from chalicelib import db as dbmod
-        from chalicelib.db import connect, parse_database_url
+        from chalicelib import config, tenancy
+        from chalicelib.database_url import parse_database_url
+        from chalicelib.db_pool import connect
         from scripts import localdb
 
         self.args = args
@@ -170,7 +169,7 @@ class Bench:
         self.local = localdb.start(self.data_dir, log=lambda _m: None)
         os.environ["DATABASE_URL"] = self.local.runtime_url
         config.reset_config()
-        dbmod.reset_database()
+        tenancy.reset_database()
         # Loading a million rows on a busy machine outlasts the default socket timeout.
         self.owner = connect(parse_database_url(self.local.owner_url), timeout_s=3600)
         # The floors: bare pg8000 on the runtime login (RLS applies to them as to the app).
@@ -178,12 +177,12 @@ class Bench:
         self.now = datetime.now(UTC)
 
     def close(self) -> None:
-        from chalicelib import db as dbmod
+        from chalicelib import tenancy
 
         with contextlib.suppress(Exception):
             self.owner.close()
             self.bare.close()
-        dbmod.reset_database()
+        tenancy.reset_database()
         self.local.stop()
         shutil.rmtree(self.data_dir, ignore_errors=True)
         shutil.rmtree(self.data_dir.parent / f".{self.data_dir.name}-run", ignore_errors=True)
@@ -222,7 +221,8 @@ class Bench:
     def _records(events: list[tuple[str, bytes]], received: datetime) -> list[dict[str, Any]]:
         """SQS records as the webhook route queues them (the minimised event, not the body)."""
         from chalicelib.queue import encode_message
-        from chalicelib.webhooks import minimal_payload, normalise
+        from chalicelib.webhook_text import minimal_payload
+        from chalicelib.webhooks import normalise
 
         records = []
         for msg_id, body in events:
@@ -255,7 +255,7 @@ class Bench:
     def _floor(self, events: list[Any], received: datetime) -> None:
         """What the consumer cannot do with less: one transaction per event that sets the tenant,
         stores the event and upserts its case (5 statements, 11 waits on the server)."""
-        from chalicelib.webhooks import minimal_payload
+        from chalicelib.webhook_text import minimal_payload
 
         conn = self.bare
         for event in events:
@@ -358,8 +358,9 @@ class Bench:
     # --- the tick ------------------------------------------------------------------------------
 
     def tick(self) -> None:
-        from chalicelib import db as dbmod
-        from chalicelib.effects import Context, clear_experience_cache
+        from chalicelib import tenancy
+        from chalicelib.claims import Context
+        from chalicelib.effects import clear_experience_cache
         from chalicelib.scheduler import expire_cases, tick
 
         args = self.args
@@ -374,7 +375,7 @@ class Bench:
             c=company, n=args.tick_due, ff=now - timedelta(days=2, hours=1), due=now - timedelta(hours=1))
         self.owner.run("ANALYZE recovery_cases")
         ctx = Context(whop=NullWhop(), app_id="app_bench", public_base_url="https://bench.invalid")
-        database = dbmod.get_database()
+        database = tenancy.get_database()
 
         def rearm() -> None:
             # Every run does the same work: the due cases owe their day-2 reminder again.
@@ -463,7 +464,7 @@ class Bench:
         return rows
 
     def _plan(self, company: str, sql: str, **params: Any) -> str:
-        from chalicelib.db import tenant_transaction
+        from chalicelib.tenancy import tenant_transaction
 
         with tenant_transaction(company) as tx:
             rows = tx.query("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) " + sql, **params)
@@ -488,7 +489,7 @@ class Bench:
                 "cases": args.cases, "route_ms": round(t_route * 1000, 2), "sql_ms": round(t_sql * 1000, 2),
                 "plan": self._plan(company, kpi_sql, **kpi_params)})
         if self.wanted("cases_page_vs_sql"):
-            from chalicelib.store import CASE_VIEW_COLUMNS
+            from chalicelib.store.views import CASE_VIEW_COLUMNS
 
             ctx = self._ctx(company, {})
             page_sql = ("SELECT " + CASE_VIEW_COLUMNS + " FROM recovery_cases"
@@ -509,7 +510,7 @@ class Bench:
                 " (SELECT count(*) FROM recovery_actions a WHERE a.case_id = recovery_cases.id"
                 "   AND a.kind IN ('nudge', 'reminder', 'manual_nudge') AND a.status = 'sent'),"
                 " incentive_days, holdout, experiment_id, variant, decline_class, link_clicks,"  # issue 10's
-                " opened_at, holdout_percent_at_open, contaminated, incentive_cost_minor,"  # issue 17's
+                " opened_at, holdout_percent_at_open, contaminated, incentive_cost_minor,"
                 " retried_at, CASE WHEN status = 'recovered' THEN COALESCE(recovered_by, 'other') END"  # 18's
                 " FROM recovery_cases ORDER BY first_failure_at DESC, id DESC"
                 f" LIMIT {int(rows)}) TO STDOUT WITH (FORMAT csv, HEADER)")

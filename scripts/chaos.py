@@ -15,12 +15,12 @@ What breaks, all seeded:
 - the fake Whop answers 20% of sends with 429, 500, a dropped connection or a response lost
   after the action was applied.
 
-Smart retry (issue 18) runs along: a quarter of the members save a card (some before their
+Smart retry runs along: a quarter of the members save a card (some before their
 failure arrives, some twice, some cards that decline), every fifth company holds out 20% of its
 cases, and the attach and retry calls fail like the sends do; the ticks cross payday slots.
 
 Then three scenarios run through the same route and consumer, each event consumed before the
-next (issue 20): a late older failure then its late success (a case closed and opened again); an
+next: a late older failure then its late success (a case closed and opened again); an
 episode join (two stored cases merged) followed by clicks on every link sent; an executor whose
 clock is a day ahead, claiming rows and dying, and the tick's edge refusing a skewed clock.
 
@@ -63,7 +63,7 @@ os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")  # thousands of EMF
 DAY = timedelta(days=1)
 CONSUME_EVERY = 500  # deliveries between consumer runs
 SEND_PATHS = ("/notifications", "/messages", r"/memberships/[^/]+/extend")
-ATTACH_PATH, RETRY_PATH = r"/memberships/[^/]+", r"/payments/[^/]+/retry"  # issue 18
+ATTACH_PATH, RETRY_PATH = r"/memberships/[^/]+", r"/payments/[^/]+/retry"
 
 
 @dataclass
@@ -133,7 +133,7 @@ def generate(rng: random.Random, events: int, companies: int, now: datetime) -> 
 
 
 def _card_saves(rng: random.Random, start: datetime) -> list[tuple[str, datetime]]:
-    """A quarter of the members save a card (issue 18): before their failure arrives or during the
+    """A quarter of the members save a card: before their failure arrives or during the
     case, some of them twice (the same card)."""
     if rng.random() >= 0.25:
         return []
@@ -163,7 +163,8 @@ class Killer(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
-        from chalicelib.db import connect, parse_database_url
+        from chalicelib.database_url import parse_database_url
+        from chalicelib.db_pool import connect
 
         conn = connect(parse_database_url(self.owner_url))
         try:
@@ -213,8 +214,9 @@ def run(events: int, companies: int, seed: int, dup_rate: float, fault_rate: flo
     from chalice.test import Client
     from moto import mock_aws
 
-    from chalicelib import config, db, effects, queue
-    from chalicelib.db import connect, parse_database_url
+    from chalicelib import config, effects, queue, tenancy
+    from chalicelib.database_url import parse_database_url
+    from chalicelib.db_pool import connect
     from chalicelib.scheduler import tick
     from scripts import local_sqs, localdb, redrive
     from scripts.whop_payloads import sign
@@ -283,7 +285,7 @@ def run(events: int, companies: int, seed: int, dup_rate: float, fault_rate: flo
             accepted |= {m for m, _ in story.webhooks}
             _phase(f"scenarios: {counts.scenario_memberships} memberships, each event consumed in turn",
                    clock)
-            db.reset_database()
+            tenancy.reset_database()
             counts.redriven = redrive.redrive(sqs, queues.dlq_url, queues.queue_url)
             consume(sqs, queues, rng, 0.0, counts, seen)
             counts.sqs_redeliveries = sum(seen.values()) - len(seen)
@@ -334,7 +336,7 @@ def run(events: int, companies: int, seed: int, dup_rate: float, fault_rate: flo
 def _seed_world(fake: Any, webhooks: list[tuple[str, bytes]]) -> tuple[list[str], dict[str, tuple[str, str]]]:
     """Every company has an experience, every membership exists at the fake Whop, and every
     fifth company grants 3 free days."""
-    from chalicelib.db import tenant_transaction
+    from chalicelib.tenancy import tenant_transaction
 
     company_ids = sorted({json.loads(b)["company_id"] for _, b in webhooks})
     members: dict[str, tuple[str, str]] = {}
@@ -350,7 +352,7 @@ def _seed_world(fake: Any, webhooks: list[tuple[str, bytes]]) -> tuple[list[str]
         fake.add_experience(company, fake.app_id, f"exp_{company}")
     for membership, (company, user) in members.items():
         fake.add_membership(membership, company_id=company, user_id=user)
-        # issue 18: the payment a retry or an attach charges, and the card the member may save
+        # The payment a retry or an attach charges, and the card the member may save
         fake.add_payment(f"pay_{membership}", company_id=company, membership_id=membership, user_id=user,
                          retry_outcome=rng.choice(("paid", "failed")))
         fake.add_payment_method(f"payt_{membership}", user_id=user, company_id=company,
@@ -358,7 +360,7 @@ def _seed_world(fake: Any, webhooks: list[tuple[str, bytes]]) -> tuple[list[str]
     for company in company_ids[::5]:
         with tenant_transaction(company) as tx:
             tx.execute("INSERT INTO creator_settings (company_id, incentive_days) VALUES (:c, 3)", c=company)
-    for company in company_ids[2::5]:  # issue 18: held-out cases get neither an attach nor a retry
+    for company in company_ids[2::5]:  # held-out cases get neither an attach nor a retry
         with tenant_transaction(company) as tx:
             tx.execute("INSERT INTO creator_settings (company_id, holdout_percent) VALUES (:c, 20)",
                        c=company)
@@ -481,7 +483,7 @@ def _check_sends(owner: Any, fake: Any, checkpoint_open: set[str],
 
 
 def _check_recovery(owner: Any, fake: Any, counts: Counts, check: Any) -> None:
-    """Smart retry (issue 18): what Whop acted on, per payment and per (membership, card)."""
+    """Smart retry: what Whop acted on, per payment and per (membership, card)."""
     def acted(call: Any) -> bool:  # Whop did it (its answer maybe lost), and not as a replay
         return not call.replayed and (call.fault == "drop_after" or (call.status is not None
                                                                       and 200 <= call.status < 300))
@@ -603,7 +605,8 @@ def run_scenarios(http: Any, sqs: Any, queues: Any, rng: random.Random, crash_ra
     for phase in phases:
         story.webhooks += phase
         _deliver_and_consume(http, sqs, queues, rng, crash_rate, counts, seen, fake, phase)
-    from chalicelib.db import connect, parse_database_url
+    from chalicelib.database_url import parse_database_url
+    from chalicelib.db_pool import connect
 
     owner = connect(parse_database_url(owner_url))
     try:
@@ -637,7 +640,7 @@ def skewed_executor(owner: Any, company_ids: list[str], now: datetime, counts: C
     """Item 3 of issue 20: the tick's edge on a clock a day ahead refuses to act; an executor a
     day ahead (its ``now`` handed to it) claims owed rows of a few cases and dies."""
     from app import run_tick
-    from chalicelib import effects
+    from chalicelib import claim_gate
 
     before = owner.run("SELECT count(*) FROM recovery_actions WHERE status = 'claimed'")[0][0]
     result = run_tick(clock=lambda: datetime.now(UTC) + DAY)
@@ -653,7 +656,7 @@ def skewed_executor(owner: Any, company_ids: list[str], now: datetime, counts: C
         n=max(5, len(company_ids) // 2))
     abandoned: list[str] = []
     for company, case_id in owed:
-        abandoned += [c.action_id for c in effects.claim(company, now + DAY, case_id=case_id, limit=10)]
+        abandoned += [c.action_id for c in claim_gate.claim(company, now + DAY, case_id=case_id, limit=10)]
     return Skewed(refused=result.get("refused") == "clock_skew" and before == after, abandoned=abandoned)
 
 

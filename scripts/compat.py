@@ -44,7 +44,8 @@ if str(ROOT) not in sys.path:
 
 import pg8000.native  # noqa: E402
 
-from chalicelib.db import connect, parse_database_url  # noqa: E402
+from chalicelib.database_url import parse_database_url  # noqa: E402
+from chalicelib.db_pool import connect  # noqa: E402
 from scripts.migrate import Migration, discover  # noqa: E402
 
 COMPAT_DIR = ROOT / "tests" / "compat"

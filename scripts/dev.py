@@ -79,7 +79,7 @@ def seed_fake_whop(fake: str, owner_url: str) -> None:
     for membership_id, (company_id, user_id) in sorted(members.items()):
         post_json(f"{fake}/_fake/memberships", {"id": membership_id, "company_id": company_id,
                                                  "user_id": user_id})
-    # issue 18: the demo payments (a retry or an attach charges one), and the member of mem_demo_5
+    # The demo payments (a retry or an attach charges one), and the member of mem_demo_5
     # who saves a new card.
     for i, (amount, status) in enumerate(((1999, "open"), (4900, "paid"), (999, "open"), (2900, "open"),
                                           (1500, "open")), start=1):
@@ -91,7 +91,8 @@ def seed_fake_whop(fake: str, owner_url: str) -> None:
 
 
 def known_memberships(owner_url: str) -> dict[str, tuple[str, str | None]]:
-    from chalicelib.db import connect, parse_database_url
+    from chalicelib.database_url import parse_database_url
+    from chalicelib.db_pool import connect
 
     conn = connect(parse_database_url(owner_url))
     try:
@@ -115,7 +116,8 @@ def banner(lines: list[str]) -> str:
 
 def seed_demo_settings(owner_url: str) -> None:
     """The demo company grants 3 free days as an incentive, so `simulate.py` shows one."""
-    from chalicelib.db import connect, parse_database_url
+    from chalicelib.database_url import parse_database_url
+    from chalicelib.db_pool import connect
 
     conn = connect(parse_database_url(owner_url))
     try:
@@ -127,7 +129,7 @@ def seed_demo_settings(owner_url: str) -> None:
 
 def seed_demo_cases(api: str, secret: str) -> None:
     """A few members through the real webhook route: open, recovered, churned, late, and one
-    recovered by the card they saved (issue 18)."""
+    recovered by the card they saved."""
     now = datetime.now(UTC)
     stories = [
         payment_event("payment.failed", company=DEMO_COMPANY, membership="mem_demo_1", user="user_demo_1",
@@ -148,7 +150,7 @@ def seed_demo_cases(api: str, secret: str) -> None:
                       payment="pay_demo_4",
                       recovery_url="https://whop.com/checkout/3ds", decline_code="authentication_required",
                       failure_message="Your bank asked you to confirm this payment."),
-        # issue 18: a declined renewal, then the member saves a new card: Rebound attaches it, the
+        # A declined renewal, then the member saves a new card: Rebound attaches it, the
         # fake Whop charges the open payment on it and sends payment.succeeded back (rebound_retry).
         payment_event("payment.failed", company=DEMO_COMPANY, membership="mem_demo_5", user="user_demo_5",
                       at=now - timedelta(days=1, hours=2), amount=15.0, payment="pay_demo_5"),

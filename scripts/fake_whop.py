@@ -15,7 +15,7 @@ Used by the tests (``tests/whop_fixtures.py``) and by ``make dev``. It serves, u
 
 plus ``GET /.well-known/jwks.json`` (its own ES256 P-256 key, generated at start).
 
-Smart retry (issue 18): memberships and payments carry a payment method; members have saved
+Smart retry: memberships and payments carry a payment method; members have saved
 methods (``add_payment_method``, each with the outcome charging it gives). ``PATCH
 /memberships/{id}`` with a ``payment_method_id`` makes it the membership's method and, like
 Whop, retries the membership's open payment on it right away; ``POST /payments/{id}/retry``
@@ -221,7 +221,7 @@ class FakeMembership:
     cancellation_reason: str | None = None
     extended_days: int = 0
     metadata: dict[str, Any] = field(default_factory=dict)
-    payment_method_id: str | None = None  # what renewals charge (issue 18)
+    payment_method_id: str | None = None  # what renewals charge
 
 
 @dataclass
@@ -1013,7 +1013,7 @@ class FakeWhop:
         membership.updated_at = now
         return _Response(200, self._membership_json(membership))
 
-    # ---- webhooks back to the service (issue 18) ------------------------------------------------
+    # ---- webhooks back to the service ---------------------------------------------------------
 
     def _queue_webhook(self, payment: FakePayment, kind: str, at: datetime) -> None:
         from scripts.whop_payloads import payment_event

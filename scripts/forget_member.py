@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from chalicelib.db import Database, get_database, tenant_transaction  # noqa: E402
+from chalicelib.db_pool import Database  # noqa: E402
+from chalicelib.tenancy import get_database, tenant_transaction  # noqa: E402
 from scripts.purge_company import check_id, report  # noqa: E402
 
 # The member's memberships in this company, from cases and events (the tenant transaction scopes it).

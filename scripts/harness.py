@@ -40,8 +40,8 @@ class Stack:
 def local_stack(prefix: str, **client_options: Any) -> Iterator[Stack]:
     """Start Postgres and the fake Whop, point the app at them (the process-wide Whop client
     built with ``client_options``), and take everything down again afterwards."""
-    from chalicelib import config, db, effects, whop
-    from chalicelib.whop import WhopClient
+    from chalicelib import config, effects, tenancy, whop_client
+    from chalicelib.whop_client import WhopClient
     from scripts import localdb
     from scripts.fake_whop import FakeWhop
 
@@ -56,15 +56,16 @@ def local_stack(prefix: str, **client_options: Any) -> Iterator[Stack]:
                "WHOP_WEBHOOK_SECRET": fake.webhook_secret, "PUBLIC_BASE_URL": "https://rebound.test"}
         os.environ.update(env)
         config.reset_config()
-        db.reset_database()
+        tenancy.reset_database()
         # No real waiting inside the client: backoff is the ledger's job, and runs stay short.
-        whop.set_whop(WhopClient.from_config(config.get_config(), sleep=lambda _s: None, **client_options))
+        whop_client.set_whop(WhopClient.from_config(config.get_config(), sleep=lambda _s: None,
+                                                    **client_options))
         effects.clear_experience_cache()
         yield Stack(local, fake, env)
     finally:
-        whop.reset_whop()
+        whop_client.reset_whop()
         fake.stop()
-        db.reset_database()
+        tenancy.reset_database()
         local.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
         shutil.rmtree(data_dir.parent / f".{data_dir.name}-run", ignore_errors=True)

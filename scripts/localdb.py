@@ -21,7 +21,8 @@ if str(ROOT) not in sys.path:
 
 from pg8000.native import identifier  # noqa: E402
 
-from chalicelib.db import connect, parse_database_url  # noqa: E402
+from chalicelib.database_url import parse_database_url  # noqa: E402
+from chalicelib.db_pool import connect  # noqa: E402
 from scripts.migrate import migrate  # noqa: E402
 
 DB_NAME = "rebound"

@@ -46,7 +46,7 @@ def main() -> None:
             status, recovered_at = rng.choice(["expired", "expired", "expired", "cancelled"]), None
         else:
             status, recovered_at = "open", None
-        matured = age >= RECOVERY_WINDOW  # the window has elapsed, whatever the status (issue 17)
+        matured = age >= RECOVERY_WINDOW  # the window has elapsed, whatever the status
         cost = 333 if not holdout and rng.random() < 0.3 else 0
         if age <= timedelta(days=30):
             rows.append(StatusCount(status=status, currency="usd", cases=1,

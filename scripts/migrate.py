@@ -26,7 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from chalicelib.db import DatabaseError, connect, parse_database_url  # noqa: E402
+from chalicelib.database_url import parse_database_url  # noqa: E402
+from chalicelib.db import DatabaseError  # noqa: E402
+from chalicelib.db_pool import connect  # noqa: E402
 
 MIGRATIONS_DIR = ROOT / "migrations"
 # Any constant works; it only has to be the same for every runner of this schema.

@@ -31,7 +31,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from chalicelib import erasure  # noqa: E402
-from chalicelib.db import Database, Transaction, get_database, tenant_transaction  # noqa: E402
+from chalicelib.db import Transaction  # noqa: E402
+from chalicelib.db_pool import Database  # noqa: E402
+from chalicelib.tenancy import get_database, tenant_transaction  # noqa: E402
 
 # Whop ids are short ASCII tokens (biz_…, user_…); anything else is a typo or an attack.
 _ID = re.compile(r"^[A-Za-z0-9_\-]{1,255}$")

@@ -10,7 +10,7 @@
 Webhooks are signed like Whop signs them (Standard Webhooks, the ws_ secret's literal bytes).
 With the bundled fake Whop running, the membership is registered there first, so nudges,
 incentives and links work; check what the member received at <fake>/_fake/calls.
-`card-updated` sends a signed ``setup_intent.succeeded`` (issue 18): Rebound attaches the card to
+`card-updated` sends a signed ``setup_intent.succeeded``: Rebound attaches the card to
 the member's membership with an open case, the fake Whop charges the open payment on it and sends
 the ``payment.succeeded`` back (``--declines`` makes the new card decline instead).
 
@@ -52,7 +52,7 @@ def dev_file() -> Path:
 
 
 def not_running_hint(exc: NotRunning) -> str:
-    """One line: what is wrong and what to do (issue 20: it used to be a URLError traceback)."""
+    """One line: what is wrong and what to do (it used to be a URLError traceback)."""
     path = dev_file()
     where = (f"read from {path}: that make dev is no longer running" if path.exists() else
              f"no dev.json in {path.parent}, so the default address (make dev writes it there; "

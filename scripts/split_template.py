@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 # The metric names the dashboard lists come from the code that emits them (fixed sets).
-from chalicelib.effects import SEND_CHANNELS, SEND_OUTCOMES
+from chalicelib.claims import SEND_CHANNELS, SEND_OUTCOMES
 from chalicelib.ingest import type_label
 from chalicelib.models import EventType
 from scripts import alarms
@@ -59,7 +59,7 @@ VPC_ACTIONS = ["ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces",
                "ec2:DeleteNetworkInterface", "ec2:AssignPrivateIpAddresses",
                "ec2:UnassignPrivateIpAddresses"]
 HANDLER_IDS = {"process_events": "ProcessEvents", "process_reminders": "ProcessReminders"}
-# The webhook route's rejections (webhooks.verify reasons, all 401): a spike means a wrong secret
+# The webhook route's rejections (webhook_signature.verify reasons, all 401): a spike means a wrong secret
 # after rotation, a clock problem, or someone probing the endpoint.
 # (A signed but unusable body is acknowledged, Webhook_ignored_unusable: Whop did nothing wrong.)
 WEBHOOK_REJECTIONS = ("Webhook_rejected_missing_headers", "Webhook_rejected_bad_timestamp",
@@ -433,15 +433,10 @@ def metric_alarms(plans: Iterable[FunctionPlan], settings: FunctionSettings,
                                   webhook_silence_minutes=settings.webhook_silence_minutes)
 
 
-def api_name(template: Mapping[str, Any]) -> Any:
-    return template["Resources"]["RestAPI"]["Properties"]["DefinitionBody"]["info"]["title"]
-
-
 def stage_name(template: Mapping[str, Any]) -> str:
     return str(template["Resources"]["RestAPI"]["Properties"]["StageName"])
 
 
-SERVICE_DIMENSION = [{"Name": "service", "Value": {"Ref": "AWS::StackName"}}]
 # Kept for readers of rendered templates (tests, docs): see scripts/alarms.py.
 alarm_metric_names = alarms.alarm_metric_names
 

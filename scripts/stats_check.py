@@ -301,7 +301,6 @@ def check_experiments(runs: int, seed: int, max_cases: int) -> dict[str, Any]:
 
 
 GOALS = {"coverage": (0.93, 0.97), "bias_pts": (-1.0, 1.0), "aa_false_winner_share": (0.0, 0.05)}
-QUICK_FLOORS = {"coverage": 0.90, "aa_false_winner_share": 0.08}
 
 
 def run(*, companies: int, aa_runs: int, max_cases: int, seed: int, analyst: int = 0) -> dict[str, Any]:

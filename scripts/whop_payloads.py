@@ -71,7 +71,7 @@ def membership_event(kind: str, *, company: str = "biz_alpha", membership: str =
 def card_saved_event(*, company: str = "biz_alpha", user: str = "user_1", payment_method: str = "payt_new_1",
                      at: datetime | None = None, msg_id: str | None = None,
                      dated: bool = False) -> tuple[str, bytes]:
-    """``setup_intent.succeeded``: the member saved a payment method (issue 18). ``dated`` gives
+    """``setup_intent.succeeded``: the member saved a payment method. ``dated`` gives
     the pinned v1 shape (flat ``payment_method_id``, ``user{}``, ``account_id``); otherwise the
     legacy shape of Whop's docs example (``payment_method{id}``, ``member{user{id}}``, ``company_id``).
     The envelope ``timestamp`` is the event time."""

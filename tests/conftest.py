@@ -29,8 +29,9 @@ for _name, _value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "
                       "WHOP_JWKS_URL": "http://127.0.0.1:9/.well-known/jwks.json"}.items():
     os.environ.setdefault(_name, _value)
 
-from chalicelib import config, db  # noqa: E402
-from chalicelib.db import connect, parse_database_url  # noqa: E402
+from chalicelib import config, db_pool, tenancy  # noqa: E402
+from chalicelib.database_url import parse_database_url  # noqa: E402
+from chalicelib.db_pool import connect  # noqa: E402
 from scripts import localdb  # noqa: E402
 
 pytest_plugins = ["tests.whop_fixtures"]
@@ -90,13 +91,13 @@ def owner(local_database: localdb.LocalDatabase) -> Iterator[Owner]:
 
 @pytest.fixture
 def database(local_database: localdb.LocalDatabase, owner: Owner,
-             monkeypatch: pytest.MonkeyPatch) -> Iterator[db.Database]:
+             monkeypatch: pytest.MonkeyPatch) -> Iterator[db_pool.Database]:
     """The app's Database as the runtime role; every tenant table is emptied after the test."""
     monkeypatch.setenv("DATABASE_URL", local_database.runtime_url)
     config.reset_config()
-    db.reset_database()
-    yield db.get_database()
-    db.reset_database()
+    tenancy.reset_database()
+    yield tenancy.get_database()
+    tenancy.reset_database()
     config.reset_config()
     owner.run("TRUNCATE " + ", ".join(TENANT_TABLES + OPS_TABLES) + " CASCADE")
 
@@ -106,7 +107,7 @@ HEALTH_SCHEDULER_SECRET = "scheduler-secret-for-tests"
 
 
 @pytest.fixture
-def health_client(database: db.Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def health_client(database: db_pool.Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """The app's test client with both secrets that open health's deep checks set, and
     the deep-check cache empty before and after."""
     from chalice.test import Client

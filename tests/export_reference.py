@@ -1,6 +1,6 @@
 """The export's earlier formatters, kept as references the COPY export is held to.
 
-Production exports through ``store.copy_export_rows`` only. These are what it replaced, and
+Production exports through ``store.export.copy_export_rows`` only. These are what it replaced, and
 the tests compare the two byte for byte: ``csv_cell`` applies the cell rules in Python,
 ``export_csv_lines``/``export_csv_page`` in Postgres (``rebound_csv_cell``, migrations 0009/0012, and
 ``rebound_csv_time``), and ``export_cases`` reads the raw rows. They share the store's filters.
@@ -13,9 +13,10 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from chalicelib import store
 from chalicelib.db import Transaction
-from chalicelib.store import _CASE_FILTERS, _CSV_PLAIN, EXPORT_SELECT, _filter_params
+from chalicelib.store import export as export_store
+from chalicelib.store.export import _CSV_PLAIN, EXPORT_SELECT
+from chalicelib.store.views import _CASE_FILTERS, _filter_params
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 # A separator, maybe quotes, then a formula character: a quote goes after the separator (issue 20).
@@ -109,12 +110,12 @@ def csv_cell(value: Any) -> str:
 def export_csv_copy(tx: Transaction, columns: tuple[str, ...], *, now: datetime,
                     after: tuple[datetime, str] | None = None, limit: int = 1000,
                     **filters: Any) -> dict[str, Any]:
-    """The production COPY path (store.copy_export_rows) as one page, for comparing with the
+    """The production COPY path (export_store.copy_export_rows) as one page, for comparing with the
     references: finished CSV (``text``, CRLF row ends), the same bytes as export_csv_page. Also
     ``rows`` and the keyset of its last row, ``after`` (None for an empty page). ``columns``
     must hold case_id and first_failure_at."""
     stream = io.BytesIO()
-    store.copy_export_rows(tx, columns, stream, now=now, after=after, limit=limit, **filters)
-    data, rows, last = store.crlf_rows(stream.getvalue())
-    keyset = store.export_row_keyset(columns, data[last:].decode()) if rows else None
+    export_store.copy_export_rows(tx, columns, stream, now=now, after=after, limit=limit, **filters)
+    data, rows, last = export_store.crlf_rows(stream.getvalue())
+    keyset = export_store.export_row_keyset(columns, data[last:].decode()) if rows else None
     return {"text": data.decode(), "rows": rows, "after": keyset}

@@ -88,12 +88,12 @@ def test_every_route_has_its_own_guarded_alarm_in_the_api_composite(packaged: Pa
 
 def test_every_metric_an_alarm_reads_is_emitted_by_the_code(packaged: Packaged) -> None:
     from app import app
-    from chalicelib import effects
+    from chalicelib import claims
 
     template, _, _ = packaged
     exact, prefixes, literals = emitted_names()
-    # Sends count under effects.send_metric's names (push and DM by channel, incentives by kind).
-    exact |= {effects.send_metric(kind, channel, outcome) or "" for outcome in effects.SEND_OUTCOMES
+    # Sends count under claims.send_metric's names (push and DM by channel, incentives by kind).
+    exact |= {claims.send_metric(kind, channel, outcome) or "" for outcome in claims.SEND_OUTCOMES
               for kind, channel in (("nudge", "push"), ("nudge", "dm"), ("incentive", None))}
     # Route metrics are named after each view by handle_errors, which wraps every route.
     route_metrics: set[str] = set()

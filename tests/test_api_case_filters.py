@@ -183,7 +183,7 @@ def test_the_export_holds_exactly_the_listed_cases_for_every_filter_across_parts
                     "  CASE WHEN g % 2 = 1 THEN CAST(:t AS timestamptz) END"
                     " FROM generate_series(1, 400) g RETURNING id", c=ALPHA, t=NOW)
     monkeypatch.setenv("RATE_LIMIT_EXPORT", "1000")  # the limit is not under test: dozens of parts are
-    ratelimit.reset_limits()
+    ratelimit.get_limits.cache_clear()
     monkeypatch.setattr(case_views, "EXPORT_PAGE_ROWS", 7)  # several database pages per part
     monkeypatch.setattr(case_views, "EXPORT_MAX_BYTES", 2_500)  # and several parts
     for query in ("decline_class=card_soft", "decline_class=card_hard&status=open",

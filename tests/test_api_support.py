@@ -18,9 +18,10 @@ import pytest
 from chalice.test import Client, HTTPResponse
 
 from chalicelib import auth, effects, measurement, processing, ratelimit
-from chalicelib.db import Database, tenant_transaction
+from chalicelib.db_pool import Database
 from chalicelib.openapi import build_document
 from chalicelib.queue import QueuedWebhook
+from chalicelib.tenancy import tenant_transaction
 from scripts.fake_whop import FakeWhop
 from tests.helpers import membership_event, payment_event
 
@@ -146,7 +147,7 @@ def api_fixture(database: Database, whop_env: FakeWhop, monkeypatch: pytest.Monk
     for name in ("RATE_LIMIT_READS", "RATE_LIMIT_SETTINGS_WRITE", "RATE_LIMIT_ACTIONS", "RATE_LIMIT_EXPORT",
                  "RATE_LIMIT_WINDOW_S"):
         monkeypatch.delenv(name, raising=False)
-    ratelimit.reset_limits()
+    ratelimit.get_limits.cache_clear()
     auth.set_authenticator(None)
     effects.clear_experience_cache()
     measurement.clear_product_cache()
@@ -160,4 +161,4 @@ def api_fixture(database: Database, whop_env: FakeWhop, monkeypatch: pytest.Monk
     with Client(app) as client:
         yield Api(client, whop_env, database)
     auth.set_authenticator(None)
-    ratelimit.reset_limits()
+    ratelimit.get_limits.cache_clear()

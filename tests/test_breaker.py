@@ -12,8 +12,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from chalicelib import effects
-from chalicelib.db import tenant_transaction
+from chalicelib import claims, effects
+from chalicelib.tenancy import tenant_transaction
 from tests.helpers import run_concurrently
 from tests.test_nudges import T0, World, world  # noqa: F401
 
@@ -86,7 +86,7 @@ def test_concurrent_executors_share_one_breaker_and_one_probe(world: World) -> N
     world.fake.inject("*", r"/.*", "500", times=None)
     companies = iter(COMPANIES[:8])
 
-    def executor() -> effects.Stats:
+    def executor() -> claims.Stats:
         return effects.execute_owed(world.ctx, next(companies), T0, world.db)
 
     run_concurrently(executor, 8, after=world.db.close)
@@ -103,7 +103,7 @@ def test_concurrent_executors_share_one_breaker_and_one_probe(world: World) -> N
     companies = iter(COMPANIES[8:16])
     later = T0 + effects_breaker().max_backoff + SECOND
 
-    def probing() -> effects.Stats:
+    def probing() -> claims.Stats:
         return effects.execute_owed(world.ctx, next(companies), later, world.db)
 
     run_concurrently(probing, 8, after=world.db.close)

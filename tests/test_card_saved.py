@@ -14,12 +14,15 @@ from typing import Any, ClassVar
 import pytest
 
 from chalicelib.cases import fold
-from chalicelib.db import Database, service_transaction
+from chalicelib.db_pool import Database
 from chalicelib.ingest import accept_webhook
 from chalicelib.models import EventType
 from chalicelib.processing import process_webhook
 from chalicelib.queue import QueuedWebhook
-from chalicelib.webhooks import MalformedWebhook, minimal_payload, normalise, verify
+from chalicelib.tenancy import service_transaction
+from chalicelib.webhook_signature import verify
+from chalicelib.webhook_text import minimal_payload
+from chalicelib.webhooks import MalformedWebhook, normalise
 from scripts.fake_whop import FakeWhop
 from scripts.whop_payloads import SECRET, card_saved_event, payment_event, sign
 

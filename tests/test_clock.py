@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from chalicelib import effects, processing
-from chalicelib.db import tenant_transaction
+from chalicelib import claim_gate, claims, processing
+from chalicelib.tenancy import tenant_transaction
 from scripts.local_sqs import LambdaContext
 from tests.helpers import payment_event
 from tests.test_nudges import A, World, world  # noqa: F401
@@ -51,13 +51,13 @@ def lease_time_passes(world: World, by: timedelta) -> None:  # noqa: F811
 def test_an_executor_a_day_ahead_leases_on_the_database_clock(world: World) -> None:  # noqa: F811
     now = real_now()
     world.fail(now - timedelta(hours=1), now=now, **HARD)
-    claimed = effects.claim(A, now + DAY, world.db)  # a day-ahead executor claims ... and dies
+    claimed = claim_gate.claim(A, now + DAY, world.db)  # a day-ahead executor claims ... and dies
     assert {c.channel for c in claimed} == {"push", "dm"}
     for row in leases(world):
         assert row["status"] == "claimed"
-        assert row["db_now"] < row["claimed_until"] <= row["db_now"] + effects.LEASE, row
+        assert row["db_now"] < row["claimed_until"] <= row["db_now"] + claims.LEASE, row
     assert world.run_effects(now).sent == 0  # the lease holds ...
-    lease_time_passes(world, effects.LEASE + timedelta(seconds=1))
+    lease_time_passes(world, claims.LEASE + timedelta(seconds=1))
     assert world.run_effects(now).sent == 2  # ... for five minutes of the database's clock, not a day
     assert len(world.dms()) == 1
 
@@ -65,7 +65,7 @@ def test_an_executor_a_day_ahead_leases_on_the_database_clock(world: World) -> N
 def test_an_executor_a_day_ahead_cannot_take_a_live_lease(world: World) -> None:  # noqa: F811
     now = real_now()
     world.fail(now - timedelta(hours=1), now=now, **HARD)
-    assert len(effects.claim(A, now, world.db)) == 2  # a healthy executor is sending these
+    assert len(claim_gate.claim(A, now, world.db)) == 2  # a healthy executor is sending these
     stats = world.tick(now + DAY)  # another one, its clock a day ahead
     assert stats.effects.sent == 0 and world.dms() == [] and world.pushes() == []
     assert {r["status"] for r in leases(world)} == {"claimed"}
@@ -74,7 +74,7 @@ def test_an_executor_a_day_ahead_cannot_take_a_live_lease(world: World) -> None:
 def test_the_frequency_cap_waits_for_a_lease_on_the_database_clock(world: World) -> None:  # noqa: F811
     now = real_now()
     world.fail(now - timedelta(hours=1), now=now, membership="mem_1", user="user_1", **HARD)
-    held = effects.claim(A, now, world.db, kinds=("nudge",))
+    held = claim_gate.claim(A, now, world.db, kinds=("nudge",))
     assert len(held) == 2
     world.fail(now - timedelta(minutes=30), now=now, membership="mem_2", user="user_1", **HARD)
     world.run_effects(now)
@@ -84,7 +84,7 @@ def test_the_frequency_cap_waits_for_a_lease_on_the_database_clock(world: World)
     # executor's clock, whatever the clock it leased on.
     assert len(waits) == 2
     for row in waits:
-        assert now < row["due_at"] <= now + effects.LEASE + timedelta(seconds=5), row
+        assert now < row["due_at"] <= now + claims.LEASE + timedelta(seconds=5), row
 
 
 def _refusals(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
@@ -114,7 +114,8 @@ def test_a_tick_on_a_skewed_clock_refuses_and_says_why(world: World,  # noqa: F8
 
 def _sqs_event(bodies: list[tuple[str, bytes]]) -> dict[str, Any]:
     from chalicelib.queue import encode_message
-    from chalicelib.webhooks import minimal_payload, normalise
+    from chalicelib.webhook_text import minimal_payload
+    from chalicelib.webhooks import normalise
 
     records = []
     for i, (msg_id, body) in enumerate(bodies):

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from chalicelib import processing
-from chalicelib.db import Database, tenant_transaction
+from chalicelib.db_pool import Database
 from chalicelib.queue import QueuedWebhook
+from chalicelib.tenancy import tenant_transaction
 from tests.helpers import payment_event
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

@@ -50,13 +50,13 @@ def test_the_experiment_preview_uses_the_real_default_copy() -> None:
     import json
 
     from chalicelib.dashboard import page
-    from chalicelib.messages import TEMPLATES
+    from chalicelib.messages import default_copy
 
     html, _ = page()
     block = re.search(r"const DEFAULT_COPY = \{(.*?)\};", html, flags=re.S)
     assert block is not None
     shown = {k: json.loads(v) for k, v in re.findall(r'(\w+): ("(?:[^"\\]|\\.)*")', block.group(1))}
-    t0 = TEMPLATES["t0"]
+    t0 = default_copy("t0")
     assert shown == {"push_title": t0.title, "push_body": t0.push, "dm_body": t0.dm}
 
 

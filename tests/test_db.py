@@ -6,18 +6,10 @@ import ssl
 
 import pytest
 
-from chalicelib.db import (
-    Database,
-    DatabaseError,
-    Transaction,
-    UniqueViolation,
-    _rewrite,
-    check_tls_policy,
-    make_ssl_context,
-    parse_database_url,
-    service_transaction,
-    tenant_transaction,
-)
+from chalicelib.database_url import check_tls_policy, make_ssl_context, parse_database_url
+from chalicelib.db import DatabaseError, Transaction, UniqueViolation, _rewrite
+from chalicelib.db_pool import Database
+from chalicelib.tenancy import service_transaction, tenant_transaction
 from scripts.localdb import LocalDatabase
 from tests.conftest import Owner
 

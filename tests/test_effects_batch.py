@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from chalicelib import effects
+from chalicelib import claim_gate, claims, effects
 from chalicelib.db import QueryError, Transaction
 from chalicelib.whop import WhopResult
 from tests import test_nudges
@@ -27,6 +27,7 @@ def test_a_batch_of_outcomes_is_one_transaction(world: World, monkeypatch: pytes
         return real(*args, **kwargs)
 
     monkeypatch.setattr(effects, "tenant_transaction", counting)
+    monkeypatch.setattr(claim_gate, "tenant_transaction", counting)  # the claims' transactions
     stats = world.run_effects(T0)
     assert stats.sent == 4
     # Claim, pin the copies, record, and the empty claim that ends the loop: not one per row.
@@ -39,7 +40,7 @@ def test_a_failing_outcome_write_is_retried_alone_and_the_others_are_kept(
     world.fail(T0)
     real = effects._outcome
 
-    def flaky(tx: Transaction, c: effects.Claim, result: WhopResult, now: datetime) -> tuple[str, int]:
+    def flaky(tx: Transaction, c: claims.Claim, result: WhopResult, now: datetime) -> tuple[str, int]:
         if c.channel == "push":
             raise QueryError("the write failed", "XX000")
         return real(tx, c, result, now)
@@ -57,7 +58,7 @@ def test_a_copy_that_cannot_be_pinned_fails_its_row_alone(world: World,
     world.fail(T0)
     real = effects.message_copy
 
-    def broken(ctx: effects.Context, c: effects.Claim, now: datetime) -> dict[str, str]:
+    def broken(ctx: claims.Context, c: claims.Claim, now: datetime) -> dict[str, str]:
         if c.channel == "push":
             raise KeyError("template")
         return real(ctx, c, now)
@@ -92,8 +93,8 @@ def test_the_budget_is_asked_before_every_whop_call_of_a_row(world: World) -> No
 
             return call
 
-    ctx = effects.Context(whop=Watching(), app_id=world.ctx.app_id,  # type: ignore[arg-type]
-                          public_base_url=world.ctx.public_base_url)
+    ctx = claims.Context(whop=Watching(), app_id=world.ctx.app_id,  # type: ignore[arg-type]
+                         public_base_url=world.ctx.public_base_url)
     stats = effects.execute_owed(ctx, test_nudges.A, T0, world.db, out_of_time=out_of_time)
     assert "send_push" not in calls and world.pushes() == []
     # (The DM may have gone first, before the push asked for its experience.)

@@ -8,9 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from chalicelib import store
 from chalicelib.api.cases import EXPORT_COLUMNS
-from chalicelib.db import Database, tenant_transaction
+from chalicelib.db_pool import Database
+from chalicelib.store import export as export_store
+from chalicelib.store import views as view_store
+from chalicelib.tenancy import tenant_transaction
 from tests import export_reference as reference
 from tests.export_reference import csv_cell
 
@@ -57,7 +59,7 @@ def test_postgres_cells_match_the_python_rules(database: Database, offset_us: in
 def test_a_page_that_does_not_fit_is_cut_between_rows_and_resumes(database: Database,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from chalicelib.api import cases as case_views
-    from chalicelib.api.schemas import ExportQuery
+    from chalicelib.api.schemas.cases import ExportQuery
 
     with tenant_transaction("biz_a", database) as tx:
         tx.execute("INSERT INTO recovery_cases (company_id, membership_id, first_failure_at, last_failure_at,"
@@ -158,7 +160,7 @@ def test_copy_filters_match_the_parameterised_query(database: Database) -> None:
             assert new["text"] == old["text"] and new["rows"] == old["rows"], filters
         # q is the list's search: the same cases as the list.
         for text in ("mem_1", "mem_%", "="):
-            listed = [r["id"] for r in store.list_cases(tx, now=NOW, q=text, limit=100)]
+            listed = [r["id"] for r in view_store.list_cases(tx, now=NOW, q=text, limit=100)]
             new = reference.export_csv_copy(tx, EXPORT_COLUMNS, now=NOW, limit=100, q=text)
             assert [r[0] for r in csv.reader(io.StringIO(new["text"], newline=""))] == listed, text
             assert new["rows"] == len(listed)
@@ -198,7 +200,7 @@ def test_the_settings_that_carry_copy_values_end_with_the_transaction(database: 
     (b'"\n",1\n"a""\n""b",2\n', 2, 7),
 ])
 def test_crlf_rows_ends_rows_only_outside_quotes(data: bytes, rows: int, last: int) -> None:
-    out, n, start = store.crlf_rows(data)
+    out, n, start = export_store.crlf_rows(data)
     assert n == rows and start == last
     assert list(csv.reader(io.StringIO(out.decode(), newline=""))) == list(
         csv.reader(io.StringIO(data.decode(), newline="")))
@@ -212,7 +214,7 @@ def test_export_parts_add_up_to_the_formatted_rows_whatever_the_chunk_and_budget
         database: Database, monkeypatch: pytest.MonkeyPatch, chunk: int, max_bytes: int,
         page_rows: int) -> None:
     from chalicelib.api import cases as case_views
-    from chalicelib.api.schemas import ExportQuery
+    from chalicelib.api.schemas.cases import ExportQuery
 
     with tenant_transaction("biz_a", database) as tx:
         _insert_tricky(tx, "biz_a", same_time=True)  # ties: the cursor must split them exactly

@@ -7,7 +7,7 @@ import json
 import pytest
 from chalice.test import Client
 
-from chalicelib import config, db, health
+from chalicelib import config, health, tenancy
 from tests.conftest import HEALTH_SECRET, ROOT
 
 SECRET = HEALTH_SECRET
@@ -37,7 +37,7 @@ def test_database_health_is_503_when_unreachable(health_client: Client, monkeypa
                                                  tmp_path: object) -> None:
     monkeypatch.setenv("DATABASE_URL", f"postgresql://nobody@/rebound?host={tmp_path}")
     config.reset_config()
-    db.reset_database()
+    tenancy.reset_database()
     resp = health_client.http.get("/api/health?type=database", headers=AUTH)
     body = json.loads(resp.body)
     assert resp.status_code == 503

@@ -14,11 +14,11 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from chalicelib import effects, experiments, lift, measurement, messages, scheduler
-from chalicelib.db import tenant_transaction
 from chalicelib.kpis import CaseTimes, cohorts
 from chalicelib.messages import VariantCopy, decline_class
 from chalicelib.models import Case, CaseStatus
-from chalicelib.whop import get_whop
+from chalicelib.tenancy import tenant_transaction
+from chalicelib.whop_client import get_whop
 from tests.helpers import payment_event, run_concurrently
 from tests.test_api_cases import insert_case
 from tests.test_api_support import ADMIN_B, ALPHA, BRAVO, DAY, NOW, Api, api_fixture, parse_csv  # noqa: F401
@@ -634,7 +634,7 @@ def test_cohort_weeks_are_validated(api: Api) -> None:
 
 
 def test_the_product_name_comes_from_the_membership_or_falls_back() -> None:
-    from chalicelib.whop import membership_from_json
+    from chalicelib.whop_mapping import membership_from_json
 
     assert membership_from_json({"id": "m", "product": {"id": "p", "title": " Pro "}}).product_title == "Pro"
     legacy = membership_from_json({"id": "m", "product": {"id": "p", "name": "Legacy"}})

@@ -13,9 +13,11 @@ from typing import Any
 import pytest
 from chalice.test import Client
 
-from chalicelib import effects, processing, store
-from chalicelib.db import Database, tenant_transaction
+from chalicelib import effects, processing
+from chalicelib.db_pool import Database
 from chalicelib.queue import QueuedWebhook
+from chalicelib.store import cases as case_store
+from chalicelib.tenancy import tenant_transaction
 from scripts.fake_whop import FakeWhop
 from tests.helpers import payment_event
 
@@ -95,8 +97,8 @@ def test_links_follow_a_chain_of_merges(client: Client) -> None:
                        " :token, 'https://whop.com/manage')",
                        c=A, at=at, token=f"tok_{hours:02d}_" + "x" * 30)
         rows = tx.query("SELECT id::text AS id, link_token FROM recovery_cases ORDER BY first_failure_at")
-        store.merge_duplicate_case(tx, rows[2]["id"], into=rows[1]["id"])
-        store.merge_duplicate_case(tx, rows[1]["id"], into=rows[0]["id"])
+        case_store.merge_duplicate_case(tx, rows[2]["id"], into=rows[1]["id"])
+        case_store.merge_duplicate_case(tx, rows[1]["id"], into=rows[0]["id"])
     for row in rows:
         assert client.http.get(f"/r/{row['link_token']}").status_code == 302, row
     assert cases()[0]["link_clicks"] == 3

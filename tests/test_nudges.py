@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from chalicelib import effects, measurement, processing, scheduler
-from chalicelib.db import Database, tenant_transaction
+from chalicelib import claim_gate, claims, effects, measurement, processing, scheduler
+from chalicelib.db_pool import Database
 from chalicelib.queue import QueuedWebhook
-from chalicelib.whop import get_whop
+from chalicelib.tenancy import tenant_transaction
+from chalicelib.whop_client import get_whop
 from scripts.fake_whop import FakeWhop
 from tests.conftest import Owner
 from tests.helpers import membership_event, payment_event, run_concurrently
@@ -28,8 +29,8 @@ class World:
     def __init__(self, db: Database, fake: FakeWhop) -> None:
         self.db = db
         self.fake = fake
-        self.ctx = effects.Context(whop=get_whop(), app_id=fake.app_id,
-                                   public_base_url="https://rebound.test")
+        self.ctx = claims.Context(whop=get_whop(), app_id=fake.app_id,
+                                  public_base_url="https://rebound.test")
 
     def deliver(self, body_pair: tuple[str, bytes], now: datetime) -> processing.Outcome:
         msg_id, body = body_pair
@@ -43,7 +44,7 @@ class World:
                                          user=user, at=at, **kw), now or at)
         return out.opened_case_ids[0] if out.opened_case_ids else ""
 
-    def run_effects(self, now: datetime, company: str = A) -> effects.Stats:
+    def run_effects(self, now: datetime, company: str = A) -> claims.Stats:
         return effects.execute_owed(self.ctx, company, now, self.db)
 
     def tick(self, now: datetime) -> scheduler.TickResult:
@@ -80,7 +81,7 @@ class World:
         with tenant_transaction(company, self.db) as tx:
             tx.execute("UPDATE recovery_actions SET claimed_until = claimed_until"
                        " - CAST(:lease AS interval) - interval '1 second' WHERE claimed_until IS NOT NULL",
-                       lease=effects.LEASE)
+                       lease=claims.LEASE)
 
     def pushes(self) -> list[Any]:
         return self.fake.calls_to("POST", "/notifications")
@@ -345,7 +346,7 @@ def test_one_failing_row_is_released_alone(world: World, monkeypatch: pytest.Mon
     world.fail(T0)
     real = effects.perform
 
-    def broken(ctx: effects.Context, c: effects.Claim, now: datetime) -> Any:
+    def broken(ctx: claims.Context, c: claims.Claim, now: datetime) -> Any:
         if c.channel == "push":
             raise OverflowError("a bug in our own code")
         return real(ctx, c, now)
@@ -362,10 +363,10 @@ def test_one_failing_row_is_released_alone(world: World, monkeypatch: pytest.Mon
 
 def test_a_late_executor_cannot_overwrite_the_claim_holders_result(world: World) -> None:
     world.fail(T0)
-    first = effects.claim(A, T0, world.db, kinds=("nudge",))
+    first = claim_gate.claim(A, T0, world.db, kinds=("nudge",))
     dm_first = next(c for c in first if c.channel == "dm")
     # The first executor stalls past its lease; a second one claims the row and sends it.
-    later = T0 + effects.LEASE + timedelta(minutes=1)
+    later = T0 + claims.LEASE + timedelta(minutes=1)
     world.leases_run_out()
     assert world.run_effects(later).sent == 2
     from chalicelib.whop import WhopResult
@@ -378,7 +379,7 @@ def test_a_late_executor_cannot_overwrite_the_claim_holders_result(world: World)
 
 def test_the_frequency_cap_counts_sends_in_flight(world: World) -> None:
     world.fail(T0, membership="mem_1", user="user_1")
-    held = effects.claim(A, T0, world.db, kinds=("nudge",))  # in flight, not yet recorded
+    held = claim_gate.claim(A, T0, world.db, kinds=("nudge",))  # in flight, not yet recorded
     assert {c.channel for c in held} == {"push", "dm"}
     # The same member fails on a second membership: its T+0 must wait for the in-flight one.
     world.fail(T0 + timedelta(minutes=1), membership="mem_2", user="user_1")
@@ -389,20 +390,20 @@ def test_the_frequency_cap_counts_sends_in_flight(world: World) -> None:
 
 def test_crash_after_claim_before_send_is_sent_once_on_the_next_tick(world: World) -> None:
     world.fail(T0)
-    claimed = effects.claim(A, T0, world.db)  # ... and the process dies here
+    claimed = claim_gate.claim(A, T0, world.db)  # ... and the process dies here
     assert len(claimed) == 2 and world.dms() == []
     assert world.run_effects(T0 + timedelta(minutes=1)).sent == 0  # the lease still holds
     world.leases_run_out()
-    result = world.tick(T0 + effects.LEASE + timedelta(minutes=1))
+    result = world.tick(T0 + claims.LEASE + timedelta(minutes=1))
     assert result.effects.sent == 2 and len(world.dms()) == 1
 
 
 def test_crash_after_send_before_record_does_not_send_twice(world: World) -> None:
     world.fail(T0)
-    for c in effects.claim(A, T0, world.db):
+    for c in claim_gate.claim(A, T0, world.db):
         effects.perform(world.ctx, c, T0)  # Whop did it; the record step never ran
     world.leases_run_out()
-    world.tick(T0 + effects.LEASE + timedelta(minutes=1))
+    world.tick(T0 + claims.LEASE + timedelta(minutes=1))
     assert len(world.fake.state()["messages"]) == 1
 
 
@@ -436,7 +437,7 @@ def test_incentive_once_under_duplicates_and_concurrency(world: World) -> None:
 
     run_concurrently(lambda: world.run_effects(T0), 3, after=world.db.close)
     world.leases_run_out()
-    world.tick(T0 + effects.LEASE + timedelta(minutes=1))
+    world.tick(T0 + claims.LEASE + timedelta(minutes=1))
     ok = [c for c in world.fake.calls_to("POST", r"/memberships/mem_1/extend") if c.status == 200]
     assert len(ok) == 1 and ok[0].json == {"days": 2}
 
@@ -500,11 +501,11 @@ def test_a_tick_skips_rows_another_tick_holds_instead_of_waiting(world: World,
         with tenant_transaction(A, other) as held:
             held.query("SELECT id FROM recovery_actions FOR UPDATE")
             held.query("SELECT id FROM recovery_cases FOR UPDATE")
-            assert effects.claim(A, T0, world.db) == []
+            assert claim_gate.claim(A, T0, world.db) == []
             assert scheduler.owe_reminders(A, T0 + 3 * DAY, world.db) == (0, 0)
     finally:
         other.close()
-    assert len(effects.claim(A, T0, world.db)) == 2
+    assert len(claim_gate.claim(A, T0, world.db)) == 2
 
 
 @pytest.mark.parametrize(("minor", "currency", "shown"), [
@@ -528,12 +529,12 @@ def test_execute_owed_can_be_limited_to_some_kinds(world: World) -> None:
 
 
 def test_a_case_the_creator_cancelled_stays_cancelled(world: World) -> None:
-    from chalicelib import store
+    from chalicelib.store import cases as case_store
 
     case_id = world.fail(T0)
     with tenant_transaction(A, world.db) as tx:
-        store.close_case_by_creator(tx, case_id, close_reason="creator_cancelled", user_id="user_admin",
-                                    now=T0 + DAY)
+        case_store.close_case_by_creator(tx, case_id, close_reason="creator_cancelled", user_id="user_admin",
+                                         now=T0 + DAY)
     world.deliver(payment_event("payment.failed", at=T0 + 2 * DAY), T0 + 2 * DAY)
     world.deliver(payment_event("payment.succeeded", at=T0 + 3 * DAY), T0 + 3 * DAY)
     row = world.case(case_id)

@@ -33,7 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from chalice.test import Client
 
-from chalicelib import config, db
+from chalicelib import config, tenancy
 from scripts import localdb, purge_company
 from tests.helpers import payment_event
 from tests.test_pipeline import NOW, Pipeline, pipeline  # noqa: F401 - the fixture is used by name
@@ -190,11 +190,11 @@ def use_relay(monkeypatch: pytest.MonkeyPatch, url: str, statements: str) -> Non
     # connection that never comes, and the workload would fail; it needs none.
     monkeypatch.setenv("DB_POOL_SIZE", "1")
     config.reset_config()
-    db.reset_database()
+    tenancy.reset_database()
 
 
 def captured(capture: Capture) -> list[list[Message]]:
-    db.reset_database()  # close the connections: every byte is in
+    tenancy.reset_database()  # close the connections: every byte is in
     with capture.lock:
         return [messages(bytes(s)) for s in capture.streams if s]
 
@@ -243,7 +243,7 @@ def workload(pipeline: Pipeline, owner: Any) -> None:  # noqa: F811
     token = pipeline.rows(company, "SELECT link_token FROM recovery_cases WHERE id = CAST(:i AS uuid)",
                           i=case["id"])[0]["link_token"]
     assert pipeline.client.http.get(f"/r/{token}").status_code == 302
-    from chalicelib.db import ping
+    from chalicelib.tenancy import ping
 
     ping()  # the deep health check's query
     purge_company.purge_company("biz_bravo", dry_run=False)  # the erasure lock and record
@@ -255,7 +255,7 @@ def test_nothing_the_app_sends_through_the_proxy_pins_a_session(
     url, capture = relay
     use_relay(monkeypatch, url, "unnamed")
     workload(pipeline, owner)
-    assert db.get_database().pool_size == 1
+    assert tenancy.get_database().pool_size == 1
     conns = captured(capture)
     texts = statement_texts(conns)
     assert len(conns) >= 1 and len(texts) > 100, "the workload went through the relay"

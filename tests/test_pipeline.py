@@ -14,7 +14,8 @@ from chalice.test import Client
 from moto import mock_aws
 
 from chalicelib import config, effects, processing, queue
-from chalicelib.db import Database, tenant_transaction
+from chalicelib.db_pool import Database
+from chalicelib.tenancy import tenant_transaction
 from scripts import local_sqs, redrive
 from scripts.fake_whop import FakeWhop
 from tests.helpers import membership_event, payment_event, sign
@@ -202,14 +203,14 @@ def test_a_failing_record_is_reported_alone_and_succeeds_on_retry(pipeline: Pipe
 
 def test_database_outage_loses_nothing(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch,
                                        tmp_path: Any) -> None:
-    from chalicelib import db as dbmod
+    from chalicelib import tenancy
 
     msg_id, body = payment_event("payment.failed", at=NOW - DAY)
-    good_url = dbmod.get_database().params
+    good_url = tenancy.get_database().params
     assert pipeline.deliver(msg_id, body).status_code == 200  # the route never needs the database
     monkeypatch.setenv("DATABASE_URL", f"postgresql://nobody@/rebound?host={tmp_path}")
     config.reset_config()
-    dbmod.reset_database()
+    tenancy.reset_database()
     from app import process_events
 
     ok, failed = local_sqs.poll_once(pipeline.sqs, pipeline.queues, process_events)
@@ -219,7 +220,7 @@ def test_database_outage_loses_nothing(pipeline: Pipeline, monkeypatch: pytest.M
     monkeypatch.setenv("DATABASE_URL", f"postgresql://{good_url.user}:{good_url.password}@/"
                        f"{good_url.database}?host={good_url.unix_sock.rsplit('/', 1)[0]}")  # type: ignore[union-attr]
     config.reset_config()
-    dbmod.reset_database()
+    tenancy.reset_database()
     assert pipeline.drain() == (1, 0)
     assert pipeline.rows("biz_alpha", "SELECT count(*) AS n FROM recovery_cases")[0]["n"] == 1
 

@@ -17,11 +17,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from chalicelib import effects, processing, ratelimit, retention, scheduler
-from chalicelib.db import Database, QueryError, TenantViolation, service_transaction, tenant_transaction
+from chalicelib import claims, processing, ratelimit, retention, scheduler
+from chalicelib.db import QueryError, TenantViolation
+from chalicelib.db_pool import Database
 from chalicelib.queue import QueuedWebhook
 from chalicelib.ratelimit import RateLimits
-from chalicelib.whop import get_whop
+from chalicelib.tenancy import service_transaction, tenant_transaction
+from chalicelib.whop_client import get_whop
 from scripts import purge_company
 from scripts.fake_whop import FakeWhop
 from tests.conftest import Owner
@@ -119,7 +121,7 @@ def test_a_tick_that_runs_out_of_time_still_purges(database: Database, owner: Ow
                                                    whop_env: FakeWhop) -> None:
     case_id = deliver(database, A, "mem_tick_purge").opened_case_ids[0]
     add_click(owner, A, case_id, timedelta(days=400))
-    ctx = effects.Context(whop=get_whop(), app_id=whop_env.app_id, public_base_url="https://r.test")
+    ctx = claims.Context(whop=get_whop(), app_id=whop_env.app_id, public_base_url="https://r.test")
     result = scheduler.tick(ctx, NOW, database, out_of_time=lambda: True)
     assert result.budget_exhausted
     assert owner.run("SELECT count(*) FROM recovery_actions WHERE kind = 'link_click'") == [[0]]

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from chalicelib import processing
-from chalicelib.db import Database
+from chalicelib.db_pool import Database
 from chalicelib.queue import QueuedWebhook
 from scripts import forget_member, purge_company
 from tests.conftest import TENANT_TABLES, Owner
@@ -80,7 +80,7 @@ def test_purge_company_dry_run_counts_then_deletes_that_company_only(
 
 
 def test_purge_company_finds_every_tenant_table_children_first(database: Database) -> None:
-    from chalicelib.db import tenant_transaction
+    from chalicelib.tenancy import tenant_transaction
 
     with tenant_transaction(A, database) as tx:
         tables = purge_company.tenant_tables(tx)

@@ -1,6 +1,6 @@
 """Smart retry's pure policy (issue 18): payday slots (DST, odd offsets, month and year ends,
-quiet hours), what a case is owed, the claim-time and Whop-time verdicts, the credit rule, the
-keys. No database, no HTTP."""
+quiet hours), what a case is owed, the claim-time and Whop-time verdicts, the keys. No database,
+no HTTP. The credit rule is tests/test_credit_rule.py."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 
 from chalicelib.models import Case, CaseStatus, CreatorSettings, QuietHours
 from chalicelib.recovery_policy import (
-    CREDIT_SKEW,
     KIND_ATTACH,
     KIND_RETRY,
     STEP_CARD,
@@ -23,7 +22,6 @@ from chalicelib.recovery_policy import (
     attach_key,
     attach_verdict,
     claim_verdict,
-    credit,
     first_payday_retry,
     payday_slot,
     retry_deadline,
@@ -222,17 +220,7 @@ def test_retry_deadline_is_a_day_before_the_window_ends() -> None:
     assert retry_deadline(case(FRESH)) == FRESH + timedelta(days=13)
 
 
-# --- credit and keys -------------------------------------------------------------------------------
-
-
-def test_credit_goes_to_rebound_retry_then_a_click_then_other() -> None:
-    paid = NOW
-    assert credit(paid, [paid - timedelta(minutes=5)], [paid - timedelta(days=1)]) == "rebound_retry"
-    assert credit(paid, [paid + CREDIT_SKEW], []) == "rebound_retry"  # clock skew between Whop and us
-    too_late = paid + CREDIT_SKEW + timedelta(seconds=1)
-    assert credit(paid, [too_late], [paid - timedelta(hours=1)]) == "after_click"
-    assert credit(paid, [], [paid + timedelta(seconds=1)]) == "other"
-    assert credit(paid, [], []) == "other"
+# --- keys -------------------------------------------------------------------------------------------
 
 
 def test_keys_are_stable_per_membership_and_card_and_per_payment() -> None:

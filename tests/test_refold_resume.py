@@ -11,11 +11,14 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chalicelib import processing, store
+from chalicelib import processing
 from chalicelib.cases import fold
-from chalicelib.db import Database, tenant_transaction
+from chalicelib.db_pool import Database
 from chalicelib.models import WhopEvent
 from chalicelib.queue import QueuedWebhook
+from chalicelib.store import events as event_store
+from chalicelib.store import ledger as ledger_store
+from chalicelib.tenancy import tenant_transaction
 from chalicelib.webhooks import normalise
 from tests.helpers import membership_event, payment_event
 
@@ -93,7 +96,7 @@ def test_any_arrival_order_stores_what_refolding_everything_stores(
 
 def _kept_urls_aside(stored: list[dict[str, Any]], pure: list[dict[str, Any]]) -> bool:
     """Stored cases equal the pure fold, except that a manage_url once stored is kept
-    (store.update_case: a working link beats none) where a later-applied event makes the fold
+    (store.cases.update_case: a working link beats none) where a later-applied event makes the fold
     close the case before the event that carried it (a same-instant success, a late failure)."""
     for row, case in zip(stored, pure, strict=False):
         if case["manage_url"] is None:
@@ -132,14 +135,14 @@ def test_an_event_after_the_last_closed_episode_reads_only_what_follows_it(datab
     late = normalise(late_body, late_id, NOW)
     assert late is not None
     with tenant_transaction("biz_r", database) as tx:
-        history = store.insert_event(tx, event, processing.minimal_payload(event))
+        history = event_store.insert_event(tx, event, processing.minimal_payload(event))
         assert history is not None and history.start is not None
         assert history.start.after == START + timedelta(days=21) and history.start.seq_before == 2
         assert [p["webhook_id"] for p in history.payloads] == [msg_id]  # nothing of the past
         assert history.cases == []
         assert [p["manage_url"] for p in history.start.manage_url_payloads] == ["https://whop.com/m/7"]
         # Older than episode 2's end: resumes after episode 1 instead, and reads episode 2 again.
-        earlier = store.insert_event(tx, late, processing.minimal_payload(late))
+        earlier = event_store.insert_event(tx, late, processing.minimal_payload(late))
         assert earlier is not None and earlier.start is not None
         assert earlier.start.after == START + timedelta(days=1) and earlier.start.seq_before == 1
         assert len(earlier.payloads) == 4 and len(earlier.cases or []) == 1
@@ -147,7 +150,7 @@ def test_an_event_after_the_last_closed_episode_reads_only_what_follows_it(datab
     # A creator's cancellation is not an end the fold knows: it resumes from before that case.
     with tenant_transaction("biz_r", database) as tx:
         tx.execute("UPDATE recovery_cases SET cancelled_by = 'user_admin' WHERE seq = 2")
-        history = store.insert_event(tx, event, processing.minimal_payload(event))
+        history = event_store.insert_event(tx, event, processing.minimal_payload(event))
         assert history is not None and history.start is not None and history.start.seq_before == 1
 
 
@@ -208,8 +211,8 @@ def test_the_joined_away_row_hands_its_ledger_clicks_and_incentive_to_the_row_th
         rows = tx.query("SELECT id::text AS id, seq FROM recovery_cases ORDER BY seq")
         assert [r["seq"] for r in rows] == [1, 2]
         second = rows[1]["id"]
-        store.add_action(tx, case_id=second, company_id="biz_m", kind="nudge", step="t0",
-                         channel="push", status="sent", idempotency_key=f"{second}:t0:push:test")
+        ledger_store.add_action(tx, case_id=second, company_id="biz_m", kind="nudge", step="t0",
+                                channel="push", status="sent", idempotency_key=f"{second}:t0:push:test")
         tx.execute("UPDATE recovery_cases SET link_clicks = 2, incentive_days = 3,"
                    " incentive_cost_minor = 150 WHERE id = CAST(:id AS uuid)", id=second)
         before = tx.scalar("SELECT count(*) FROM recovery_actions")

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 from chalicelib import processing, scheduler
-from chalicelib.db import ConstraintViolation, service_transaction, tenant_transaction
+from chalicelib.db import ConstraintViolation
 from chalicelib.queue import QueuedWebhook, decode_message, encode_message
+from chalicelib.tenancy import service_transaction, tenant_transaction
 from tests import test_nudges, test_pipeline
 from tests.conftest import Owner
 from tests.helpers import membership_event, payment_event
@@ -129,12 +130,12 @@ def test_any_unicode_survives_the_queue_and_the_database(pipeline: Pipeline, tex
 
 def test_an_event_that_breaks_a_constraint_is_a_poison_record_not_a_dead_letter(
         database: Any, owner: Owner, monkeypatch: pytest.MonkeyPatch) -> None:
-    from chalicelib import store
+    from chalicelib.store import events as event_store
 
     def refuse(*_: Any, **__: Any) -> bool:
         raise ConstraintViolation("check violated", "23514")
 
-    monkeypatch.setattr(store, "insert_event", refuse)
+    monkeypatch.setattr(event_store, "insert_event", refuse)
     msg_id, body = payment_event("payment.failed", at=NOW - DAY)
     out = processing.process_webhook(QueuedWebhook(msg_id, NOW, body), NOW, database)
     assert out.status == "poisoned"
@@ -300,8 +301,9 @@ def test_member_cancellation_after_a_late_reorder_keeps_one_case(world: World) -
 
 
 def test_retry_after_in_an_http_date_far_away_is_capped() -> None:
-    from chalicelib.reminders import retry_delay
-    from chalicelib.whop import MAX_RETRY_AFTER_S, parse_retry_after
+    from chalicelib.retry_policy import retry_delay
+    from chalicelib.whop import MAX_RETRY_AFTER_S
+    from chalicelib.whop_retries import parse_retry_after
 
     assert parse_retry_after("1e15") == MAX_RETRY_AFTER_S
     assert parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT") == MAX_RETRY_AFTER_S

@@ -12,7 +12,7 @@ import json
 from datetime import timedelta
 from typing import Any
 
-from chalicelib.db import tenant_transaction
+from chalicelib.tenancy import tenant_transaction
 from tests.helpers import payment_event
 from tests.test_api_support import ALPHA, NOW, Api, api_fixture  # noqa: F401
 from tests.test_nudges import DAY, T0, A, World, world  # noqa: F401
@@ -163,7 +163,9 @@ def test_a_reopened_case_is_not_kept_quiet_by_a_held_out_rows_ledger(world: Worl
     # Found by the full chaos run: an episode join merged a held-out row into this (not held out)
     # case, bringing its T+0 rows skipped as "holdout"; when the case then opened again, those
     # counted as its T+0 and the member was never messaged.
-    from chalicelib import replan, store
+    from chalicelib import replan
+    from chalicelib.store import cases as case_store
+    from chalicelib.store import settings as settings_store
 
     now = T0
     case_b = world.fail(now - 13 * DAY, now=now)
@@ -176,7 +178,8 @@ def test_a_reopened_case_is_not_kept_quiet_by_a_held_out_rows_ledger(world: Worl
                        " 'skipped', 'holdout', :k)", c=case_b, co=A, ch=channel, k=f"merged:t0:{channel}")
         row = tx.one("SELECT * FROM recovery_cases WHERE id = CAST(:c AS uuid)", c=case_b)
         assert row is not None and not row["holdout"]
-        owed = replan.reopened(tx, case_b, store.case_from_row(row), store.get_settings(tx), now)
+        settings = settings_store.get_settings(tx)
+        owed = replan.reopened(tx, case_b, case_store.case_from_row(row), settings, now)
     assert owed >= 2
     with tenant_transaction(A, world.db) as tx:
         own = {r["channel"]: r["status"] for r in tx.query(
@@ -189,4 +192,4 @@ def test_a_reopened_case_is_not_kept_quiet_by_a_held_out_rows_ledger(world: Worl
         tx.execute("UPDATE recovery_cases SET holdout = true WHERE id = CAST(:c AS uuid)", c=case_b)
         row = tx.one("SELECT * FROM recovery_cases WHERE id = CAST(:c AS uuid)", c=case_b)
         assert row is not None
-        assert replan.reopened(tx, case_b, store.case_from_row(row), store.get_settings(tx), now) == 0
+        assert replan.reopened(tx, case_b, case_store.case_from_row(row), settings, now) == 0

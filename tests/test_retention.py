@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 
-from chalicelib import config, effects, processing, retention, scheduler
-from chalicelib.db import Database, tenant_transaction
+from chalicelib import claims, config, processing, retention, scheduler
+from chalicelib.db_pool import Database
 from chalicelib.queue import QueuedWebhook
-from chalicelib.webhooks import event_from_payload
-from chalicelib.whop import get_whop
+from chalicelib.tenancy import tenant_transaction
+from chalicelib.webhook_text import event_from_payload
+from chalicelib.whop_client import get_whop
 from scripts.fake_whop import FakeWhop
 from tests.conftest import Owner
 from tests.helpers import membership_event, payment_event
@@ -145,7 +146,7 @@ def test_the_tick_runs_the_purge_and_survives_its_failure(database: Database, ow
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     case_id = seed_membership(database, A, "mem_tick", NOW - 10 * DAY)
     add_click(owner, A, case_id, NOW - 400 * DAY)
-    ctx = effects.Context(whop=get_whop(), app_id=whop_env.app_id, public_base_url="https://r.test")
+    ctx = claims.Context(whop=get_whop(), app_id=whop_env.app_id, public_base_url="https://r.test")
     scheduler.tick(ctx, NOW, database)
     assert owner.run("SELECT count(*) FROM recovery_actions WHERE kind = 'link_click'") == [[0]]
 

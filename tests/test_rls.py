@@ -7,7 +7,9 @@ from collections.abc import Callable
 
 import pytest
 
-from chalicelib.db import Database, TenantViolation, service_transaction, tenant_transaction
+from chalicelib.db import TenantViolation
+from chalicelib.db_pool import Database
+from chalicelib.tenancy import service_transaction, tenant_transaction
 from tests.conftest import TENANT_TABLES, Owner
 
 A, B = "biz_alpha", "biz_bravo"

@@ -10,7 +10,7 @@ import pytest
 from chalice.test import Client
 
 import app as app_module
-from chalicelib import config, db
+from chalicelib import config, tenancy
 from tests.test_metrics import emf, metric_values
 
 
@@ -62,7 +62,7 @@ def test_a_database_outage_is_a_5xx_of_every_route_that_needs_it(
 
     monkeypatch.setenv("DATABASE_URL", "postgresql://nobody:pw@127.0.0.1:9/rebound?sslmode=disable")
     config.reset_config()
-    db.reset_database()
+    tenancy.reset_database()
     capsys.readouterr()
     resp = health_client.http.get("/api/health?type=database",
                                   headers={"Authorization": f"Bearer {HEALTH_SECRET}"})

@@ -11,8 +11,9 @@ import pytest
 from chalice.test import Client
 
 from chalicelib import config, effects, processing
-from chalicelib.db import Database, tenant_transaction
+from chalicelib.db_pool import Database
 from chalicelib.queue import QueuedWebhook
+from chalicelib.tenancy import tenant_transaction
 from scripts.fake_whop import FakeWhop
 from tests.helpers import payment_event
 

@@ -35,8 +35,9 @@ import pytest
 from chalice.test import Client
 from moto import mock_aws
 
-from chalicelib import config, db, health, whop
-from chalicelib.db import connect, parse_database_url
+from chalicelib import config, db_pool, health, tenancy, whop, whop_client
+from chalicelib.database_url import parse_database_url
+from chalicelib.db_pool import connect
 from scripts import localdb, migrate, ops
 from scripts.fake_whop import FakeWhop
 from tests.conftest import ROOT, Owner
@@ -167,7 +168,7 @@ def _serve(app: Any) -> Iterator[str]:
 
 
 @pytest.fixture
-def world(local_database: localdb.LocalDatabase, owner: Owner, database: db.Database,
+def world(local_database: localdb.LocalDatabase, owner: Owner, database: db_pool.Database,
           fake_whop: FakeWhop, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     runtime = urlsplit(local_database.runtime_url)
     base = (runtime.path.lstrip("/"), parse_qs(runtime.query)["host"][0])
@@ -215,8 +216,8 @@ def world(local_database: localdb.LocalDatabase, owner: Owner, database: db.Data
                     for name in ("events", "events-dlq", "tick-failures")}
             monkeypatch.setenv("EVENTS_QUEUE_URL", urls["events"])
             config.reset_config()
-            db.reset_database()
-            whop.reset_whop()
+            tenancy.reset_database()
+            whop_client.reset_whop()
             health.deep_cache.clear()
             from app import app
 
@@ -225,8 +226,8 @@ def world(local_database: localdb.LocalDatabase, owner: Owner, database: db.Data
                 _stack(world, urls)
                 yield world
             config.reset_config()
-            db.reset_database()
-            whop.reset_whop()
+            tenancy.reset_database()
+            whop_client.reset_whop()
             health.deep_cache.clear()
     finally:
         hba.write_text(trusting)
@@ -368,18 +369,18 @@ def check_put_secret(world: World, argv: list[str], out: str) -> None:
     elif name == "WhopApiKeySecretArn":
         world.fake.api_key = stored  # Whop knows only the new key now
         world.fake.add_membership("mem_rotation", company_id=COMPANY, user_id="user_rotation")
-        before = whop.get_whop()
+        before = whop_client.get_whop()
         with pytest.raises(whop.WhopError):
             before.retrieve_membership("mem_rotation")  # still the old key: 401
         later(world)
-        after = whop.get_whop()
+        after = whop_client.get_whop()
         assert after is not before and after.retrieve_membership("mem_rotation").id == "mem_rotation"
     elif name == "DatabaseUrlSecretArn":
-        current = db.get_database()
+        current = tenancy.get_database()
         current.close()  # the next transaction opens a connection, with the cached old password
-        _, version = db.ping()
+        _, version = tenancy.ping()
         assert version is not None, "refused, read the secret again at once, connected"
-        assert db.get_database().url == stored
+        assert tenancy.get_database().url == stored
     else:
         assert name == "RuntimeLoginSecretArn"  # RDS Proxy's copy: read by the proxy, not by us
         assert json.loads(stored) == {"username": "rebound_service", "password": "second-password"}

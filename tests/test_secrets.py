@@ -13,7 +13,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from chalicelib import config, db, health
+from chalicelib import config, database_url, db_pool, health, tenancy
 from chalicelib.db import DatabaseUnavailable
 from chalicelib.observability import metrics
 from tests.test_metrics import emf, metric_values
@@ -87,38 +87,39 @@ def test_a_failed_refresh_keeps_the_values_and_tries_again_later(
 
 
 def test_a_changed_database_url_gets_a_new_pool_and_the_old_one_is_closed(
-        database: db.Database, monkeypatch: pytest.MonkeyPatch) -> None:
-    old = db.get_database()
-    with db.service_transaction(old) as tx:
+        database: db_pool.Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    old = tenancy.get_database()
+    with tenancy.service_transaction(old) as tx:
         assert tx.scalar("SELECT 1") == 1
     assert old.open_connections == 1
     monkeypatch.setenv("DATABASE_URL", old.url + "&application_name=rotated")
     config.reset_config()
-    new = db.get_database()
+    new = tenancy.get_database()
     assert new is not old and new.url.endswith("rotated") and old.open_connections == 0
-    assert db.get_database() is new
+    assert tenancy.get_database() is new
 
 
 def test_a_refused_login_reads_the_secret_once_more_then_gives_up(monkeypatch: pytest.MonkeyPatch) -> None:
     tried: list[str] = []
 
-    def refused(params: db.ConnectParams, *_: Any) -> Any:
+    def refused(params: database_url.ConnectParams, *_: Any) -> Any:
         tried.append(params.password or "")
         raise DatabaseUnavailable("cannot connect: DatabaseError", "28P01")
 
-    monkeypatch.setattr(db, "connect", refused)
+    monkeypatch.setattr(db_pool, "connect", refused)
     reread: list[int] = []
     same = "postgresql://svc:old@127.0.0.1:5432/rebound?sslmode=disable"
-    database = db.Database(same, reread_url=lambda: reread.append(1) or same)
+    database = db_pool.Database(same, reread_url=lambda: reread.append(1) or same)
     with pytest.raises(DatabaseUnavailable), database.transaction(None):
         pass
     assert tried == ["old"] and reread == [1], "the same secret: no second attempt"
-    rotated = db.Database(same, reread_url=lambda: same.replace(":old@", ":new@"))
+    rotated = db_pool.Database(same, reread_url=lambda: same.replace(":old@", ":new@"))
     with pytest.raises(DatabaseUnavailable), rotated.transaction(None):
         pass
     assert tried[-2:] == ["old", "new"] and rotated.url.endswith("sslmode=disable") and ":new@" in rotated.url
-    other = db.Database(same, reread_url=lambda: pytest.fail("only a refused login rereads"))  # type: ignore[arg-type]
-    monkeypatch.setattr(db, "connect", lambda *_: (_ for _ in ()).throw(DatabaseUnavailable("down", "08006")))
+    other = db_pool.Database(same, reread_url=lambda: pytest.fail("only a refused login rereads"))  # type: ignore[arg-type]
+    monkeypatch.setattr(db_pool, "connect",
+                        lambda *_: (_ for _ in ()).throw(DatabaseUnavailable("down", "08006")))
     with pytest.raises(DatabaseUnavailable), other.transaction(None):
         pass
 
@@ -158,5 +159,5 @@ def test_a_refused_login_is_recognised_under_pg8000s_own_clean_up_error() -> Non
             raise pg8000.exceptions.InterfaceError("network error") from None  # what close() raises
     except pg8000.exceptions.InterfaceError as on_top:
         assert on_top.__context__ is refused
-        assert db._server_sqlstate(on_top) == "28P01"
-    assert db._server_sqlstate(OSError("refused")) is None
+        assert db_pool._server_sqlstate(on_top) == "28P01"
+    assert db_pool._server_sqlstate(OSError("refused")) is None

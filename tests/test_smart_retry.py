@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 
 from chalicelib import api as api_module
-from chalicelib import config, effects, health, processing, recovery_exec
-from chalicelib.db import tenant_transaction
+from chalicelib import claims, config, effects, health, processing, recovery_exec
 from chalicelib.effects import default_context, execute_owed
 from chalicelib.recovery_policy import attach_key, retry_key
 from chalicelib.scheduler import tick
+from chalicelib.tenancy import tenant_transaction
 from scripts.fake_whop import FakeWhop
 from scripts.whop_payloads import card_saved_event, payment_event
 from tests.conftest import Owner
@@ -116,7 +116,7 @@ class World:
             assert sent.status == 200, sent
         self.drain()
 
-    def tick(self, at: datetime) -> effects.Stats:
+    def tick(self, at: datetime) -> claims.Stats:
         self.clock[0] = at
         return tick(default_context(), at).effects
 
@@ -422,14 +422,14 @@ def test_a_busy_or_flaky_whop_delays_the_attach_and_never_doubles_it(world: Worl
 
 
 def test_a_whop_timeout_is_retried_under_the_same_key(world: World) -> None:
-    from chalicelib import whop
+    from chalicelib import whop_client
     from chalicelib.config import get_config
 
     world.member("mem_1", "user_1")
     world.card("payt_new", "user_1")
     world.fail("mem_1", "user_1")
-    whop.set_whop(whop.WhopClient.from_config(get_config(), sleep=lambda _s: None, read_timeout_s=0.2,
-                                              max_attempts=1))
+    whop_client.set_whop(whop_client.WhopClient.from_config(get_config(), sleep=lambda _s: None,
+                                                            read_timeout_s=0.2, max_attempts=1))
     world.fake.inject("PATCH", PATCH, "slow", times=1, delay_s=0.6)  # answers after the client gave up
 
     world.save_card("user_1", "payt_new")

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import app as app_module
-from chalicelib import budgets, config, effects, measurement, processing, whop
+from chalicelib import budgets, config, effects, measurement, processing, whop_client
 from scripts import local_sqs
 from scripts import split_template as st
 from tests.conftest import Owner
@@ -38,16 +38,16 @@ def test_the_http_tick_and_one_whop_call_fit_in_api_gateways_29_seconds() -> Non
 
 
 def test_the_http_tick_calls_whop_with_the_short_profile(whop_env: Any) -> None:
-    whop.reset_whop()
+    whop_client.reset_whop()
     try:
-        client = whop.get_whop("short")
-        assert isinstance(client, whop.WhopClient)
+        client = whop_client.get_whop("short")
+        assert isinstance(client, whop_client.WhopClient)
         assert client.max_attempts == 1 and client.max_total_sleep_s == 0
         timeout = client._http.timeout
         assert (timeout.connect, timeout.read) == (2.0, 5.0)
-        assert whop.get_whop("short") is client and whop.get_whop() is not client
+        assert whop_client.get_whop("short") is client and whop_client.get_whop() is not client
     finally:
-        whop.reset_whop()
+        whop_client.reset_whop()
 
 
 class SlowWhop:
@@ -90,9 +90,9 @@ def test_t0_sends_stop_before_the_time_runs_out_and_the_tick_sends_the_rest(
         pipeline: Pipeline, owner: Owner, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
     clock = [0.0]
     # Whop answers, slowly (a client of its own: set_whop closes the one it replaces).
-    slow = SlowWhop(whop.WhopClient.from_config(config.get_config(), sleep=lambda _s: None), clock,
+    slow = SlowWhop(whop_client.WhopClient.from_config(config.get_config(), sleep=lambda _s: None), clock,
                     seconds=12.0)
-    whop.set_whop(slow)  # type: ignore[arg-type]
+    whop_client.set_whop(slow)  # type: ignore[arg-type]
     effects.clear_experience_cache()
     measurement.clear_product_cache()  # every name is read through the slow Whop
     for n in range(3):

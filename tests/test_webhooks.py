@@ -16,15 +16,9 @@ from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook
 
 from chalicelib.models import EventType, WhopEvent
-from chalicelib.webhooks import (
-    MalformedWebhook,
-    WebhookVerificationFailed,
-    event_from_payload,
-    minimal_payload,
-    normalise,
-    parse_time,
-    verify,
-)
+from chalicelib.webhook_signature import WebhookVerificationFailed, verify
+from chalicelib.webhook_text import event_from_payload, minimal_payload
+from chalicelib.webhooks import MalformedWebhook, normalise, parse_time
 
 SECRET = "ws_" + "3f" * 32
 MSG_ID = "msg_2pQeXnq7Yb1vZ9rT0cL4kW8aHs"

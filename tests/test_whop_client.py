@@ -23,18 +23,16 @@ import pytest
 from whop_sdk.lib.verify_user_token import verify_user_token
 from whop_sdk.lib.verify_webhook import unwrap
 
-from chalicelib import whop
 from chalicelib.whop import (
-    WHOP_API_VERSION_DATE,
     Membership,
-    WhopClient,
     WhopError,
     WhopNotFound,
     WhopPermanentError,
     WhopRetryableError,
     derive_idempotency_key,
-    parse_retry_after,
 )
+from chalicelib.whop_client import WHOP_API_VERSION_DATE, WhopClient, get_whop, reset_whop
+from chalicelib.whop_retries import parse_retry_after
 from scripts.fake_whop import FakeWhop
 from tests.whop_fixtures import RecordingSleeper
 
@@ -670,16 +668,16 @@ def test_fake_admin_api_drives_it_from_another_process(fake_whop: FakeWhop, whop
 
 
 def test_get_whop_builds_the_adapter_from_settings(whop_env: FakeWhop) -> None:
-    whop.reset_whop()
+    reset_whop()
     whop_env.set_access("user_1", "biz_1", "customer")
 
-    port = whop.get_whop()
+    port = get_whop()
 
-    assert isinstance(port, WhopClient) and port is whop.get_whop()
+    assert isinstance(port, WhopClient) and port is get_whop()
     assert port.base_url == whop_env.base_url
     assert port.check_access("user_1", "biz_1") == "customer"
-    whop.reset_whop()
-    assert whop.get_whop() is not port
+    reset_whop()
+    assert get_whop() is not port
 
 
 def test_fake_runs_as_a_cli() -> None:

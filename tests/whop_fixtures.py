@@ -14,8 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from chalicelib import config, whop
-from chalicelib.whop import WhopClient
+from chalicelib import config
+from chalicelib.whop_client import WhopClient, reset_whop, set_whop
 from scripts.fake_whop import FakeWhop
 
 
@@ -61,8 +61,8 @@ def whop_env(fake_whop: FakeWhop, whop_sleeps: RecordingSleeper,
                         "WHOP_WEBHOOK_SECRET": fake_whop.webhook_secret}.items():
         monkeypatch.setenv(name, value)
     config.reset_config()
-    whop.set_whop(WhopClient.from_config(config.get_config(), sleep=whop_sleeps,
+    set_whop(WhopClient.from_config(config.get_config(), sleep=whop_sleeps,
                                          connect_timeout_s=2.0, read_timeout_s=5.0))
     yield fake_whop
-    whop.reset_whop()
+    reset_whop()
     config.reset_config()

@@ -106,7 +106,7 @@ def serve(request: Request | None, company_id: str, route_class: RouteClass, han
     """Authenticate, rate-limit, then ``handler(ctx, *args)``; a model becomes a 200 JSON body."""
     assert request is not None
     # Every write, and an export (every case's data at once), asks Whop again, uncached: a
-    # revoked admin must not act for the cache's 60 s (issue 20). Reads may use the cache, and so
+    # revoked admin must not act for the cache's 60 s. Reads may use the cache, and so
     # may an export's continuation parts (with a cursor): the part that began it asked Whop
     # seconds ago, and a large export must not spend the user's access-check budget part by part.
     query: dict[str, str] = dict(request.query_params or {})

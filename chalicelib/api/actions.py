@@ -19,16 +19,23 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from chalicelib import effects, store
+from chalicelib import effects
 from chalicelib.api import BadGateway, CreatorContext, destructive
 from chalicelib.api.cases import parse_case_id
-from chalicelib.api.schemas import ActionOutcome, CaseSummary, NudgeResult, TerminateRequest
+from chalicelib.api.schemas.actions import ActionOutcome, NudgeResult, TerminateRequest
+from chalicelib.api.schemas.cases import CaseSummary
 from chalicelib.attribution import window_passed
-from chalicelib.db import Transaction, tenant_transaction
+from chalicelib.db import Transaction
 from chalicelib.errors import Conflict, NotFound, ServiceUnavailable, TooManyRequests
 from chalicelib.observability import count, logger
 from chalicelib.reminders import channels
-from chalicelib.whop import WhopResult, get_whop
+from chalicelib.store import cases as case_store
+from chalicelib.store import ledger as ledger_store
+from chalicelib.store import settings as settings_store
+from chalicelib.store import views as view_store
+from chalicelib.tenancy import tenant_transaction
+from chalicelib.whop import WhopResult
+from chalicelib.whop_client import get_whop
 
 NUDGE_COOLDOWN = timedelta(hours=1)
 TERMINAL = ("recovered", "expired")
@@ -39,7 +46,7 @@ class NudgeCooldown(TooManyRequests):
 
 
 def _locked_case(tx: Transaction, case_id: str) -> dict[str, Any]:
-    row = store.case_view(tx, case_id, lock=True)
+    row = view_store.case_view(tx, case_id, lock=True)
     if row is None:
         raise NotFound("case not found")
     return row
@@ -72,7 +79,7 @@ def nudge(ctx: CreatorContext, case_id: str) -> NudgeResult:
     except Exception:  # noqa: BLE001 - the rows are committed: the reminder tick sends them later
         logger.exception("manual nudge deferred to the next tick", extra={"case_id": cid})
     with tenant_transaction(ctx.company_id) as tx:
-        rows = store.actions_by_keys(tx, keys)
+        rows = ledger_store.actions_by_keys(tx, keys)
     count("ManualNudges")
     outcomes = [ActionOutcome(id=r["id"], kind=r["kind"], channel=r["channel"],
                               status="pending" if r["status"] == "claimed" else r["status"],
@@ -89,22 +96,23 @@ def _owe_manual_nudge(ctx: CreatorContext, case_id: str) -> list[str]:
                            "nothing can be sent")
         if not row["user_id"]:
             raise Conflict("case has no member to message")
-        enabled = channels(store.get_settings(tx))
+        enabled = channels(settings_store.get_settings(tx))
         if not enabled:
             raise Conflict("push and DM are both disabled in settings: enable one to nudge")
-        wait = store.manual_nudge_wait_s(tx, case_id, NUDGE_COOLDOWN)
+        wait = ledger_store.manual_nudge_wait_s(tx, case_id, NUDGE_COOLDOWN)
         if wait > 0:
             raise NudgeCooldown("a manual nudge was sent for this case in the last hour",
                                 headers={"Retry-After": str(wait)})
         if row["holdout"] and not row["contaminated"]:
             # It stays in the holdout (intention to treat); the lift says how many were nudged.
-            store.mark_contaminated(tx, case_id)
+            case_store.mark_contaminated(tx, case_id)
         step = f"m{uuid.uuid4().hex}"  # the cooldown, not the key, stops a second nudge
         keys = []
         for channel in enabled:
             key = f"{case_id}:{step}:{channel}"
-            store.add_action(tx, case_id=case_id, company_id=ctx.company_id, kind="manual_nudge", step=step,
-                             channel=channel, idempotency_key=key, due_at=ctx.now, actor=ctx.user_id)
+            ledger_store.add_action(tx, case_id=case_id, company_id=ctx.company_id, kind="manual_nudge",
+                                    step=step, channel=channel, idempotency_key=key, due_at=ctx.now,
+                                    actor=ctx.user_id)
             keys.append(key)
     return keys
 
@@ -127,9 +135,10 @@ def cancel(ctx: CreatorContext, case_id: str) -> CaseSummary:
 
 def _close(tx: Transaction, ctx: CreatorContext, case_id: str, reason: str, kind: str,
            result: dict[str, Any]) -> None:
-    store.close_case_by_creator(tx, case_id, close_reason=reason, user_id=ctx.user_id, now=ctx.now)
-    store.add_action(tx, case_id=case_id, company_id=ctx.company_id, kind=kind, step=kind, status="done",
-                     idempotency_key=f"{case_id}:{kind}", actor=ctx.user_id, result=result)
+    case_store.close_case_by_creator(tx, case_id, close_reason=reason, user_id=ctx.user_id, now=ctx.now)
+    ledger_store.add_action(tx, case_id=case_id, company_id=ctx.company_id, kind=kind, step=kind,
+                            status="done", idempotency_key=f"{case_id}:{kind}", actor=ctx.user_id,
+                            result=result)
 
 
 # --- membership cancellation at Whop ------------------------------------------------------------
@@ -170,9 +179,9 @@ def _end_membership(ctx: CreatorContext, case_id: str, *, at_period_end: bool) -
         detail = {"at_period_end": at_period_end, "membership_id": membership_id}
         if row["status"] in TERMINAL:
             # Recovered while Whop was busy: the membership is cancelled, the case keeps its outcome.
-            store.add_action(tx, case_id=case_id, company_id=ctx.company_id, kind=kind, step=kind,
-                             status="done", idempotency_key=f"{case_id}:{kind}", actor=ctx.user_id,
-                             result=detail)
+            ledger_store.add_action(tx, case_id=case_id, company_id=ctx.company_id, kind=kind, step=kind,
+                                    status="done", idempotency_key=f"{case_id}:{kind}", actor=ctx.user_id,
+                                    result=detail)
             return _summary(row)
         _close(tx, ctx, case_id, reason, kind, detail)
         return _summary(_locked_case(tx, case_id))
@@ -188,10 +197,10 @@ def _check_allowed(row: dict[str, Any], at_period_end: bool) -> None:
 
 def _record_failure(ctx: CreatorContext, case_id: str, kind: str, result: WhopResult) -> None:
     with tenant_transaction(ctx.company_id) as tx:
-        store.add_action(tx, case_id=case_id, company_id=ctx.company_id, kind=kind, step=kind,
-                         status="failed", idempotency_key=f"{case_id}:{kind}:failed:{uuid.uuid4()}",
-                         actor=ctx.user_id,
-                         result={"error_code": result.error_code, "status_code": result.status_code})
+        ledger_store.add_action(tx, case_id=case_id, company_id=ctx.company_id, kind=kind, step=kind,
+                                status="failed", idempotency_key=f"{case_id}:{kind}:failed:{uuid.uuid4()}",
+                                actor=ctx.user_id,
+                                result={"error_code": result.error_code, "status_code": result.status_code})
 
 
 def _raise_for(result: WhopResult) -> None:

@@ -11,9 +11,8 @@ from typing import Any
 
 from chalice.app import Response
 
-from chalicelib import store
 from chalicelib.api import CreatorContext
-from chalicelib.api.schemas import (
+from chalicelib.api.schemas.cases import (
     CaseDetail,
     CaseFilters,
     CaseList,
@@ -22,8 +21,11 @@ from chalicelib.api.schemas import (
     ExportQuery,
     TimelineItem,
 )
-from chalicelib.db import Transaction, tenant_transaction
+from chalicelib.db import Transaction
 from chalicelib.errors import BadRequest, NotFound
+from chalicelib.store import export as export_store
+from chalicelib.store import views as view_store
+from chalicelib.tenancy import tenant_transaction
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
@@ -33,9 +35,9 @@ EXPORT_COLUMNS = ("case_id", "membership_id", "user_id", "status", "first_failur
                   "decline_code", "failure_reason", "nudges_sent", "incentive_days",
                   # measurement (issue 10): appended, never reordered
                   "holdout", "experiment_id", "variant", "decline_class", "clicks",
-                  # measurement eligibility (issue 17): appended, never reordered
+                  # measurement eligibility: appended, never reordered
                   "opened_at", "holdout_percent_at_open", "contaminated", "incentive_cost_minor",
-                  # recovery source (issue 18)
+                  # recovery source
                   "retried_at", "recovered_by")
 # Lambda answers at most 6 MB (the body travels JSON-escaped): stop well before and hand a cursor.
 EXPORT_MAX_BYTES = 5_500_000
@@ -99,7 +101,7 @@ def list_cases(ctx: CreatorContext) -> CaseList:
     after = decode_cursor(query.cursor) if query.cursor else None
     with tenant_transaction(ctx.company_id) as tx:
         # One row more than asked tells whether another page exists.
-        rows = store.list_cases(tx, **_filters(query, ctx.now), after=after, limit=query.limit + 1)
+        rows = view_store.list_cases(tx, **_filters(query, ctx.now), after=after, limit=query.limit + 1)
     items = [CaseListItem.model_validate(r) for r in rows[:query.limit]]
     more = len(rows) > query.limit
     next_cursor = encode_cursor(items[-1].first_failure_at, items[-1].id) if more and items else None
@@ -110,7 +112,7 @@ def get_case(ctx: CreatorContext, case_id: str) -> CaseDetail:
     """The case and its timeline; 404 when it does not exist for this company (RLS hides others)."""
     cid = parse_case_id(case_id)
     with tenant_transaction(ctx.company_id) as tx:
-        row = store.case_view(tx, cid)
+        row = view_store.case_view(tx, cid)
         if row is None:
             raise NotFound("case not found")
         timeline = _timeline(tx, row, ctx.now)
@@ -119,9 +121,9 @@ def get_case(ctx: CreatorContext, case_id: str) -> CaseDetail:
 
 def _timeline(tx: Transaction, case: dict[str, Any], now: datetime) -> list[TimelineItem]:
     end = case["closed_at"] or now
-    events = store.case_events(tx, case["membership_id"], case["first_failure_at"], end)
+    events = view_store.case_events(tx, case["membership_id"], case["first_failure_at"], end)
     items = [_event_item(e) for e in events]
-    items += [_action_item(a) for a in store.case_actions(tx, case["id"])]
+    items += [_action_item(a) for a in view_store.case_actions(tx, case["id"])]
     items.sort(key=lambda item: (item.at, item.source != "event"))
     return items
 
@@ -138,7 +140,7 @@ def _action_item(action: dict[str, Any]) -> TimelineItem:
     detail: dict[str, str | int | bool | None] = {"step": action["step"], "attempts": action["attempts"]}
     if action["error_detail"]:
         detail["error"] = action["error_detail"]
-    for name in _WHOP_ANSWER:  # issue 18: what Whop said to an attach or a retry
+    for name in _WHOP_ANSWER:  # what Whop said to an attach or a retry
         if action.get(name):
             detail[name] = action[name]
     return TimelineItem(at=action["completed_at"] or action["created_at"], source="action",
@@ -180,7 +182,7 @@ class _ExportBody:
         chunk, self._chunk, self._chunk_bytes = self._chunk, [], 0
         if not chunk:
             return
-        data, rows, last = store.crlf_rows(b"".join(chunk))
+        data, rows, last = export_store.crlf_rows(b"".join(chunk))
         text = data.decode()
         size = _wire_size(text)
         if self.size + size <= EXPORT_MAX_BYTES:
@@ -190,7 +192,7 @@ class _ExportBody:
             self.last_line = data[last:].decode()
             return
         for row in chunk:  # the chunk that does not fit: stop between two of its rows
-            line = store.crlf_rows(row)[0].decode()
+            line = export_store.crlf_rows(row)[0].decode()
             line_size = _wire_size(line)
             if self.rows and self.size + line_size > EXPORT_MAX_BYTES:
                 self.full = True
@@ -201,14 +203,14 @@ class _ExportBody:
             self.last_line = line
 
     def keyset(self) -> tuple[datetime, str] | None:
-        return store.export_row_keyset(EXPORT_COLUMNS, self.last_line) if self.last_line else None
+        return export_store.export_row_keyset(EXPORT_COLUMNS, self.last_line) if self.last_line else None
 
 
 def _export_body(tx: Transaction, query: ExportQuery, now: datetime,
                  after: tuple[datetime, str] | None) -> tuple[str, str | None]:
     """The CSV body (header first) and the cursor of the rest, if it did not fit.
 
-    Postgres formats the cells and COPY streams the rows (store.copy_export_rows) into an
+    Postgres formats the cells and COPY streams the rows (export_store.copy_export_rows) into an
     _ExportBody. The first COPY asks for a page; the next ones for what should fill the rest at
     the rows' average size so far (a little more), so a whole export takes a few COPYs, each
     planned once, and rows past the budget are few.
@@ -217,7 +219,7 @@ def _export_body(tx: Transaction, query: ExportQuery, now: datetime,
     filters = _filters(query, now)  # the list's filters: an export holds what the list shows
     limit = EXPORT_PAGE_ROWS
     while True:
-        copied = store.copy_export_rows(tx, EXPORT_COLUMNS, body, after=after, limit=limit, **filters)
+        copied = export_store.copy_export_rows(tx, EXPORT_COLUMNS, body, after=after, limit=limit, **filters)
         body.flush()
         after = body.keyset() or after
         if body.full:

@@ -10,16 +10,17 @@ from chalicelib import experiments as domain
 from chalicelib import measurement
 from chalicelib.api import CreatorContext
 from chalicelib.api.cases import parse_uuid
-from chalicelib.api.schemas import (
+from chalicelib.api.schemas.experiments import (
     Experiment,
     ExperimentCreate,
     ExperimentList,
     VariantBody,
     VariantResult,
 )
-from chalicelib.db import Transaction, tenant_transaction
+from chalicelib.db import Transaction
 from chalicelib.errors import Conflict, NotFound
 from chalicelib.http import json_response
+from chalicelib.tenancy import tenant_transaction
 
 
 def _view(tx: Transaction, row: dict[str, Any], ctx: CreatorContext) -> Experiment:

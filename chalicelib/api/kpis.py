@@ -6,11 +6,12 @@ from __future__ import annotations
 from datetime import timedelta
 from zoneinfo import ZoneInfo
 
-from chalicelib import measurement, store
+from chalicelib import measurement
 from chalicelib.api import CreatorContext
-from chalicelib.api.schemas import CohortQuery, KpiQuery
-from chalicelib.db import tenant_transaction
+from chalicelib.api.schemas.kpis import CohortQuery, KpiQuery
 from chalicelib.kpis import Cohorts, Kpis, cohort_start, cohorts, report
+from chalicelib.store import settings as settings_store
+from chalicelib.tenancy import tenant_transaction
 
 
 def get_kpis(ctx: CreatorContext) -> Kpis:
@@ -23,6 +24,6 @@ def get_kpis(ctx: CreatorContext) -> Kpis:
 def get_cohorts(ctx: CreatorContext) -> Cohorts:
     query = ctx.parse_query(CohortQuery)
     with tenant_transaction(ctx.company_id) as tx:
-        tz = ZoneInfo(store.get_settings(tx).timezone)
+        tz = ZoneInfo(settings_store.get_settings(tx).timezone)
         rows = measurement.cohort_cases(tx, since=cohort_start(ctx.now, tz, query.weeks), now=ctx.now)
     return cohorts(rows, ctx.now, tz, query.weeks)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import re
 
 from chalicelib.api import BadGateway, CreatorContext
-from chalicelib.api.schemas import ManageUrl, MembershipView
+from chalicelib.api.schemas.memberships import ManageUrl, MembershipView
 from chalicelib.errors import NotFound, ServiceUnavailable
-from chalicelib.whop import Membership, WhopError, WhopNotFound, WhopRetryableError, get_whop
+from chalicelib.whop import Membership, WhopError, WhopNotFound, WhopRetryableError
+from chalicelib.whop_client import get_whop
 
 MEMBERSHIP_ID = re.compile(r"^mem_[A-Za-z0-9_-]{1,64}$")
 

@@ -1,4 +1,4 @@
-"""Smart retry in the creator API (issue 18).
+"""Smart retry in the creator API.
 
 - ``POST …/cases/{case_id}/retry``: a creator retries the case's payment now
   (``POST /payments/{id}/retry`` at Whop, the payment's original method). Once per payment,
@@ -15,17 +15,22 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from chalicelib import effects, recovery_store, store
+from chalicelib import effects
 from chalicelib.api import CreatorContext, destructive
 from chalicelib.api.actions import _locked_case
 from chalicelib.api.cases import parse_case_id
-from chalicelib.api.schemas import ActionOutcome, RetryResult
+from chalicelib.api.schemas.actions import ActionOutcome, RetryResult
 from chalicelib.attribution import window_passed
-from chalicelib.db import Transaction, tenant_transaction
+from chalicelib.db import Transaction
 from chalicelib.errors import Conflict, ServiceUnavailable
 from chalicelib.observability import count, logger
 from chalicelib.recovery_policy import KIND_RETRY, STEP_MANUAL, retry_key
-from chalicelib.whop import Payment, WhopError, WhopNotFound, WhopRetryableError, get_whop
+from chalicelib.store import ledger as ledger_store
+from chalicelib.store import recovery as recovery_store
+from chalicelib.store import views as view_store
+from chalicelib.tenancy import tenant_transaction
+from chalicelib.whop import Payment, WhopError, WhopNotFound, WhopRetryableError
+from chalicelib.whop_client import get_whop
 
 _ALREADY = "Rebound already retried this payment: a payment is retried once"
 
@@ -62,7 +67,7 @@ def retry(ctx: CreatorContext, case_id: str) -> RetryResult:
     count("ManualRetries")
     with tenant_transaction(ctx.company_id) as tx:
         action = recovery_store.row_by_key(tx, retry_key(ctx.company_id, payment_id))
-        case = store.case_view(tx, cid)
+        case = view_store.case_view(tx, cid)
     assert action is not None and case is not None
     if action["status"] == "failed":
         raise Conflict(_refusal(action))
@@ -99,8 +104,8 @@ def _owe(tx: Transaction, ctx: CreatorContext, case_id: str, payment_id: str) ->
     this payment becomes it, so the payment is still retried once."""
     key = retry_key(ctx.company_id, payment_id)
     if recovery_store.row_by_key(tx, key) is None:
-        store.add_action(tx, case_id=case_id, company_id=ctx.company_id, kind=KIND_RETRY, step=STEP_MANUAL,
-                         idempotency_key=key, due_at=ctx.now, actor=ctx.user_id)
+        ledger_store.add_action(tx, case_id=case_id, company_id=ctx.company_id, kind=KIND_RETRY,
+                                step=STEP_MANUAL, idempotency_key=key, due_at=ctx.now, actor=ctx.user_id)
         return
     tx.execute("UPDATE recovery_actions SET step = :step, actor = :actor, status = 'pending', due_at = :now,"
                " owed_at = :now, attempts = 0, error_class = NULL, error_detail = NULL, completed_at = NULL,"

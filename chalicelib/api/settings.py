@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from chalicelib import recovery_store, replan, store
+from chalicelib import replan
 from chalicelib.api import CreatorContext
-from chalicelib.api.schemas import PermissionGap, QuietHoursBody, Settings, SettingsUpdate
-from chalicelib.db import tenant_transaction
+from chalicelib.api.schemas.settings import PermissionGap, QuietHoursBody, Settings, SettingsUpdate
 from chalicelib.errors import BadRequest, ServiceUnavailable
 from chalicelib.models import CreatorSettings, QuietHours
 from chalicelib.observability import logger
-from chalicelib.whop import WhopError, WhopNotFound, WhopRetryableError, get_whop
+from chalicelib.store import recovery as recovery_store
+from chalicelib.store import settings as settings_store
+from chalicelib.tenancy import tenant_transaction
+from chalicelib.whop import WhopError, WhopNotFound, WhopRetryableError
+from chalicelib.whop_client import get_whop
 
 _NOT_YOURS = "must be an experience of this company"
 
@@ -33,7 +36,7 @@ def to_view(settings: CreatorSettings, gaps: list[dict[str, Any]] | None = None)
 
 
 def permission_gaps(rows: list[dict[str, Any]]) -> list[PermissionGap]:
-    """issue 18: what Whop refused smart retry for, and what the creator should do."""
+    """What Whop refused smart retry for, and what the creator should do."""
     return [PermissionGap(permission=r["permission"], since=r["completed_at"],
                           message=f"grant {r['permission']} to this app in your Whop dashboard")
             for r in rows]
@@ -42,7 +45,7 @@ def permission_gaps(rows: list[dict[str, Any]]) -> list[PermissionGap]:
 def get_settings(ctx: CreatorContext) -> Settings:
     """The stored settings, or the defaults for a company that never saved any."""
     with tenant_transaction(ctx.company_id) as tx:
-        return to_view(store.get_settings(tx), recovery_store.permission_gaps(tx))
+        return to_view(settings_store.get_settings(tx), recovery_store.permission_gaps(tx))
 
 
 def apply_update(current: CreatorSettings, update: SettingsUpdate) -> CreatorSettings:
@@ -77,12 +80,12 @@ def put_settings(ctx: CreatorContext) -> Settings:
         # so an experience moved to another company is caught the next time settings are saved.
         verify_experience(ctx.company_id, update.push_experience_id)
     with tenant_transaction(ctx.company_id) as tx:
-        store.lock_settings(tx, ctx.company_id)  # two concurrent PUTs must not lose a field
-        current = store.get_settings(tx)
-        saved = store.upsert_settings(tx, ctx.company_id, apply_update(current, update))
+        settings_store.lock_settings(tx, ctx.company_id)  # two concurrent PUTs must not lose a field
+        current = settings_store.get_settings(tx)
+        saved = settings_store.upsert_settings(tx, ctx.company_id, apply_update(current, update))
         if _plan_of(saved) != _plan_of(current):
             # Open cases were planned with the old channels and offsets (channels off then on
-            # again left them with no reminders): re-plan them from their ledgers (issue 20).
+            # again left them with no reminders): re-plan them from their ledgers.
             replan.open_cases(tx, saved, ctx.now)
         return to_view(saved, recovery_store.permission_gaps(tx))
 

@@ -13,7 +13,7 @@ import pytest
 from chalicelib import auth, config
 from chalicelib.auth import KeySet, TokenVerifier
 from chalicelib.errors import Unauthorized
-from chalicelib.whop import get_whop
+from chalicelib.whop_client import get_whop
 from scripts.fake_whop import FakeWhop
 from tests.test_api_support import ADMIN_A, ALPHA, Api, api_fixture  # noqa: F401
 
@@ -174,14 +174,19 @@ def test_a_token_with_whops_lifetime_is_accepted(api: Api) -> None:
 def test_a_refresh_with_no_usable_keys_keeps_the_good_ones(fake_whop: FakeWhop, answer: Any) -> None:
     documents = [fake_whop.jwks(), answer]
     now = [0.0]
-    keys = KeySet("http://jwks.invalid", fetch=lambda _url: documents.pop(0) if documents else answer,
-                  clock=lambda: now[0], ttl_s=10, min_refresh_s=1)
+    fetches = [0]
+
+    def fetch(_url: str) -> Any:
+        fetches[0] += 1
+        return documents.pop(0) if documents else answer
+
+    keys = KeySet("http://jwks.invalid", fetch=fetch, clock=lambda: now[0], ttl_s=10, min_refresh_s=1)
     verifier = TokenVerifier(keys, fake_whop.app_id)
     token = fake_whop.mint_user_token("user_k")
     assert verifier.verify(token) == "user_k"
     now[0] = 11.0  # the TTL passed: the refresh returns nothing usable
     assert verifier.verify(token) == "user_k"
-    assert keys.fetches == 2
+    assert fetches == [2]
 
 
 def test_an_empty_jwks_with_nothing_cached_verifies_nothing(fake_whop: FakeWhop) -> None:

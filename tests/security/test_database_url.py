@@ -8,15 +8,11 @@ import threading
 
 import pytest
 
-from chalicelib import config, db
+from chalicelib import config, tenancy
 from chalicelib.config import ConfigError, load_config
-from chalicelib.db import (
-    Database,
-    DatabaseUnavailable,
-    DatabaseUrlError,
-    make_ssl_context,
-    parse_database_url,
-)
+from chalicelib.database_url import DatabaseUrlError, make_ssl_context, parse_database_url
+from chalicelib.db import DatabaseUnavailable
+from chalicelib.db_pool import Database
 from tests.conftest import Owner
 
 PROD = {"APP_ENV": "production", "WHOP_API_KEY": "k", "WHOP_WEBHOOK_SECRET": "ws_x", "WHOP_APP_ID": "app_x",
@@ -106,7 +102,7 @@ def test_requests_answer_503_and_log_no_url_piece_when_the_url_is_bad(
 
     monkeypatch.setenv("DATABASE_URL", "postgresql://svc:pa#ss-WORD-9@db.example:5432/rebound")
     config.reset_config()
-    db.reset_database()
+    tenancy.reset_database()
     try:
         from app import app
 
@@ -117,7 +113,7 @@ def test_requests_answer_503_and_log_no_url_piece_when_the_url_is_bad(
         assert "WORD" not in out.out + out.err and "WORD" not in resp.body.decode()
     finally:
         config.reset_config()
-        db.reset_database()
+        tenancy.reset_database()
 
 
 # --- item 9: a bounded pool shared by threads ---------------------------------------------------
@@ -137,7 +133,7 @@ def test_many_request_threads_share_a_bounded_pool(local_database: object, owner
     def request() -> None:  # what one `chalice local` request thread does, then the thread ends
         try:
             barrier.wait()
-            with db.service_transaction(pool) as tx:
+            with tenancy.service_transaction(pool) as tx:
                 seen.append(int(tx.scalar("SELECT pg_backend_pid()")))
         except BaseException as exc:
             errors.append(exc)
@@ -160,9 +156,10 @@ def test_many_request_threads_share_a_bounded_pool(local_database: object, owner
 def test_a_pool_with_every_connection_busy_answers_unavailable_not_forever(local_database: object) -> None:
     pool = Database(local_database.runtime_url, pool_size=1, pool_wait_s=0.2)  # type: ignore[attr-defined]
     try:
-        with db.service_transaction(pool), pytest.raises(DatabaseUnavailable), db.service_transaction(pool):
+        with (tenancy.service_transaction(pool), pytest.raises(DatabaseUnavailable),
+              tenancy.service_transaction(pool)):
             pass
-        with db.service_transaction(pool) as tx:  # the held connection came back
+        with tenancy.service_transaction(pool) as tx:  # the held connection came back
             assert tx.scalar("SELECT 1") == 1
     finally:
         pool.close()
@@ -171,10 +168,10 @@ def test_a_pool_with_every_connection_busy_answers_unavailable_not_forever(local
 def test_a_broken_connection_is_not_returned_to_the_pool(local_database: object, owner: Owner) -> None:
     pool = Database(local_database.runtime_url, pool_size=1)  # type: ignore[attr-defined]
     try:
-        with db.service_transaction(pool) as tx:
+        with tenancy.service_transaction(pool) as tx:
             pid = tx.scalar("SELECT pg_backend_pid()")
         owner.run("SELECT pg_terminate_backend(:pid)", pid=pid)
-        with db.service_transaction(pool) as tx:
+        with tenancy.service_transaction(pool) as tx:
             assert tx.scalar("SELECT pg_backend_pid()") != pid
         assert pool.open_connections == 1
     finally:

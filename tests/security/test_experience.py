@@ -54,7 +54,8 @@ def test_whop_unavailable_is_503_and_nothing_is_stored(api: Api) -> None:
 
 
 def test_the_fake_validates_the_id_like_whop(api: Api) -> None:
-    from chalicelib.whop import WhopPermanentError, get_whop
+    from chalicelib.whop import WhopPermanentError
+    from chalicelib.whop_client import get_whop
 
     with pytest.raises(WhopPermanentError) as raised:
         get_whop().experience_company("not_an_experience")

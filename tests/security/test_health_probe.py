@@ -8,8 +8,8 @@ import json
 import pytest
 from chalice.test import Client
 
-from chalicelib import config, db, health
-from chalicelib.db import Database
+from chalicelib import config, health, tenancy
+from chalicelib.db_pool import Database
 from chalicelib.health import DatabaseHealth, DeepCheckCache
 from tests.conftest import HEALTH_SCHEDULER_SECRET, HEALTH_SECRET
 
@@ -85,11 +85,17 @@ def test_the_cache_expires() -> None:
     now = [0.0]
     cache = DeepCheckCache(ttl_s=5, clock=lambda: now[0])
     answer = DatabaseHealth(status="ok", reachable=True)
+    probes: list[float] = []
+
+    def probe() -> DatabaseHealth:
+        probes.append(now[0])
+        return answer
+
     for _ in range(3):
-        cache.get("database", lambda: answer)
+        assert cache.get("database", probe) is answer
     now[0] = 5.1
-    cache.get("database", lambda: answer)
-    assert cache.probes == 2
+    cache.get("database", probe)
+    assert probes == [0.0, 5.1]
 
 
 def test_an_unreachable_database_is_cached_as_unhealthy_too(health_client: Client,
@@ -97,7 +103,7 @@ def test_an_unreachable_database_is_cached_as_unhealthy_too(health_client: Clien
                                                              tmp_path: object) -> None:
     monkeypatch.setenv("DATABASE_URL", f"postgresql://nobody@/rebound?host={tmp_path}")
     config.reset_config()
-    db.reset_database()
+    tenancy.reset_database()
     auth = {"authorization": f"Bearer {SECRET}"}
     assert health_client.http.get("/api/health?type=database", headers=auth).status_code == 503
     assert health_client.http.get("/api/health?type=database", headers=auth).status_code == 503

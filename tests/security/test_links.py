@@ -13,7 +13,7 @@ import pytest
 
 from chalicelib import config
 from chalicelib.links import follow, safe_redirect
-from chalicelib.whop import get_whop
+from chalicelib.whop_client import get_whop
 from tests.test_api_support import ALPHA, NOW, Api, api_fixture  # noqa: F401
 
 HOSTS = ("whop.com", "*.whop.com")

@@ -2,7 +2,7 @@
 issue 9 "Keep it found"): never a 5xx, always the error shape, and text parameters that cannot
 hold control characters name the field in a 400.
 
-Decision (documented in chalicelib/api/schemas.py): control characters are REJECTED with a 400
+Decision (documented in chalicelib/api/schemas/__init__.py): control characters are REJECTED with a 400
 field error, not stripped: what was searched stays equal to what was typed.
 """
 
@@ -89,7 +89,7 @@ def test_hostile_query_values(api: Api, template: str, param: str, monkeypatch: 
     from chalicelib import ratelimit
 
     monkeypatch.setenv("RATE_LIMIT_EXPORT", "100")  # every hostile value reaches the export's handler
-    ratelimit.reset_limits()
+    ratelimit.get_limits.cache_clear()
     api.open_case()
     path = template.format(company_id=ALPHA)
     for name, value in HOSTILE:

@@ -212,7 +212,7 @@ def test_successful_ticks_have_their_own_limit(api: Api, monkeypatch: pytest.Mon
     monkeypatch.setenv("SCHEDULER_SECRET", "sched-secret")
     monkeypatch.setenv("RATE_LIMIT_SCHEDULER", "3")
     config.reset_config()
-    ratelimit.reset_limits()
+    ratelimit.get_limits.cache_clear()
     real = {"authorization": "Bearer sched-secret"}
     statuses = [api.client.http.post(ROUTE, headers=real).status_code for _ in range(4)]
     assert statuses == [200, 200, 200, 429]  # a tick hits the database and Whop: bounded

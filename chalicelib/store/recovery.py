@@ -1,6 +1,16 @@
-"""Smart retry's named queries (issue 18). Every function takes an open tenant Transaction
-(RLS scopes it to one company), except ``permission_gaps_everywhere`` (a service transaction and
-the SECURITY DEFINER function of migration 0013: counts only)."""
+"""Smart retry's queries: saved cards (``events`` of type ``setup_intent.succeeded``), the
+attach/retry rows of the ledger (``recovery_actions``), and the recovery's credit
+(``recovery_cases.recovered_by``, ``retried_at``, ``retry_reason``).
+
+Every function takes an open tenant Transaction (RLS scopes it to one company), except
+``permission_gaps_everywhere`` (a service transaction and the SECURITY DEFINER function of
+migration 0013: counts only).
+
+Invariants: ``recovered_by_sql`` is ``recovery_policy.credit`` in SQL (the two must agree); an
+attach or retry row is owed once per key (a payment is retried once: ``retry_key``); a skipped row
+is owed again only if Whop never saw it (``attempts = 0``); ``attempted_at`` is pinned before
+the call and never moves (a repeat after a crash is the same request under the same key).
+"""
 
 from __future__ import annotations
 
