@@ -113,22 +113,23 @@ class WhopClient(RetryingCalls, WhopPort):
             raw = self._sdk.memberships.with_raw_response.retrieve(membership_id, request_options=options)
             return raw.status_code, response_json(raw.response)
 
-        body = self._read("retrieve_membership", call)
-        if not isinstance(body, Mapping) or "id" not in body:
-            raise WhopPermanentError("Whop retrieve_membership failed: invalid_response",
-                                     status=200, error_code="invalid_response")
-        return membership_from_json(body)
+        return membership_from_json(self._read_object("retrieve_membership", call))
 
     def retrieve_payment(self, payment_id: str) -> Payment:
         def call(options: RequestOptions) -> tuple[int, Any]:
             raw = self._sdk.payments.with_raw_response.retrieve(payment_id, request_options=options)
             return raw.status_code, response_json(raw.response)
 
-        body = self._read("retrieve_payment", call)
+        return payment_from_json(self._read_object("retrieve_payment", call))
+
+    def _read_object(self, operation: str,
+                     call: Callable[[RequestOptions], tuple[int, Any]]) -> Mapping[str, Any]:
+        """A read whose 200 must be one object with an id; anything else is Whop misbehaving."""
+        body = self._read(operation, call)
         if not isinstance(body, Mapping) or "id" not in body:
-            raise WhopPermanentError("Whop retrieve_payment failed: invalid_response",
+            raise WhopPermanentError(f"Whop {operation} failed: invalid_response",
                                      status=200, error_code="invalid_response")
-        return payment_from_json(body)
+        return body
 
     def check_access(self, user_id: str, resource_id: str) -> AccessLevel:
         def call(options: RequestOptions) -> tuple[int, Any]:

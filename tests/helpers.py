@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import threading
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, TypeVar
 
 from scripts.whop_payloads import SECRET, iso, membership_event, payment_event, sign
 
-__all__ = ["SECRET", "iso", "membership_event", "payment_event", "run_concurrently", "sign"]
+__all__ = ["SECRET", "FakeHealth", "iso", "membership_event", "payment_event", "run_concurrently",
+           "serve_health", "sign"]
 
 T = TypeVar("T")
 
@@ -40,3 +45,44 @@ def run_concurrently(fn: Callable[[], T], n: int, after: Callable[[], None] | No
     if errors:
         raise errors[0]
     return results
+
+
+@dataclass
+class FakeHealth:
+    """What a deployed stack's health endpoint answers: by path, else ``default``. As
+    chalicelib/health.py, a typed check (``?type=``) without the bearer gets 401."""
+
+    bearer: str
+    url: str = ""
+    answers: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    default: tuple[int, dict[str, Any]] = (404, {})
+
+
+@contextmanager
+def serve_health(bearer: str) -> Iterator[FakeHealth]:
+    """A real HTTP server on 127.0.0.1 standing in for a deployed stack's /api/health."""
+    state = FakeHealth(bearer)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, body = state.answers.get(self.path, state.default)
+            if "type=" in self.path and self.headers.get("Authorization") != f"Bearer {state.bearer}":
+                status, body = 401, {"error": {"code": "unauthorized"}}
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/api/"
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import boto3
 import pytest
@@ -19,6 +17,7 @@ from moto import mock_aws
 
 from scripts import deploy, localdb
 from tests.conftest import ROOT
+from tests.helpers import FakeHealth, serve_health
 
 
 def test_migration_gate_passes_on_a_migrated_database_and_stops_on_an_unreachable_one(
@@ -130,48 +129,25 @@ def test_parameters_file_lists_become_comma_separated(tmp_path: Path) -> None:
         deploy.load_parameters(tmp_path / "bad.json")
 
 
-class Health(BaseHTTPRequestHandler):
-    answers: ClassVar[dict[str, tuple[int, dict[str, Any]]]] = {}
-    bearer: ClassVar[str] = "the-health-secret"
-
-    def do_GET(self) -> None:
-        status, body = self.answers.get(self.path, (404, {}))
-        if "type=" in self.path and self.headers.get("Authorization") != f"Bearer {self.bearer}":
-            status, body = 401, {"error": {"code": "unauthorized"}}  # as chalicelib/health.py
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *_: Any) -> None:
-        pass
-
-
 @pytest.fixture
-def health_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Health)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/api/"
-    server.shutdown()
-    server.server_close()
+def health() -> Iterator[FakeHealth]:
+    with serve_health("the-health-secret") as state:
+        yield state
 
 
-def test_smoke_test_passes_only_when_both_checks_are_ok(health_server: str) -> None:
-    Health.answers = {"/api/api/health": (200, {"status": "ok"}),
+def test_smoke_test_passes_only_when_both_checks_are_ok(health: FakeHealth) -> None:
+    health.answers = {"/api/api/health": (200, {"status": "ok"}),
                       "/api/api/health?type=database": (200, {"status": "ok"})}
-    deploy.smoke(health_server, Health.bearer)
+    deploy.smoke(health.url, health.bearer)
     with pytest.raises(deploy.DeployError, match="401"):
-        deploy.smoke(health_server)  # the deep check without the health secret
+        deploy.smoke(health.url)  # the deep check without the health secret
     with pytest.raises(deploy.DeployError, match="401"):
-        deploy.smoke(health_server, "a-guess")
-    Health.answers["/api/api/health?type=database"] = (503, {"status": "error"})
+        deploy.smoke(health.url, "a-guess")
+    health.answers["/api/api/health?type=database"] = (503, {"status": "error"})
     with pytest.raises(deploy.DeployError, match="503"):
-        deploy.smoke(health_server, Health.bearer)
-    Health.answers["/api/api/health?type=database"] = (200, {"status": "degraded"})
+        deploy.smoke(health.url, health.bearer)
+    health.answers["/api/api/health?type=database"] = (200, {"status": "degraded"})
     with pytest.raises(deploy.DeployError, match="degraded"):
-        deploy.smoke(health_server, Health.bearer)
+        deploy.smoke(health.url, health.bearer)
     with pytest.raises(deploy.DeployError, match="URLError"):
         deploy.smoke("http://127.0.0.1:9/api/")

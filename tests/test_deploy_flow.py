@@ -12,11 +12,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import boto3
 import pytest
@@ -24,38 +22,25 @@ from moto import mock_aws
 
 from scripts import deploy
 from tests.conftest import ROOT
+from tests.helpers import FakeHealth, serve_health
 
 STACK = "rebound-flow"
-
-
-class Health(BaseHTTPRequestHandler):
-    status: ClassVar[int] = 200
-    bearer: ClassVar[str] = "generated-health-secret"
-
-    def do_GET(self) -> None:
-        status = self.status
-        if "type=" in self.path and self.headers.get("Authorization") != f"Bearer {self.bearer}":
-            status = 401
-        body = json.dumps({"status": "ok" if status == 200 else "error"}).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *_: Any) -> None:
-        pass
+BEARER = "generated-health-secret"
 
 
 @pytest.fixture
-def endpoint() -> Iterator[str]:
-    Health.status = 200
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Health)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/api/"
-    server.shutdown()
-    server.server_close()
+def health() -> Iterator[FakeHealth]:
+    with serve_health(BEARER) as state:
+        state.default = OK
+        yield state
+
+
+@pytest.fixture
+def endpoint(health: FakeHealth) -> str:
+    return health.url
+
+
+OK, DOWN = (200, {"status": "ok"}), (503, {"status": "error"})
 
 
 def template(endpoint: str, version: int, consumer_concurrency: int = 5) -> dict[str, Any]:
@@ -122,7 +107,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[deploy.Clients]:
 
 
 def health_arn(aws: deploy.Clients) -> str:
-    return str(aws.secrets.create_secret(Name="rebound/health", SecretString=Health.bearer)["ARN"])
+    return str(aws.secrets.create_secret(Name="rebound/health", SecretString=BEARER)["ARN"])
 
 
 def params_file(tmp_path: Path, arn: str, **extra: Any) -> Path:
@@ -182,11 +167,12 @@ def test_dry_run_previews_the_change_set_and_changes_no_stack_and_no_database(
 
 
 def test_a_failed_smoke_test_rolls_the_stack_back_to_the_previous_template(
-        tmp_path: Path, aws: deploy.Clients, endpoint: str, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, aws: deploy.Clients, health: FakeHealth, endpoint: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
     arn = health_arn(aws)
     existing_stack(aws, endpoint, arn)
     tools = FakeTools(tmp_path / "out", template(endpoint, 2))
-    Health.status = 503  # the new release answers its health check with 503
+    health.default = DOWN  # the new release answers its health check with 503
     assert run_deploy(tmp_path, aws, tools, params_file(tmp_path, arn)) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "answered 503" in err[0] and "rolled back to the previous template" in err[0]
@@ -196,10 +182,11 @@ def test_a_failed_smoke_test_rolls_the_stack_back_to_the_previous_template(
 
 
 def test_a_failed_smoke_test_of_a_new_stack_says_there_is_nothing_to_roll_back(
-        tmp_path: Path, aws: deploy.Clients, endpoint: str, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, aws: deploy.Clients, health: FakeHealth, endpoint: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
     arn = health_arn(aws)
     tools = FakeTools(tmp_path / "out", template(endpoint, 1))
-    Health.status = 503
+    health.default = DOWN
     assert run_deploy(tmp_path, aws, tools, params_file(tmp_path, arn)) == 1
     assert "nothing to roll back to" in capsys.readouterr().err
 

@@ -37,19 +37,27 @@ def add_pending_actions(tx: Transaction, company_id: str,
                         rows: list[tuple[str, str, str, str | None, datetime, str]]) -> int:
     """Owe many effects at once, ``(case_id, kind, step, channel, due_at, key)`` each, as pending
     ledger rows in one statement; return how many were new (a known key is already owed)."""
+    return len(owe_pending(tx, company_id, [(*r, {}) for r in rows]))
+
+
+def owe_pending(tx: Transaction, company_id: str,
+                rows: list[tuple[str, str, str, str | None, datetime, str, dict[str, Any]]]) -> list[str]:
+    """Owe rows ``(case_id, kind, step, channel, due_at, key, result)`` in one statement; return
+    the case ids of the rows that were new (a known key is already owed, and stays as it was)."""
     if not rows:
-        return 0
-    return tx.execute(
+        return []
+    found = tx.query(
         "INSERT INTO recovery_actions (case_id, company_id, kind, step, channel, status, idempotency_key,"
-        " due_at, owed_at) SELECT e.case_id, :company_id, e.kind, e.step, e.channel, 'pending', e.key,"
-        " e.due_at, e.due_at"
+        " due_at, owed_at, result) SELECT e.case_id, :company_id, e.kind, e.step, e.channel, 'pending',"
+        " e.key, e.due_at, e.due_at, e.result"
         " FROM unnest(CAST(:case_ids AS uuid[]), CAST(:kinds AS text[]), CAST(:steps AS text[]),"
-        "   CAST(:channels AS text[]), CAST(:dues AS timestamptz[]), CAST(:keys AS text[]))"
-        "   AS e(case_id, kind, step, channel, due_at, key)"
-        " ON CONFLICT (idempotency_key) DO NOTHING",
+        "   CAST(:channels AS text[]), CAST(:dues AS timestamptz[]), CAST(:keys AS text[]),"
+        "   CAST(:results AS jsonb[])) AS e(case_id, kind, step, channel, due_at, key, result)"
+        " ON CONFLICT (idempotency_key) DO NOTHING RETURNING case_id::text AS case_id",
         company_id=company_id, case_ids=[r[0] for r in rows], kinds=[r[1] for r in rows],
         steps=[r[2] for r in rows], channels=[r[3] for r in rows], dues=[r[4] for r in rows],
-        keys=[r[5] for r in rows])
+        keys=[r[5] for r in rows], results=[json.dumps(r[6]) for r in rows])
+    return [r["case_id"] for r in found]
 
 
 def actions_by_keys(tx: Transaction, keys: list[str]) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from typing import Any
 from chalicelib.db import Transaction
 from chalicelib.models import WhopEvent
 from chalicelib.recovery_policy import CREDIT_SKEW, KIND_ATTACH, RECOVERY_KINDS
+from chalicelib.store.ledger import owe_pending
 
 _KINDS = "('" + "', '".join(RECOVERY_KINDS) + "')"
 
@@ -85,21 +86,9 @@ def open_cases_of_member(tx: Transaction, user_id: str) -> list[dict[str, Any]]:
 
 def owe(tx: Transaction, company_id: str,
         rows: list[tuple[str, str, str, datetime, str, dict[str, Any]]]) -> list[str]:
-    """Owe attach/retry rows, ``(case_id, kind, step, due_at, key, result)`` each, in one
-    statement; return the case ids of the rows that were new (a known key is already owed)."""
-    if not rows:
-        return []
-    found = tx.query(
-        "INSERT INTO recovery_actions (case_id, company_id, kind, step, status, idempotency_key, due_at,"
-        " owed_at, result) SELECT e.case_id, :company_id, e.kind, e.step, 'pending', e.key, e.due_at,"
-        " e.due_at, e.result FROM unnest(CAST(:case_ids AS uuid[]), CAST(:kinds AS text[]),"
-        "   CAST(:steps AS text[]), CAST(:dues AS timestamptz[]), CAST(:keys AS text[]),"
-        "   CAST(:results AS jsonb[])) AS e(case_id, kind, step, due_at, key, result)"
-        " ON CONFLICT (idempotency_key) DO NOTHING RETURNING case_id::text AS case_id",
-        company_id=company_id, case_ids=[r[0] for r in rows], kinds=[r[1] for r in rows],
-        steps=[r[2] for r in rows], dues=[r[3] for r in rows], keys=[r[4] for r in rows],
-        results=[json.dumps(r[5]) for r in rows])
-    return [r["case_id"] for r in found]
+    """Owe attach/retry rows, ``(case_id, kind, step, due_at, key, result)`` each (they go to Whop's
+    API, not a channel); return the case ids of the rows that were new."""
+    return owe_pending(tx, company_id, [(c, k, st, None, due, key, res) for c, k, st, due, key, res in rows])
 
 
 def revive_skipped(tx: Transaction, case_id: str, reasons: tuple[str, ...], *, kind: str,
