@@ -645,14 +645,17 @@ def skewed_executor(owner: Any, company_ids: list[str], now: datetime, counts: C
     before = owner.run("SELECT count(*) FROM recovery_actions WHERE status = 'claimed'")[0][0]
     result = run_tick(clock=lambda: datetime.now(UTC) + DAY)
     after = owner.run("SELECT count(*) FROM recovery_actions WHERE status = 'claimed'")[0][0]
-    # Rows of cases whose window outlasts the skew: a day-ahead executor would also misjudge the
-    # windows closing within that day (skipping their sends), which is what the edge's refusal
-    # prevents; here only its leases are on trial.
+    # Cases with a row due by the skewed clock (one holding only a retry due next payday gives it
+    # nothing to claim: picked among those, a quick run's five cases had 0 rows in 5 of 14 runs)
+    # and whose window outlasts the skew: a day-ahead executor would also misjudge the windows
+    # closing within that day (skipping their sends), which is what the edge's refusal prevents;
+    # here only its leases are on trial.
     owed = owner.run(
         "SELECT c.company_id, c.id::text FROM recovery_cases c WHERE c.status = 'open'"
         " AND c.first_failure_at + interval '14 days' > CAST(:after AS timestamptz)"
-        " AND EXISTS (SELECT 1 FROM recovery_actions a WHERE a.case_id = c.id AND a.status = 'pending')"
-        " ORDER BY c.company_id, c.id LIMIT :n", after=now + DAY + timedelta(hours=1),
+        " AND EXISTS (SELECT 1 FROM recovery_actions a WHERE a.case_id = c.id AND a.status = 'pending'"
+        "   AND a.due_at <= CAST(:ahead AS timestamptz))"
+        " ORDER BY c.company_id, c.id LIMIT :n", after=now + DAY + timedelta(hours=1), ahead=now + DAY,
         n=max(5, len(company_ids) // 2))
     abandoned: list[str] = []
     for company, case_id in owed:
