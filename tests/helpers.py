@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from scripts.whop_payloads import SECRET, iso, membership_event, payment_event, sign
 
 __all__ = ["SECRET", "FakeHealth", "iso", "membership_event", "payment_event", "run_concurrently",
-           "serve_health", "sign"]
+           "serve_chalice", "serve_health", "sign"]
 
 T = TypeVar("T")
 
@@ -86,3 +86,32 @@ def serve_health(bearer: str) -> Iterator[FakeHealth]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def serve_chalice(app: Any) -> Iterator[str]:
+    """The Chalice app on 127.0.0.1 through chalice's own local server (what `make dev` runs);
+    yields its base URL, without a trailing slash.
+
+    What chalice.local.create_local_server does (a thread-local current_request), with a handler
+    that logs nothing: the URLs carry tokens. The app gets its plain class back on the way out."""
+    from chalice.config import Config
+    from chalice.local import ChaliceRequestHandler, CustomLocalChalice, LocalChalice, LocalDevServer
+
+    class QuietHandler(ChaliceRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    original = app.__class__
+    CustomLocalChalice.__bases__ = (LocalChalice, original)
+    app.__class__ = CustomLocalChalice
+    local = LocalDevServer(app, Config.create(chalice_stage="dev", app_name="rebound"), "127.0.0.1", 0,
+                           handler_cls=QuietHandler)
+    thread = threading.Thread(target=local.serve_forever, name="chalice-local", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{local.server.server_address[1]}"
+    finally:
+        local.shutdown()
+        thread.join(timeout=10)
+        app.__class__ = original

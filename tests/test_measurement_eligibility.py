@@ -48,6 +48,16 @@ def _member(api: Api, n: int | str) -> tuple[str, str]:
     return membership, user
 
 
+def _ab_experiment(api: Api) -> dict[str, Any]:
+    _, exp = api.call(
+        "POST",
+        EXPS,
+        body={"name": "t", "variants": [{"name": "a", "weight": 1}, {"name": "b", "weight": 1}]},
+        status=201,
+    )
+    return exp
+
+
 # --- matured means the window has elapsed ----------------------------------------------------------
 
 
@@ -55,12 +65,7 @@ def test_young_recovered_cases_are_maturing_not_matured(
     api: Api, freeze: Callable[[datetime], None]
 ) -> None:
     api.call("PUT", SETTINGS, body={"holdout_percent": 50}, status=200)
-    _, exp = api.call(
-        "POST",
-        EXPS,
-        body={"name": "t", "variants": [{"name": "a", "weight": 1}, {"name": "b", "weight": 1}]},
-        status=201,
-    )
+    exp = _ab_experiment(api)
     ids = []
     for i in range(6):
         m, u = _member(api, i)
@@ -97,12 +102,7 @@ def test_young_recovered_cases_are_maturing_not_matured(
 
 def test_a_late_opened_case_is_in_no_arm(api: Api, freeze: Callable[[datetime], None]) -> None:
     api.call("PUT", SETTINGS, body={"holdout_percent": 50}, status=200)
-    _, exp = api.call(
-        "POST",
-        EXPS,
-        body={"name": "t", "variants": [{"name": "a", "weight": 1}, {"name": "b", "weight": 1}]},
-        status=201,
-    )
+    exp = _ab_experiment(api)
     m, u = _member(api, "late")
     late = api.open_case(membership=m, user=u, at=NOW - 20 * DAY)  # first heard of after its window
     m, u = _member(api, "ok")

@@ -232,6 +232,18 @@ def _deliver_signed(pipeline: Pipeline, event: tuple[str, bytes], **sign_kw: Any
     return pipeline.client.http.post("/webhooks/whop", body=body, headers=sign(body, msg_id, **sign_kw))
 
 
+def _admin_acts_on_case(pipeline: Pipeline, company: str, membership: str,  # noqa: F811
+                        action: str) -> None:
+    """The company's admin POSTs ``action`` (nudge, retry) on the case of ``membership``."""
+    case_id = pipeline.rows(company, "SELECT id::text FROM recovery_cases WHERE membership_id = :m",
+                            m=membership)
+    resp = pipeline.client.http.post(
+        f"/api/companies/{company}/cases/{case_id[0]['id']}/{action}", body=b"",
+        headers={"x-whop-user-token": pipeline.whop.mint_user_token("user_admin"),
+                 "content-type": "application/json"})
+    assert resp.status_code == 200, resp.body
+
+
 def _tick() -> None:
     from app import app
 
@@ -382,12 +394,7 @@ def test_every_dashboard_and_alarm_metric_is_emitted_by_a_real_path(
     # A creator's manual nudge (the tracked-link case is recovered: nudge the refused one).
     pipeline.whop.clear_faults()
     pipeline.whop.set_access("user_admin", company, "admin")
-    case_id = pipeline.rows(company, "SELECT id::text FROM recovery_cases WHERE membership_id = 'mem_retry'")
-    resp = pipeline.client.http.post(
-        f"/api/companies/{company}/cases/{case_id[0]['id']}/nudge", body=b"",
-        headers={"x-whop-user-token": pipeline.whop.mint_user_token("user_admin"),
-                 "content-type": "application/json"})
-    assert resp.status_code == 200, resp.body
+    _admin_acts_on_case(pipeline, company, "mem_retry", "nudge")
     assert take()["ManualNudges"] == 1
 
     # Smart retry (issue 18), in a company of its own with it on: a saved card attached; one
@@ -416,12 +423,7 @@ def test_every_dashboard_and_alarm_metric_is_emitted_by_a_real_path(
     assert refused["Send_attach_failed"] == 1 and refused["WhopPermissionMissing"] == 1
     pipeline.whop.deny_permission("member:payment_methods:manage", denied=False)
     pipeline.whop.set_access("user_admin", sr, "admin")
-    case_id = pipeline.rows(sr, "SELECT id::text FROM recovery_cases WHERE membership_id = 'mem_sr3'")
-    resp = pipeline.client.http.post(
-        f"/api/companies/{sr}/cases/{case_id[0]['id']}/retry", body=b"",
-        headers={"x-whop-user-token": pipeline.whop.mint_user_token("user_admin"),
-                 "content-type": "application/json"})
-    assert resp.status_code == 200, resp.body
+    _admin_acts_on_case(pipeline, sr, "mem_sr3", "retry")
     retried = take()
     assert retried["ManualRetries"] == 1 and retried["Send_retry_sent"] == 1
     pipeline.whop.payments["pay_sr4"].retries = 1  # retried elsewhere already: Whop answers 400

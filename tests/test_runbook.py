@@ -20,7 +20,6 @@ import io
 import json
 import re
 import shlex
-import threading
 import uuid
 import zipfile
 from collections.abc import Callable, Iterator
@@ -41,7 +40,7 @@ from chalicelib.db_pool import connect
 from scripts import localdb, migrate, ops
 from scripts.fake_whop import FakeWhop
 from tests.conftest import ROOT, Owner
-from tests.helpers import payment_event, sign
+from tests.helpers import payment_event, serve_chalice, sign
 
 RUNBOOK = ROOT / "docs" / "runbook.md"
 STACK = "rebound-prod"
@@ -144,29 +143,6 @@ class World:
         return boto3.client(service, region_name=REGION)
 
 
-def _serve(app: Any) -> Iterator[str]:
-    from chalice.config import Config
-    from chalice.local import ChaliceRequestHandler, CustomLocalChalice, LocalChalice, LocalDevServer
-
-    class Quiet(ChaliceRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    original = app.__class__
-    CustomLocalChalice.__bases__ = (LocalChalice, original)
-    app.__class__ = CustomLocalChalice
-    local = LocalDevServer(app, Config.create(chalice_stage="dev", app_name="rebound"), "127.0.0.1", 0,
-                           handler_cls=Quiet)
-    thread = threading.Thread(target=local.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{local.server.server_address[1]}/"
-    finally:
-        local.shutdown()
-        thread.join(timeout=10)
-        app.__class__ = original
-
-
 @pytest.fixture
 def world(local_database: localdb.LocalDatabase, owner: Owner, database: db_pool.Database,
           fake_whop: FakeWhop, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
@@ -221,8 +197,8 @@ def world(local_database: localdb.LocalDatabase, owner: Owner, database: db_pool
             health.deep_cache.clear()
             from app import app
 
-            for endpoint in _serve(app):
-                world.endpoint = endpoint
+            with serve_chalice(app) as endpoint:
+                world.endpoint = endpoint + "/"
                 _stack(world, urls)
                 yield world
             config.reset_config()
@@ -386,6 +362,16 @@ def check_put_secret(world: World, argv: list[str], out: str) -> None:
         assert json.loads(stored) == {"username": "rebound_service", "password": "second-password"}
 
 
+def _tick_and_consumer(world: World) -> tuple[int, str]:
+    """The tick's reserved concurrency and the consumer's event source mapping state."""
+    lam = world.client("lambda")
+    reserved = lam.get_function_concurrency(FunctionName=f"{STACK}-process_reminders")[
+        "ReservedConcurrentExecutions"]
+    mapping = lam.list_event_source_mappings(FunctionName=f"{STACK}-process_events")[
+        "EventSourceMappings"][0]
+    return reserved, mapping["State"]
+
+
 def checks() -> dict[str, Callable[[World, list[str], str], None]]:
     def alarms(world: World, argv: list[str], out: str) -> None:
         assert f"{STACK}-RouteGetKpisAlarm-1A2B3C: [page]" in out and "1 alarm(s) in ALARM" in out
@@ -408,20 +394,10 @@ def checks() -> dict[str, Callable[[World, list[str], str], None]]:
         assert depth(world, "TickFailureQueueUrl") == 1, "looked at, not taken"
 
     def paused(world: World, argv: list[str], out: str) -> None:
-        lam = world.client("lambda")
-        assert lam.get_function_concurrency(FunctionName=f"{STACK}-process_reminders")[
-            "ReservedConcurrentExecutions"] == 0
-        mapping = lam.list_event_source_mappings(FunctionName=f"{STACK}-process_events")[
-            "EventSourceMappings"][0]
-        assert mapping["State"] == "Disabled"
+        assert _tick_and_consumer(world) == (0, "Disabled")
 
     def resumed(world: World, argv: list[str], out: str) -> None:
-        lam = world.client("lambda")
-        assert lam.get_function_concurrency(FunctionName=f"{STACK}-process_reminders")[
-            "ReservedConcurrentExecutions"] == 2
-        mapping = lam.list_event_source_mappings(FunctionName=f"{STACK}-process_events")[
-            "EventSourceMappings"][0]
-        assert mapping["State"] == "Enabled"
+        assert _tick_and_consumer(world) == (2, "Enabled")
 
     def healthy(world: World, argv: list[str], out: str) -> None:
         kind = argv[argv.index("--type") + 1]

@@ -8,13 +8,13 @@ A machine without Chromium fails these tests loudly: `make test` installs it fir
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, sync_playwright
+
+from tests.helpers import serve_chalice
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / ".tmp" / "browser"
@@ -44,27 +44,10 @@ def server() -> Iterator[str]:
     """The Chalice app on 127.0.0.1 through chalice's own local server (what `make dev` runs).
 
     Package-scoped: the app gets its plain class back before any other test module runs."""
-    from chalice.config import Config
-    from chalice.local import ChaliceRequestHandler, CustomLocalChalice, LocalChalice, LocalDevServer
-
     from app import app
 
-    class QuietHandler(ChaliceRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:  # the URLs carry tokens
-            pass
-
-    # What chalice.local.create_local_server does (a thread-local current_request), with a quiet handler.
-    original = app.__class__
-    CustomLocalChalice.__bases__ = (LocalChalice, original)
-    app.__class__ = CustomLocalChalice
-    local = LocalDevServer(app, Config.create(chalice_stage="dev", app_name="rebound"), "127.0.0.1", 0,
-                           handler_cls=QuietHandler)
-    thread = threading.Thread(target=local.serve_forever, name="dashboard-server", daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{local.server.server_address[1]}"
-    local.shutdown()
-    thread.join(timeout=10)
-    app.__class__ = original  # create_local_server swapped in a thread-local current_request
+    with serve_chalice(app) as url:
+        yield url
 
 
 @pytest.fixture
